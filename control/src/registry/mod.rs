@@ -1,0 +1,283 @@
+//! The resource registry: what the API server knows about each kind it serves.
+//!
+//! One module per kind holds that kind's "strategy" (the kube-apiserver idea): defaulting,
+//! validation on create and update, which fields field selectors may use, the Table
+//! columns `kubectl get` prints, and whether it tracks `metadata.generation`. The API
+//! server's handlers are generic over [`ResourceDef`]; nothing kind-specific lives there.
+//!
+//! Objects are handled as `serde_json::Value` so that every field a client sends survives
+//! a round trip; each kind also decodes into its `k8s-openapi` type to reject bodies of the
+//! wrong shape.
+
+pub mod selectors;
+pub mod table;
+pub mod validation;
+
+mod configmaps;
+mod daemonsets;
+mod deployments;
+mod endpoints;
+mod endpointslices;
+mod events;
+mod leases;
+mod namespaces;
+mod nodes;
+mod pods;
+mod podspec;
+mod replicasets;
+mod runtimeclasses;
+mod secrets;
+mod serviceaccounts;
+mod services;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+pub use table::Column;
+pub use validation::Cause;
+
+/// A subresource a kind serves besides the object itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subresource {
+    /// `<plural>/status`: writes only `.status`; the main resource ignores `.status`.
+    Status,
+    /// `<plural>/scale`: an `autoscaling/v1` Scale view of `.spec.replicas`.
+    Scale,
+    /// `pods/binding`: assigns a pod to a node.
+    Binding,
+    /// `namespaces/finalize`: edits `.spec.finalizers`.
+    Finalize,
+    /// `pods/log`.
+    Log,
+    /// `pods/exec`.
+    Exec,
+    /// `pods/portforward`.
+    PortForward,
+}
+
+impl Subresource {
+    pub fn name(self) -> &'static str {
+        match self {
+            Subresource::Status => "status",
+            Subresource::Scale => "scale",
+            Subresource::Binding => "binding",
+            Subresource::Finalize => "finalize",
+            Subresource::Log => "log",
+            Subresource::Exec => "exec",
+            Subresource::PortForward => "portforward",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Subresource> {
+        [
+            Subresource::Status,
+            Subresource::Scale,
+            Subresource::Binding,
+            Subresource::Finalize,
+            Subresource::Log,
+            Subresource::Exec,
+            Subresource::PortForward,
+        ]
+        .into_iter()
+        .find(|r| r.name() == s)
+    }
+}
+
+/// A kind's behaviour. Every method has the neutral default, so a kind only writes what
+/// differs.
+pub trait Strategy: Send + Sync {
+    /// Checks that the object decodes as its `k8s-openapi` type; the error names what is
+    /// wrong (e.g. `invalid type: string "x", expected i32`).
+    fn decode_check(&self, obj: &Value) -> Result<(), String>;
+
+    /// Fills defaults, as Kubernetes does when it decodes a request (both on create and
+    /// on update).
+    fn default(&self, _obj: &mut Value) {}
+
+    /// Resets what a client may not set on create (e.g. a pod's status becomes Pending).
+    fn prepare_for_create(&self, _obj: &mut Value) {}
+
+    /// Carries over, on an update of the main resource, what the client may omit or may
+    /// not change through it (a Service's allocated ClusterIP, a namespace's
+    /// `spec.finalizers`, which only `/finalize` changes). Runs before defaulting.
+    fn prepare_for_update(&self, _new: &mut Value, _old: &Value) {}
+
+    /// Validates `metadata.name` (`None` = valid). Most kinds take a DNS-1123 subdomain.
+    fn validate_name(&self, name: &str) -> Option<String> {
+        validation::dns1123_subdomain(name)
+    }
+
+    /// Validates a new object (after defaulting). Field paths as in Kubernetes
+    /// (`spec.containers[0].image`).
+    fn validate(&self, _obj: &Value) -> Vec<Cause> {
+        Vec::new()
+    }
+
+    /// Validates an update: immutable fields etc. By default just [`Strategy::validate`].
+    fn validate_update(&self, new: &Value, _old: &Value) -> Vec<Cause> {
+        self.validate(new)
+    }
+
+    /// Whether `metadata.generation` is kept and bumped on spec changes.
+    fn tracks_generation(&self) -> bool {
+        false
+    }
+
+    /// The value of a field for field selectors, for the fields this kind supports beyond
+    /// `metadata.name` and `metadata.namespace` (which every kind supports). `None` means
+    /// the field is not supported for selection.
+    fn field_value(&self, _obj: &Value, _field: &str) -> Option<String> {
+        None
+    }
+
+    /// Table columns for `kubectl get`, in upstream's order.
+    fn columns(&self) -> Vec<Column> {
+        table::default_columns()
+    }
+
+    /// One Table row's cells for `obj`, matching [`Strategy::columns`]; `now` renders ages.
+    fn cells(&self, obj: &Value, now: DateTime<Utc>) -> Vec<Value> {
+        table::default_cells(obj, now)
+    }
+}
+
+/// Everything the API server knows about one resource.
+pub struct ResourceDef {
+    /// API group, `""` for the core group.
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    /// The plural resource name used in URLs and as the etcd key segment.
+    pub plural: &'static str,
+    pub singular: &'static str,
+    pub namespaced: bool,
+    pub short_names: &'static [&'static str],
+    pub categories: &'static [&'static str],
+    pub subresources: &'static [Subresource],
+    pub strategy: Box<dyn Strategy>,
+}
+
+impl ResourceDef {
+    /// `v1` or `apps/v1`.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// `pods` or `deployments.apps`, as Kubernetes names the resource in messages.
+    pub fn group_resource(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.to_string()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+
+    pub fn list_kind(&self) -> String {
+        format!("{}List", self.kind)
+    }
+
+    /// The etcd key prefix of every object of this resource, ending in `/`.
+    pub fn key_prefix(&self) -> String {
+        if self.group.is_empty() {
+            format!("/registry/{}/", self.plural)
+        } else {
+            format!("/registry/{}/{}/", self.group, self.plural)
+        }
+    }
+
+    /// The etcd key of one object.
+    pub fn key(&self, namespace: Option<&str>, name: &str) -> String {
+        match namespace {
+            Some(ns) if self.namespaced => format!("{}{}/{}", self.key_prefix(), ns, name),
+            _ => format!("{}{}", self.key_prefix(), name),
+        }
+    }
+
+    /// The etcd key prefix of this resource's objects in one namespace (or all of them).
+    pub fn namespace_prefix(&self, namespace: Option<&str>) -> String {
+        match namespace {
+            Some(ns) if self.namespaced => format!("{}{}/", self.key_prefix(), ns),
+            _ => self.key_prefix(),
+        }
+    }
+
+    pub fn has(&self, sub: Subresource) -> bool {
+        self.subresources.contains(&sub)
+    }
+}
+
+/// Decodes `obj` as `T` to check its shape; used by every kind's `decode_check`.
+pub(crate) fn decode_as<T: serde::de::DeserializeOwned>(obj: &Value) -> Result<(), String> {
+    serde_json::from_value::<T>(obj.clone())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// The set of resources the API server serves.
+#[derive(Clone)]
+pub struct Registry {
+    defs: Arc<Vec<Arc<ResourceDef>>>,
+}
+
+impl Registry {
+    /// Every built-in kind wasmkube serves.
+    pub fn builtin() -> Self {
+        let defs = vec![
+            namespaces::def(),
+            pods::def(),
+            nodes::def(),
+            services::def(),
+            endpoints::def(),
+            configmaps::def(),
+            secrets::def(),
+            serviceaccounts::def(),
+            events::def(),
+            deployments::def(),
+            replicasets::def(),
+            daemonsets::def(),
+            endpointslices::def(),
+            leases::def(),
+            runtimeclasses::def(),
+        ];
+        Registry {
+            defs: Arc::new(defs.into_iter().map(Arc::new).collect()),
+        }
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Arc<ResourceDef>> {
+        self.defs.iter()
+    }
+
+    /// Finds a resource by group, version and plural name.
+    pub fn lookup(&self, group: &str, version: &str, plural: &str) -> Option<Arc<ResourceDef>> {
+        self.defs
+            .iter()
+            .find(|d| d.group == group && d.version == version && d.plural == plural)
+            .cloned()
+    }
+
+    /// Finds a resource by group and kind.
+    pub fn by_kind(&self, group: &str, kind: &str) -> Option<Arc<ResourceDef>> {
+        self.defs
+            .iter()
+            .find(|d| d.group == group && d.kind == kind)
+            .cloned()
+    }
+
+    /// The group/versions served, in discovery order (core first).
+    pub fn group_versions(&self) -> Vec<(&'static str, &'static str)> {
+        let mut out: Vec<(&'static str, &'static str)> = Vec::new();
+        for d in self.defs.iter() {
+            if !out.contains(&(d.group, d.version)) {
+                out.push((d.group, d.version));
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,610 @@
+//! HTTP handlers for everything under `/api` and `/apis`: they read the request (path,
+//! query, body, Accept) and call the generic object layer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+use super::discovery;
+use super::objects::{DeleteOptions, ListParams, UpdateTarget};
+use super::output::{self, Format};
+use super::patch::{self, PatchType};
+use super::request::{parse_path, Query, ResourcePath, Target};
+use super::status::{ApiError, ApiResult};
+use super::watch::{self, WatchRequest};
+use super::ApiState;
+use crate::metrics;
+use crate::registry::selectors::{FieldSelector, LabelSelector};
+use crate::registry::{ResourceDef, Subresource};
+
+/// Largest request body accepted, as in Kubernetes (3 MiB).
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+fn json_response(code: StatusCode, value: &Value) -> Response {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// The entry point for every API path.
+pub async fn api(State(state): State<Arc<ApiState>>, req: Request) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let target = parse_path(req.uri().path());
+    let (verb, resource) = describe(&method, &target, req.uri().query());
+    let response = match target {
+        None => ApiError::not_found_path().into_response(),
+        Some(t) => match dispatch(state, t, req).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        },
+    };
+    metrics::observe_request(
+        &verb,
+        &resource,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+/// (verb, resource) labels for metrics and logs.
+fn describe(method: &Method, target: &Option<Target>, query: Option<&str>) -> (String, String) {
+    let Some(Target::Resource(rp)) = target else {
+        return (method.as_str().to_lowercase(), String::new());
+    };
+    let watch = Query::parse(query).flag("watch");
+    let verb = match (method, rp.name.is_some()) {
+        (&Method::GET, _) if watch => "watch",
+        (&Method::GET, false) => "list",
+        (&Method::GET, true) => "get",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, false) => "deletecollection",
+        (&Method::DELETE, true) => "delete",
+        _ => "other",
+    };
+    let resource = match &rp.subresource {
+        Some(s) => format!("{}/{}", rp.resource, s),
+        None => rp.resource.clone(),
+    };
+    (verb.to_string(), resource)
+}
+
+async fn dispatch(state: Arc<ApiState>, target: Target, req: Request) -> ApiResult<Response> {
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    match target {
+        Target::CoreVersions => {
+            if output::wants_aggregated_discovery(accept.as_deref()) {
+                return Ok(aggregated(discovery::aggregated(
+                    &state.objects.registry,
+                    true,
+                )));
+            }
+            Ok(json_response(
+                StatusCode::OK,
+                &discovery::core_versions(&state.server_address),
+            ))
+        }
+        Target::Groups => {
+            if output::wants_aggregated_discovery(accept.as_deref()) {
+                return Ok(aggregated(discovery::aggregated(
+                    &state.objects.registry,
+                    false,
+                )));
+            }
+            Ok(json_response(
+                StatusCode::OK,
+                &discovery::groups(&state.objects.registry),
+            ))
+        }
+        Target::Group(g) => discovery::group(&state.objects.registry, &g)
+            .map(|v| json_response(StatusCode::OK, &v))
+            .ok_or_else(ApiError::not_found_path),
+        Target::Resources { group, version } => {
+            discovery::resource_list(&state.objects.registry, &group, &version)
+                .map(|v| json_response(StatusCode::OK, &v))
+                .ok_or_else(ApiError::not_found_path)
+        }
+        Target::Resource(rp) => resource(state, rp, req, accept).await,
+    }
+}
+
+fn aggregated(value: Value) -> Response {
+    let body = serde_json::to_vec(&value).unwrap_or_default();
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, discovery::AGGREGATED_CONTENT_TYPE)],
+        body,
+    )
+        .into_response()
+}
+
+async fn read_body(req: Request) -> ApiResult<(HeaderMap, Bytes)> {
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| ApiError::too_large("Request entity too large: limit is 3145728"))?;
+    Ok((parts.headers, bytes))
+}
+
+fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Parses a JSON body; clients such as the Python one send no Content-Type at all, so
+/// anything that is not a known non-JSON type is read as JSON.
+fn parse_json_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
+    let ct = content_type(headers);
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    if essence == "application/vnd.kubernetes.protobuf" || essence == "application/yaml" {
+        return Err(ApiError::unsupported_media_type(&ct));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body of the request could not be decoded as JSON: {e}"
+        ))
+    })
+}
+
+fn list_params(q: &Query) -> ApiResult<ListParams> {
+    let labels = q
+        .non_empty("labelSelector")
+        .map(LabelSelector::parse)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?;
+    let fields = q
+        .non_empty("fieldSelector")
+        .map(FieldSelector::parse)
+        .transpose()
+        .map_err(ApiError::bad_request)?;
+    let limit = q
+        .non_empty("limit")
+        .map(|l| l.parse::<i64>())
+        .transpose()
+        .map_err(|_| ApiError::bad_request("limit must be an integer"))?;
+    Ok(ListParams {
+        labels,
+        fields,
+        limit,
+        continue_token: q.non_empty("continue").map(String::from),
+        resource_version: q.get("resourceVersion").map(String::from),
+        exact: q.get("resourceVersionMatch") == Some("Exact"),
+    })
+}
+
+/// Rejects field selectors on fields the kind does not index, as Kubernetes does.
+fn check_fields(def: &ResourceDef, params: &ListParams) -> ApiResult<()> {
+    let Some(fs) = &params.fields else {
+        return Ok(());
+    };
+    let probe = json!({"metadata": {}});
+    for f in fs.fields() {
+        let generic = f == "metadata.name" || (f == "metadata.namespace" && def.namespaced);
+        if !generic && def.strategy.field_value(&probe, f).is_none() && !supports_field(def, f) {
+            return Err(ApiError::bad_request(format!(
+                "field label not supported: {f}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A field is supported when the kind answers for it on some object; probing with an
+/// empty object is not enough for kinds that answer `None` for absent values, so ask
+/// with a skeleton that has every common section.
+fn supports_field(def: &ResourceDef, field: &str) -> bool {
+    let skeleton = json!({
+        "metadata": {"name": "", "namespace": ""},
+        "spec": {}, "status": {}, "involvedObject": {}, "source": {}, "type": "",
+    });
+    def.strategy.field_value(&skeleton, field).is_some()
+}
+
+fn dry_run(q: &Query) -> ApiResult<bool> {
+    match q.get("dryRun") {
+        None | Some("") => Ok(false),
+        Some("All") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "unsupported dry run option {other:?}: supported values: \"All\""
+        ))),
+    }
+}
+
+async fn resource(
+    state: Arc<ApiState>,
+    rp: ResourcePath,
+    req: Request,
+    accept: Option<String>,
+) -> ApiResult<Response> {
+    let def = state
+        .objects
+        .registry
+        .lookup(&rp.group, &rp.version, &rp.resource)
+        .ok_or_else(ApiError::not_found_path)?;
+    if def.namespaced != rp.namespace.is_some() && !(def.namespaced && rp.name.is_none()) {
+        return Err(ApiError::not_found_path());
+    }
+    if !def.namespaced && rp.namespace.is_some() {
+        return Err(ApiError::not_found_path());
+    }
+    let q = Query::parse(req.uri().query());
+    let format = output::negotiate(accept.as_deref(), &q)?;
+    let ns = rp.namespace.as_deref();
+    let objects = state.objects.clone();
+    let method = req.method().clone();
+
+    if let Some(sub) = rp.subresource.as_deref() {
+        let name = rp.name.as_deref().unwrap_or("");
+        let sub = Subresource::parse(sub)
+            .filter(|s| def.has(*s))
+            .ok_or_else(ApiError::not_found_path)?;
+        return subresource(state, &def, ns, name, sub, method, req, &q).await;
+    }
+
+    match (method, rp.name.as_deref()) {
+        (Method::GET, None) => {
+            let params = list_params(&q)?;
+            check_fields(&def, &params)?;
+            if q.flag("watch") {
+                let timeout = q
+                    .non_empty("timeoutSeconds")
+                    .and_then(|t| t.parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                let stream = watch::start(
+                    objects,
+                    WatchRequest {
+                        def: def.clone(),
+                        namespace: rp.namespace.clone(),
+                        params,
+                        format,
+                        bookmarks: q.flag("allowWatchBookmarks"),
+                        timeout,
+                        bookmark_interval: state.bookmark_interval,
+                    },
+                )
+                .await?;
+                return Ok((
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "application/json")],
+                    Body::from_stream(stream),
+                )
+                    .into_response());
+            }
+            let (items, meta) = objects.list(&def, ns, &params).await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &output::list(&def, items, meta, format),
+            ))
+        }
+        (Method::GET, Some(name)) => {
+            let obj = objects.get(&def, ns, name).await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &output::object(&def, obj, format),
+            ))
+        }
+        (Method::POST, None) => {
+            let dry = dry_run(&q)?;
+            let (headers, body) = read_body(req).await?;
+            let obj = parse_json_body(&headers, &body)?;
+            let created = objects.create(&def, ns, obj, dry).await?;
+            Ok(json_response(
+                StatusCode::CREATED,
+                &output::object(&def, created, format),
+            ))
+        }
+        (Method::PUT, Some(name)) => {
+            let dry = dry_run(&q)?;
+            let (headers, body) = read_body(req).await?;
+            let obj = parse_json_body(&headers, &body)?;
+            let updated = objects
+                .update(&def, ns, name, obj, UpdateTarget::Main, dry)
+                .await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &output::object(&def, updated, format),
+            ))
+        }
+        (Method::PATCH, Some(name)) => {
+            let dry = dry_run(&q)?;
+            let (headers, body) = read_body(req).await?;
+            let patched = patch_object(
+                &objects,
+                &def,
+                ns,
+                name,
+                &headers,
+                &body,
+                UpdateTarget::Main,
+                dry,
+            )
+            .await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &output::object(&def, patched, format),
+            ))
+        }
+        (Method::DELETE, Some(name)) => {
+            let dry = dry_run(&q)?;
+            let (headers, body) = read_body(req).await?;
+            let opts = delete_options(&headers, &body, &q)?;
+            let (obj, gone) = objects.delete(&def, ns, name, &opts, dry).await?;
+            Ok(delete_response(&def, obj, gone, format))
+        }
+        (Method::DELETE, None) => {
+            let dry = dry_run(&q)?;
+            let params = list_params(&q)?;
+            check_fields(&def, &params)?;
+            let (headers, body) = read_body(req).await?;
+            let opts = delete_options(&headers, &body, &q)?;
+            let (items, meta) = objects
+                .delete_collection(&def, ns, &params, &opts, dry)
+                .await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &output::list(&def, items, meta, format),
+            ))
+        }
+        (m, _) => Err(ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({m})"
+        ))),
+    }
+}
+
+/// Kubernetes answers an immediate delete of most kinds with a Success Status, of pods
+/// with the pod; a pending (finalizers, grace period) delete with the object.
+fn delete_response(def: &ResourceDef, obj: Value, gone: bool, format: Format) -> Response {
+    if gone && !(def.group.is_empty() && def.plural == "pods") {
+        let mut details = json!({
+            "name": obj.pointer("/metadata/name").cloned().unwrap_or(Value::Null),
+            "kind": def.plural,
+            "uid": obj.pointer("/metadata/uid").cloned().unwrap_or(Value::Null),
+        });
+        if !def.group.is_empty() {
+            details["group"] = json!(def.group);
+        }
+        let status = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Success",
+            "details": details,
+        });
+        return json_response(StatusCode::OK, &status);
+    }
+    json_response(StatusCode::OK, &output::object(def, obj, format))
+}
+
+fn delete_options(headers: &HeaderMap, body: &Bytes, q: &Query) -> ApiResult<DeleteOptions> {
+    let mut opts = if body.iter().all(u8::is_ascii_whitespace) {
+        DeleteOptions::default()
+    } else {
+        let v = parse_json_body(headers, body)?;
+        serde_json::from_value::<DeleteOptions>(v)
+            .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
+    };
+    if let Some(g) = q.non_empty("gracePeriodSeconds") {
+        opts.grace_period_seconds = Some(
+            g.parse()
+                .map_err(|_| ApiError::bad_request("gracePeriodSeconds must be an integer"))?,
+        );
+    }
+    if let Some(p) = q.non_empty("propagationPolicy") {
+        opts.propagation_policy = Some(p.to_string());
+    }
+    if let Some(p) = &opts.propagation_policy {
+        if !matches!(p.as_str(), "Orphan" | "Background" | "Foreground") {
+            return Err(ApiError::bad_request(format!(
+                "propagationPolicy: Unsupported value: {p:?}: supported values: \"Background\", \"Foreground\", \"Orphan\""
+            )));
+        }
+    }
+    Ok(opts)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn patch_object(
+    objects: &super::objects::Objects,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    name: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+    target: UpdateTarget,
+    dry: bool,
+) -> ApiResult<Value> {
+    let ct = content_type(headers);
+    let kind =
+        PatchType::from_content_type(&ct).ok_or_else(|| ApiError::unsupported_media_type(&ct))?;
+    let patch: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!("the patch could not be decoded as JSON: {e}"))
+    })?;
+    objects
+        .guaranteed_update(
+            def,
+            ns,
+            name,
+            dry,
+            |old| {
+                let mut new = patch::apply(old, &patch, kind)?;
+                // A patch that carries a resourceVersion is a precondition; one without is
+                // applied to whatever is current.
+                let want = new
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .map(String::from);
+                let have = old
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str);
+                if let Some(w) = want {
+                    if Some(w.as_str()) != have {
+                        return Err(ApiError::conflict(def, name));
+                    }
+                }
+                if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+                    m.remove("resourceVersion");
+                }
+                Ok(new)
+            },
+            target,
+        )
+        .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn subresource(
+    state: Arc<ApiState>,
+    def: &Arc<ResourceDef>,
+    ns: Option<&str>,
+    name: &str,
+    sub: Subresource,
+    method: Method,
+    req: Request,
+    q: &Query,
+) -> ApiResult<Response> {
+    let objects = &state.objects;
+    let dry = dry_run(q)?;
+    match (sub, method) {
+        (Subresource::Status, Method::GET) => {
+            let obj = objects.get(def, ns, name).await?;
+            Ok(json_response(StatusCode::OK, &obj))
+        }
+        (Subresource::Status, Method::PUT) | (Subresource::Finalize, Method::PUT) => {
+            let target = if sub == Subresource::Status {
+                UpdateTarget::Status
+            } else {
+                UpdateTarget::Finalize
+            };
+            let (headers, body) = read_body(req).await?;
+            let obj = parse_json_body(&headers, &body)?;
+            let updated = objects.update(def, ns, name, obj, target, dry).await?;
+            Ok(json_response(StatusCode::OK, &updated))
+        }
+        (Subresource::Status, Method::PATCH) => {
+            let (headers, body) = read_body(req).await?;
+            let patched = patch_object(
+                objects,
+                def,
+                ns,
+                name,
+                &headers,
+                &body,
+                UpdateTarget::Status,
+                dry,
+            )
+            .await?;
+            Ok(json_response(StatusCode::OK, &patched))
+        }
+        (Subresource::Scale, Method::GET) => {
+            let obj = objects.get(def, ns, name).await?;
+            Ok(json_response(StatusCode::OK, &scale_of(&obj)))
+        }
+        (Subresource::Scale, Method::PUT) | (Subresource::Scale, Method::PATCH) => {
+            let is_patch = req.method() == Method::PATCH;
+            let (headers, body) = read_body(req).await?;
+            let input: Value = if is_patch {
+                Value::Null
+            } else {
+                parse_json_body(&headers, &body)?
+            };
+            let patch_kind = if is_patch {
+                let ct = content_type(&headers);
+                Some(
+                    PatchType::from_content_type(&ct)
+                        .ok_or_else(|| ApiError::unsupported_media_type(&ct))?,
+                )
+            } else {
+                None
+            };
+            let patch_body: Value = if is_patch {
+                serde_json::from_slice(&body).map_err(|e| {
+                    ApiError::bad_request(format!("the patch could not be decoded as JSON: {e}"))
+                })?
+            } else {
+                Value::Null
+            };
+            let updated = objects
+                .guaranteed_update(def, ns, name, dry, |old| {
+                    let current = scale_of(old);
+                    let wanted = match patch_kind {
+                        Some(k) => patch::apply(&current, &patch_body, k)?,
+                        None => input.clone(),
+                    };
+                    if let Some(rv) = wanted.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
+                        if !rv.is_empty() && Some(rv) != old.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
+                            return Err(ApiError::conflict(def, name));
+                        }
+                    }
+                    let replicas = wanted
+                        .pointer("/spec/replicas")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0);
+                    if replicas < 0 {
+                        return Err(ApiError::new(422, "Invalid", format!(
+                            "Scale.autoscaling {name:?} is invalid: spec.replicas: Invalid value: {replicas}: must be greater than or equal to 0"
+                        )));
+                    }
+                    let mut new = old.clone();
+                    new["spec"]["replicas"] = json!(replicas);
+                    Ok(new)
+                }, UpdateTarget::Main)
+                .await?;
+            Ok(json_response(StatusCode::OK, &scale_of(&updated)))
+        }
+        (Subresource::Binding, Method::POST) => {
+            let (headers, body) = read_body(req).await?;
+            let binding = parse_json_body(&headers, &body)?;
+            let node = binding
+                .pointer("/target/name")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty())
+                .ok_or_else(|| ApiError::bad_request("binding target name is required"))?
+                .to_string();
+            objects.bind_pod(def, ns, name, &node, dry).await?;
+            let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201});
+            Ok(json_response(StatusCode::CREATED, &status))
+        }
+        (_, m) => Err(ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({m})"
+        ))),
+    }
+}
+
+/// The `autoscaling/v1` Scale view of a Deployment or ReplicaSet.
+fn scale_of(obj: &Value) -> Value {
+    let selector = obj
+        .pointer("/spec/selector")
+        .and_then(|s| LabelSelector::try_from_label_selector_json(s).ok())
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": obj.pointer("/metadata/name"),
+            "namespace": obj.pointer("/metadata/namespace"),
+            "uid": obj.pointer("/metadata/uid"),
+            "resourceVersion": obj.pointer("/metadata/resourceVersion"),
+            "creationTimestamp": obj.pointer("/metadata/creationTimestamp"),
+        },
+        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
+        "status": {
+            "replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)),
+            "selector": selector,
+        },
+    })
+}

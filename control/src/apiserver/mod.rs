@@ -1,0 +1,160 @@
+//! The Kubernetes HTTP API over HTTPS.
+//!
+//! - [`request`]: parsing API paths and query parameters.
+//! - [`handlers`]: the HTTP handlers for `/api` and `/apis`.
+//! - [`objects`]: Kubernetes object semantics (create, update, patch, delete, list) on
+//!   the store — the generic registry.
+//! - [`watch`]: the watch event stream.
+//! - [`output`]: content negotiation; JSON, Table and PartialObjectMetadata encodings.
+//! - [`discovery`]: `/api`, `/apis`, aggregated discovery, `/version`.
+//! - [`openapi`]: `/openapi/v3` for kubectl's validation.
+//! - [`patch`]: merge, JSON and strategic merge patches.
+//! - [`allocator`]: Service ClusterIPs and NodePorts.
+//! - [`authn`]: bearer tokens and client certificates.
+//! - [`status`]: errors as Kubernetes Status objects.
+//! - [`serve`]: the TLS listener.
+
+pub mod allocator;
+pub mod authn;
+pub mod discovery;
+pub mod handlers;
+pub mod objects;
+pub mod openapi;
+pub mod output;
+pub mod patch;
+pub mod request;
+pub mod serve;
+pub mod status;
+pub mod watch;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use authn::Authenticator;
+use objects::Objects;
+use status::ApiError;
+
+/// Shared state of the API server.
+pub struct ApiState {
+    pub objects: Arc<Objects>,
+    pub authenticator: Arc<Authenticator>,
+    /// `host:port` clients reach us at, reported by `/api`.
+    pub server_address: String,
+    /// How often watches that asked for bookmarks get one.
+    pub bookmark_interval: Duration,
+}
+
+/// The client certificate a TLS connection presented, attached to each of its requests.
+#[derive(Clone, Default)]
+pub struct PeerCertificate(pub Option<rustls::pki_types::CertificateDer<'static>>);
+
+/// Paths anyone may read without credentials (Kubernetes' `system:public-info-viewer`).
+fn is_public(path: &str) -> bool {
+    matches!(path, "/healthz" | "/livez" | "/readyz" | "/version")
+        || path.starts_with("/healthz/")
+        || path.starts_with("/livez/")
+        || path.starts_with("/readyz/")
+}
+
+async fn authenticate(
+    State(state): State<Arc<ApiState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    if is_public(req.uri().path()) {
+        return next.run(req).await;
+    }
+    let cert = req
+        .extensions()
+        .get::<PeerCertificate>()
+        .and_then(|p| p.0.clone());
+    let authz = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    match state
+        .authenticator
+        .authenticate(cert.as_ref(), authz.as_deref())
+    {
+        Ok(user) => {
+            req.extensions_mut().insert(user);
+            next.run(req).await
+        }
+        Err(e) => {
+            tracing::debug!(path = %req.uri().path(), error = %e, "unauthenticated request");
+            ApiError::unauthorized().into_response()
+        }
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
+    let probe = tokio::time::timeout(
+        Duration::from_secs(2),
+        state.objects.store.current_revision(),
+    )
+    .await;
+    match probe {
+        Ok(Ok(_)) => (StatusCode::OK, "ok").into_response(),
+        Ok(Err(e)) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("[-]etcd failed: {e}\nreadyz check failed"),
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "[-]etcd failed: timed out\nreadyz check failed".to_string(),
+        )
+            .into_response(),
+    }
+}
+
+async fn version() -> Response {
+    axum::Json(discovery::version()).into_response()
+}
+
+async fn metrics_text() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::render(),
+    )
+        .into_response()
+}
+
+async fn openapi_index(State(state): State<Arc<ApiState>>) -> Response {
+    axum::Json(openapi::index(&state.objects.registry)).into_response()
+}
+
+async fn openapi_doc(State(state): State<Arc<ApiState>>, req: Request) -> Response {
+    let path = req.uri().path().trim_start_matches("/openapi/v3/");
+    match openapi::document(&state.objects.registry, path) {
+        Some(doc) => axum::Json(doc).into_response(),
+        None => ApiError::not_found_path().into_response(),
+    }
+}
+
+/// The API's router: health, metrics, version, OpenAPI, and everything under `/api(s)`.
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/livez", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/version", get(version))
+        .route("/metrics", get(metrics_text))
+        .route("/openapi/v3", get(openapi_index))
+        .route("/openapi/v3/{*path}", get(openapi_doc))
+        .fallback(handlers::api)
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .with_state(state)
+}

@@ -1,0 +1,1202 @@
+//! Kubernetes object semantics on top of the [`Store`]: what create, update, patch and
+//! delete mean for any kind (the kube-apiserver "generic registry").
+//!
+//! Handlers parse HTTP and call in here; everything kind-specific comes from the kind's
+//! [`Strategy`](crate::registry::Strategy), apart from the few lifecycles Kubernetes also
+//! special-cases in the storage of one kind: namespaces (Terminating, finalize), pods
+//! (graceful deletion once bound to a node) and services (ClusterIP / NodePort
+//! allocation). Those live in small `*_hook` functions below so the flow stays readable.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use chrono::{SecondsFormat, Utc};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use super::allocator::{AllocError, ServiceAllocator};
+use super::status::{ApiError, ApiResult};
+use crate::registry::selectors::{FieldSelector, LabelSelector};
+use crate::registry::validation::{self, Cause};
+use crate::registry::{Registry, ResourceDef, Subresource};
+use crate::storage::{self, KeyValue, ListOptions, Store, WatchCache};
+
+/// Size of each watch cache's replay buffer, in events.
+const WATCH_CACHE_CAPACITY: usize = 4096;
+
+/// Namespaces that exist from the start and may not be deleted.
+pub const SYSTEM_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// The generic object layer shared by every handler.
+pub struct Objects {
+    pub store: Arc<dyn Store>,
+    pub registry: Registry,
+    pub allocator: ServiceAllocator,
+    /// One watch cache per resource, created on the first watch of that resource.
+    caches: Mutex<HashMap<String, Arc<WatchCache>>>,
+}
+
+/// What a list reads.
+#[derive(Debug, Default, Clone)]
+pub struct ListParams {
+    pub labels: Option<LabelSelector>,
+    pub fields: Option<FieldSelector>,
+    pub limit: Option<i64>,
+    pub continue_token: Option<String>,
+    pub resource_version: Option<String>,
+    pub exact: bool,
+}
+
+/// A `DeleteOptions` body or its query-parameter form.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeleteOptions {
+    pub grace_period_seconds: Option<i64>,
+    pub propagation_policy: Option<String>,
+    pub preconditions: Option<Preconditions>,
+    pub dry_run: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Preconditions {
+    pub uid: Option<String>,
+    pub resource_version: Option<String>,
+}
+
+/// The kind of write an update is: the object itself or one of its subresources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateTarget {
+    Main,
+    Status,
+    Finalize,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ContinueToken {
+    rv: i64,
+    start: String,
+}
+
+pub fn now_rfc3339() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// Decodes a stored value and stamps the revision into `metadata.resourceVersion`.
+pub fn decode_stored(value: &[u8], revision: i64) -> ApiResult<Value> {
+    let mut obj: Value = serde_json::from_slice(value)
+        .map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
+    set_rv(&mut obj, revision);
+    Ok(obj)
+}
+
+fn decode_kv(kv: &KeyValue) -> ApiResult<Value> {
+    decode_stored(&kv.value, kv.mod_revision)
+}
+
+fn set_rv(obj: &mut Value, revision: i64) {
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert("resourceVersion".into(), json!(revision.to_string()));
+    }
+}
+
+/// The stored form: no resourceVersion (it is the key's revision) and no selfLink.
+fn encode(obj: &Value) -> Bytes {
+    let mut obj = obj.clone();
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("resourceVersion");
+        meta.remove("selfLink");
+    }
+    Bytes::from(serde_json::to_vec(&obj).unwrap_or_default())
+}
+
+fn meta(obj: &Value) -> Option<&Map<String, Value>> {
+    obj.get("metadata").and_then(Value::as_object)
+}
+
+fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
+    if !obj.get("metadata").is_some_and(Value::is_object) {
+        obj["metadata"] = json!({});
+    }
+    obj.get_mut("metadata")
+        .and_then(Value::as_object_mut)
+        .expect("metadata was just made an object")
+}
+
+fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
+    meta(obj).and_then(|m| m.get(field)).and_then(Value::as_str)
+}
+
+fn rv_of(obj: &Value) -> Option<&str> {
+    meta_str(obj, "resourceVersion").filter(|s| !s.is_empty())
+}
+
+fn has_finalizers(obj: &Value) -> bool {
+    meta(obj)
+        .and_then(|m| m.get("finalizers"))
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty())
+}
+
+fn is_deleting(obj: &Value) -> bool {
+    meta(obj).is_some_and(|m| m.get("deletionTimestamp").is_some_and(|v| !v.is_null()))
+}
+
+/// Everything but metadata and status: what a change of bumps `generation`.
+fn spec_part(obj: &Value) -> Value {
+    let mut o = obj.clone();
+    if let Some(m) = o.as_object_mut() {
+        m.remove("metadata");
+        m.remove("status");
+    }
+    o
+}
+
+/// Compares two objects ignoring resourceVersion and managedFields timestamps.
+fn same_object(a: &Value, b: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("resourceVersion");
+        }
+        v
+    };
+    strip(a) == strip(b)
+}
+
+fn random_suffix() -> String {
+    // Kubernetes' alphabet: no vowels (no words), no confusable characters.
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    (0..5)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+impl Objects {
+    pub fn new(store: Arc<dyn Store>, registry: Registry, allocator: ServiceAllocator) -> Self {
+        Objects {
+            store,
+            registry,
+            allocator,
+            caches: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The watch cache of a resource.
+    pub fn cache(&self, def: &ResourceDef) -> Arc<WatchCache> {
+        let prefix = def.key_prefix();
+        let mut caches = self.caches.lock().unwrap_or_else(|e| e.into_inner());
+        caches
+            .entry(prefix.clone())
+            .or_insert_with(|| WatchCache::new(self.store.clone(), prefix, WATCH_CACHE_CAPACITY))
+            .clone()
+    }
+
+    fn namespaces(&self) -> Arc<ResourceDef> {
+        self.registry
+            .lookup("", "v1", "namespaces")
+            .expect("namespaces are always registered")
+    }
+
+    /// Reads one object.
+    pub async fn get(&self, def: &ResourceDef, ns: Option<&str>, name: &str) -> ApiResult<Value> {
+        let key = def.key(ns, name);
+        match self.store.get(&key).await? {
+            Some(kv) => decode_kv(&kv),
+            None => Err(ApiError::not_found(def, name)),
+        }
+    }
+
+    /// Lists objects matching the selectors, with paging. Returns the items and the
+    /// list metadata (resourceVersion, continue, remainingItemCount).
+    pub async fn list(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        params: &ListParams,
+    ) -> ApiResult<(Vec<Value>, Value)> {
+        let prefix = def.namespace_prefix(ns);
+        let mut revision = None;
+        let mut start_key = None;
+        if let Some(token) = &params.continue_token {
+            let t = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(token)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<ContinueToken>(&b).ok())
+                .filter(|t| t.start.starts_with(&prefix))
+                .ok_or_else(|| ApiError::bad_request("continue key is not valid"))?;
+            revision = Some(t.rv);
+            start_key = Some(t.start);
+        } else if let Some(rv) = params
+            .resource_version
+            .as_deref()
+            .filter(|s| !s.is_empty() && *s != "0")
+        {
+            let n: i64 = rv
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv:?}")))?;
+            if params.exact || params.limit.is_some() {
+                revision = Some(n);
+            } else {
+                // NotOlderThan: the latest state is never older than what was asked for,
+                // as long as the store has reached it.
+                let current = self.store.current_revision().await?;
+                if current < n {
+                    return Err(ApiError::new(
+                        504,
+                        "Timeout",
+                        format!("Too large resource version: {n}, current: {current}"),
+                    ));
+                }
+            }
+        }
+        let limit = params.limit.filter(|l| *l > 0);
+        let mut items = Vec::new();
+        let mut next: Option<String> = None;
+        let mut read_revision;
+        loop {
+            let batch = limit.map(|l| (l - items.len() as i64).max(1) + 1);
+            let res = self
+                .store
+                .list(
+                    &prefix,
+                    &ListOptions {
+                        revision,
+                        start_key: start_key.clone(),
+                        limit: batch,
+                    },
+                )
+                .await
+                .map_err(|e| match e {
+                    storage::Error::Compacted { .. } if params.continue_token.is_some() => {
+                        ApiError::expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.")
+                    }
+                    other => ApiError::from(other),
+                })?;
+            read_revision = res.revision;
+            // Every page of one paged list reads the same snapshot.
+            revision = Some(res.revision);
+            let count = res.kvs.len();
+            let mut last_key = None;
+            for kv in res.kvs {
+                if let Some(l) = limit {
+                    if items.len() as i64 >= l {
+                        next = Some(kv.key.clone());
+                        break;
+                    }
+                }
+                last_key = Some(kv.key.clone());
+                let obj = decode_kv(&kv)?;
+                if self.matches(def, &obj, params)? {
+                    items.push(obj);
+                }
+            }
+            if next.is_some() {
+                break;
+            }
+            let more = res.more || batch.is_some_and(|b| count as i64 >= b);
+            match (limit, more, last_key) {
+                (Some(_), true, Some(k)) => start_key = Some(format!("{k}\0")),
+                _ => break,
+            }
+        }
+        let mut list_meta = json!({"resourceVersion": read_revision.to_string()});
+        if let Some(start) = next {
+            let token = ContinueToken {
+                rv: read_revision,
+                start,
+            };
+            let raw = serde_json::to_vec(&token).unwrap_or_default();
+            list_meta["continue"] =
+                json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw));
+        }
+        Ok((items, list_meta))
+    }
+
+    /// Whether `obj` passes the list's label and field selectors.
+    pub fn matches(&self, def: &ResourceDef, obj: &Value, params: &ListParams) -> ApiResult<bool> {
+        if let Some(sel) = &params.labels {
+            if !sel.matches_object(obj) {
+                return Ok(false);
+            }
+        }
+        if let Some(sel) = &params.fields {
+            return Ok(sel.matches(|f| field_value(def, obj, f)));
+        }
+        Ok(true)
+    }
+
+    /// Creates an object; `dry_run` validates and answers without persisting.
+    pub async fn create(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        mut obj: Value,
+        dry_run: bool,
+    ) -> ApiResult<Value> {
+        check_type_meta(def, &mut obj)?;
+        set_namespace(def, ns, &mut obj)?;
+        let m = meta_mut(&mut obj);
+        let name = m
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let name = if name.is_empty() {
+            match m
+                .get("generateName")
+                .and_then(Value::as_str)
+                .filter(|g| !g.is_empty())
+            {
+                Some(g) => {
+                    let n = format!("{g}{}", random_suffix());
+                    m.insert("name".into(), json!(n));
+                    n
+                }
+                None => {
+                    return Err(ApiError::invalid(
+                        def,
+                        "",
+                        vec![Cause {
+                            reason: "FieldValueRequired",
+                            message: "Required value: name or generateName is required".into(),
+                            field: "metadata.name".into(),
+                        }],
+                    ))
+                }
+            }
+        } else {
+            name
+        };
+        for field in [
+            "resourceVersion",
+            "selfLink",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+        ] {
+            m.remove(field);
+        }
+        m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+        m.insert("creationTimestamp".into(), json!(now_rfc3339()));
+        if def.strategy.tracks_generation() {
+            m.insert("generation".into(), json!(1));
+        } else {
+            m.remove("generation");
+        }
+        def.strategy
+            .decode_check(&obj)
+            .map_err(|e| decode_error(def, &name, &e))?;
+        def.strategy.default(&mut obj);
+        def.strategy.prepare_for_create(&mut obj);
+        let mut causes = Vec::new();
+        if let Some(msg) = def.strategy.validate_name(&name) {
+            causes.push(Cause::invalid("metadata.name", &name, msg));
+        }
+        causes.extend(validation::validate_metadata(&obj));
+        causes.extend(def.strategy.validate(&obj));
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(def, &name, causes));
+        }
+        if def.namespaced {
+            if let Some(ns) = ns {
+                self.check_namespace_open(ns).await?;
+            }
+        }
+        let key = def.key(ns, &name);
+        let allocated = if def.group.is_empty() && def.plural == "services" && !dry_run {
+            self.service_allocate(def, &name, &mut obj, None).await?
+        } else {
+            Allocated::default()
+        };
+        if dry_run {
+            return Ok(obj);
+        }
+        match self.store.create(&key, encode(&obj)).await {
+            Ok(rev) => {
+                set_rv(&mut obj, rev);
+                tracing::info!(resource = def.plural, namespace = ns.unwrap_or(""), name = %name, "created");
+                Ok(obj)
+            }
+            Err(e) => {
+                self.release(&allocated).await;
+                Err(ApiError::from_storage(e, def, &name))
+            }
+        }
+    }
+
+    async fn check_namespace_open(&self, ns: &str) -> ApiResult<()> {
+        let nsdef = self.namespaces();
+        match self.store.get(&nsdef.key(None, ns)).await? {
+            None => Err(ApiError::not_found_named("namespaces", ns)),
+            Some(kv) => {
+                let obj = decode_kv(&kv)?;
+                if is_deleting(&obj) {
+                    Err(ApiError::forbidden(format!(
+                        "unable to create new content in namespace {ns} because it is being terminated"
+                    )))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// Replaces an object (PUT) or one of its subresources.
+    pub async fn update(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+        mut obj: Value,
+        target: UpdateTarget,
+        dry_run: bool,
+    ) -> ApiResult<Value> {
+        check_type_meta(def, &mut obj)?;
+        set_namespace(def, ns, &mut obj)?;
+        if let Some(n) = meta_str(&obj, "name") {
+            if n != name {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({name})"
+                )));
+            }
+        }
+        let wanted_rv = rv_of(&obj).map(String::from);
+        self.guaranteed_update(
+            def,
+            ns,
+            name,
+            dry_run,
+            |old| {
+                if let Some(rv) = &wanted_rv {
+                    if Some(rv.as_str()) != rv_of(old) {
+                        return Err(ApiError::conflict(def, name));
+                    }
+                }
+                Ok(obj.clone())
+            },
+            target,
+        )
+        .await
+    }
+
+    /// Applies `mutate` to the current object and writes the result, retrying when
+    /// another writer got there first. `mutate` sees the object as stored (with its
+    /// resourceVersion) and returns the object the client wants.
+    pub async fn guaranteed_update<F>(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+        dry_run: bool,
+        mut mutate: F,
+        target: UpdateTarget,
+    ) -> ApiResult<Value>
+    where
+        F: FnMut(&Value) -> ApiResult<Value>,
+    {
+        let key = def.key(ns, name);
+        loop {
+            let kv = self
+                .store
+                .get(&key)
+                .await?
+                .ok_or_else(|| ApiError::not_found(def, name))?;
+            let old = decode_kv(&kv)?;
+            let wanted = mutate(&old)?;
+            let mut new = self.prepare_update(def, name, wanted, &old, target)?;
+            if same_object(&new, &old) {
+                return Ok(old);
+            }
+            let allocated = if def.group.is_empty() && def.plural == "services" && !dry_run {
+                self.service_allocate(def, name, &mut new, Some(&old))
+                    .await?
+            } else {
+                Allocated::default()
+            };
+            if dry_run {
+                return Ok(new);
+            }
+            if is_deleting(&new)
+                && !has_finalizers(&new)
+                && !namespace_has_spec_finalizers(def, &new)
+            {
+                // The last finalizer is gone: the deletion the client asked for earlier
+                // completes now.
+                match self.store.delete(&key, Some(kv.mod_revision)).await {
+                    Ok(_) => {
+                        self.after_delete(def, &new).await;
+                        return Ok(new);
+                    }
+                    Err(storage::Error::Conflict { .. }) => continue,
+                    Err(e) => return Err(ApiError::from_storage(e, def, name)),
+                }
+            }
+            match self.store.update(&key, encode(&new), kv.mod_revision).await {
+                Ok(rev) => {
+                    self.release_replaced(def, &old, &new).await;
+                    set_rv(&mut new, rev);
+                    return Ok(new);
+                }
+                Err(storage::Error::Conflict { .. }) => {
+                    self.release(&allocated).await;
+                    continue;
+                }
+                Err(e) => {
+                    self.release(&allocated).await;
+                    return Err(ApiError::from_storage(e, def, name));
+                }
+            }
+        }
+    }
+
+    /// Turns what the client sent into the object to store: immutable metadata kept,
+    /// status or spec kept depending on the target, defaults, validation, generation.
+    fn prepare_update(
+        &self,
+        def: &ResourceDef,
+        name: &str,
+        wanted: Value,
+        old: &Value,
+        target: UpdateTarget,
+    ) -> ApiResult<Value> {
+        let mut new = match target {
+            UpdateTarget::Main => {
+                let mut new = wanted;
+                def.strategy.prepare_for_update(&mut new, old);
+                if def.has(Subresource::Status) {
+                    match old.get("status") {
+                        Some(s) => new["status"] = s.clone(),
+                        None => {
+                            if let Some(o) = new.as_object_mut() {
+                                o.remove("status");
+                            }
+                        }
+                    }
+                }
+                new
+            }
+            UpdateTarget::Status => {
+                let mut new = old.clone();
+                match wanted.get("status") {
+                    Some(s) => new["status"] = s.clone(),
+                    None => {
+                        if let Some(o) = new.as_object_mut() {
+                            o.remove("status");
+                        }
+                    }
+                }
+                new
+            }
+            UpdateTarget::Finalize => {
+                let mut new = old.clone();
+                let finalizers = wanted
+                    .pointer("/spec/finalizers")
+                    .cloned()
+                    .unwrap_or_else(|| json!([]));
+                new["spec"]["finalizers"] = finalizers;
+                new
+            }
+        };
+        if !new.is_object() {
+            return Err(ApiError::bad_request("the object must be a JSON object"));
+        }
+        let old_meta = meta(old).cloned().unwrap_or_default();
+        let m = meta_mut(&mut new);
+        for field in [
+            "name",
+            "namespace",
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+        ] {
+            match old_meta.get(field) {
+                Some(v) => m.insert(field.into(), v.clone()),
+                None => m.remove(field),
+            };
+        }
+        m.remove("selfLink");
+        if let (Some(k), Some(v)) = (old.get("kind"), old.get("apiVersion")) {
+            new["kind"] = k.clone();
+            new["apiVersion"] = v.clone();
+        }
+        def.strategy
+            .decode_check(&new)
+            .map_err(|e| decode_error(def, name, &e))?;
+        def.strategy.default(&mut new);
+        if is_deleting(old) {
+            // Finalizers may only be removed from an object being deleted.
+            let added = meta(&new)
+                .and_then(|m| m.get("finalizers"))
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .any(|f| {
+                    !meta(old)
+                        .and_then(|m| m.get("finalizers"))
+                        .and_then(Value::as_array)
+                        .is_some_and(|o| o.contains(f))
+                });
+            if added {
+                return Err(ApiError::invalid(
+                    def,
+                    name,
+                    vec![Cause::forbidden(
+                        "metadata.finalizers",
+                        "no new finalizers can be added if the object is being deleted",
+                    )],
+                ));
+            }
+        }
+        let mut causes = validation::validate_metadata(&new);
+        causes.extend(def.strategy.validate_update(&new, old));
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(def, name, causes));
+        }
+        if def.strategy.tracks_generation() && spec_part(&new) != spec_part(old) {
+            let gen = old_meta
+                .get("generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            meta_mut(&mut new).insert("generation".into(), json!(gen + 1));
+        }
+        Ok(new)
+    }
+
+    /// Deletes an object, or marks it for deletion when finalizers or a graceful pod
+    /// shutdown must run first. Returns the object and whether it is gone already.
+    pub async fn delete(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+        dry_run: bool,
+    ) -> ApiResult<(Value, bool)> {
+        let key = def.key(ns, name);
+        if def.group.is_empty()
+            && def.plural == "namespaces"
+            && SYSTEM_NAMESPACES[..3].contains(&name)
+        {
+            return Err(ApiError::forbidden(format!(
+                "namespaces {name:?} is forbidden: this namespace may not be deleted"
+            )));
+        }
+        loop {
+            let kv = self
+                .store
+                .get(&key)
+                .await?
+                .ok_or_else(|| ApiError::not_found(def, name))?;
+            let old = decode_kv(&kv)?;
+            if let Some(pre) = &opts.preconditions {
+                if let Some(uid) = &pre.uid {
+                    if meta_str(&old, "uid") != Some(uid.as_str()) {
+                        return Err(ApiError::conflict_msg(def, name, &format!(
+                            "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                            meta_str(&old, "uid").unwrap_or("")
+                        )));
+                    }
+                }
+                if let Some(rv) = &pre.resource_version {
+                    if rv_of(&old) != Some(rv.as_str()) {
+                        return Err(ApiError::conflict_msg(def, name, &format!(
+                            "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                            rv_of(&old).unwrap_or("")
+                        )));
+                    }
+                }
+            }
+            let graceful = self.graceful_deletion(def, &old, opts);
+            if has_finalizers(&old)
+                || graceful.is_some()
+                || namespace_has_spec_finalizers(def, &old)
+            {
+                if is_deleting(&old) && graceful.is_none() {
+                    return Ok((old, false));
+                }
+                let mut marked = old.clone();
+                let grace = graceful.unwrap_or(0);
+                let when = Utc::now() + chrono::TimeDelta::seconds(grace);
+                let m = meta_mut(&mut marked);
+                if !m.contains_key("deletionTimestamp") || graceful.is_some() {
+                    m.insert(
+                        "deletionTimestamp".into(),
+                        json!(when.to_rfc3339_opts(SecondsFormat::Secs, true)),
+                    );
+                    m.insert("deletionGracePeriodSeconds".into(), json!(grace));
+                }
+                if def.group.is_empty() && def.plural == "namespaces" {
+                    marked["status"]["phase"] = json!("Terminating");
+                }
+                if dry_run {
+                    return Ok((marked, false));
+                }
+                match self
+                    .store
+                    .update(&key, encode(&marked), kv.mod_revision)
+                    .await
+                {
+                    Ok(rev) => {
+                        set_rv(&mut marked, rev);
+                        tracing::info!(
+                            resource = def.plural,
+                            namespace = ns.unwrap_or(""),
+                            name,
+                            "marked for deletion"
+                        );
+                        return Ok((marked, false));
+                    }
+                    Err(storage::Error::Conflict { .. }) => continue,
+                    Err(e) => return Err(ApiError::from_storage(e, def, name)),
+                }
+            }
+            if dry_run {
+                return Ok((old, true));
+            }
+            match self.store.delete(&key, Some(kv.mod_revision)).await {
+                Ok(_) => {
+                    self.after_delete(def, &old).await;
+                    tracing::info!(
+                        resource = def.plural,
+                        namespace = ns.unwrap_or(""),
+                        name,
+                        "deleted"
+                    );
+                    return Ok((old, true));
+                }
+                Err(storage::Error::Conflict { .. }) => continue,
+                Err(storage::Error::NotFound { .. }) => return Err(ApiError::not_found(def, name)),
+                Err(e) => return Err(ApiError::from_storage(e, def, name)),
+            }
+        }
+    }
+
+    /// Pods bound to a node get a grace period for their kubelet to stop them; the
+    /// kubelet then deletes them with grace 0. Unbound or finished pods go at once, as
+    /// does any pod deleted with `gracePeriodSeconds: 0`.
+    fn graceful_deletion(
+        &self,
+        def: &ResourceDef,
+        obj: &Value,
+        opts: &DeleteOptions,
+    ) -> Option<i64> {
+        if !(def.group.is_empty() && def.plural == "pods") {
+            return None;
+        }
+        let bound = obj
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty());
+        let finished = matches!(
+            obj.pointer("/status/phase").and_then(Value::as_str),
+            Some("Succeeded") | Some("Failed")
+        );
+        let grace = opts.grace_period_seconds.unwrap_or_else(|| {
+            obj.pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+                .unwrap_or(30)
+        });
+        if !bound || finished || grace <= 0 {
+            return None;
+        }
+        // A second delete may shorten the grace period, never lengthen it.
+        if let Some(current) = meta(obj)
+            .and_then(|m| m.get("deletionGracePeriodSeconds"))
+            .and_then(Value::as_i64)
+        {
+            if grace >= current {
+                return None;
+            }
+        }
+        Some(grace)
+    }
+
+    /// Deletes every object matching `params`; returns the deleted (or marked) objects.
+    pub async fn delete_collection(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        params: &ListParams,
+        opts: &DeleteOptions,
+        dry_run: bool,
+    ) -> ApiResult<(Vec<Value>, Value)> {
+        let (items, list_meta) = self.list(def, ns, params).await?;
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            let name = meta_str(&item, "name").unwrap_or("").to_string();
+            let item_ns = meta_str(&item, "namespace").map(String::from);
+            match self
+                .delete(def, item_ns.as_deref(), &name, opts, dry_run)
+                .await
+            {
+                Ok((obj, _)) => out.push(obj),
+                Err(e) if e.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((out, list_meta))
+    }
+
+    /// Assigns a pod to a node (`pods/binding`), as the scheduler does. The pod's spec is
+    /// otherwise immutable, so this bypasses the update strategy on purpose.
+    pub async fn bind_pod(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+        node: &str,
+        dry_run: bool,
+    ) -> ApiResult<()> {
+        let key = def.key(ns, name);
+        loop {
+            let kv = self
+                .store
+                .get(&key)
+                .await?
+                .ok_or_else(|| ApiError::not_found(def, name))?;
+            let mut pod = decode_kv(&kv)?;
+            if is_deleting(&pod) {
+                return Err(ApiError::conflict_msg(
+                    def,
+                    name,
+                    "pod is being deleted, cannot be assigned to a host",
+                ));
+            }
+            if let Some(current) = pod
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty())
+            {
+                return Err(ApiError::conflict_msg(
+                    def,
+                    name,
+                    &format!("pod {name} is already assigned to node {current:?}"),
+                ));
+            }
+            pod["spec"]["nodeName"] = json!(node);
+            let condition = json!({
+                "type": "PodScheduled",
+                "status": "True",
+                "lastProbeTime": null,
+                "lastTransitionTime": now_rfc3339(),
+            });
+            if !pod.get("status").is_some_and(Value::is_object) {
+                pod["status"] = json!({});
+            }
+            let conditions = pod["status"]
+                .as_object_mut()
+                .expect("status was just made an object")
+                .entry("conditions")
+                .or_insert_with(|| json!([]));
+            if let Some(list) = conditions.as_array_mut() {
+                list.retain(|c| c.get("type").and_then(Value::as_str) != Some("PodScheduled"));
+                list.push(condition);
+            }
+            if dry_run {
+                return Ok(());
+            }
+            match self.store.update(&key, encode(&pod), kv.mod_revision).await {
+                Ok(_) => {
+                    tracing::info!(namespace = ns.unwrap_or(""), pod = name, node, "bound pod");
+                    return Ok(());
+                }
+                Err(storage::Error::Conflict { .. }) => continue,
+                Err(e) => return Err(ApiError::from_storage(e, def, name)),
+            }
+        }
+    }
+
+    /// Creates the namespaces every cluster starts with, if missing.
+    pub async fn ensure_system_namespaces(&self) -> ApiResult<()> {
+        let def = self.namespaces();
+        for ns in SYSTEM_NAMESPACES {
+            let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+            match self.create(&def, None, obj, false).await {
+                Ok(_) => tracing::info!(namespace = ns, "created system namespace"),
+                Err(e) if e.reason == "AlreadyExists" => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    async fn after_delete(&self, def: &ResourceDef, obj: &Value) {
+        if def.group.is_empty() && def.plural == "services" {
+            let mut allocated = Allocated::default();
+            collect_allocations(obj, &mut allocated);
+            self.release(&allocated).await;
+        }
+    }
+
+    /// Releases what an update dropped (a ClusterIP, NodePorts no longer listed).
+    async fn release_replaced(&self, def: &ResourceDef, old: &Value, new: &Value) {
+        if !(def.group.is_empty() && def.plural == "services") {
+            return;
+        }
+        let mut before = Allocated::default();
+        let mut after = Allocated::default();
+        collect_allocations(old, &mut before);
+        collect_allocations(new, &mut after);
+        before.ips.retain(|ip| !after.ips.contains(ip));
+        before.ports.retain(|p| !after.ports.contains(p));
+        self.release(&before).await;
+    }
+
+    async fn release(&self, allocated: &Allocated) {
+        for ip in &allocated.ips {
+            self.allocator.release_ip(ip).await;
+        }
+        for p in &allocated.ports {
+            self.allocator.release_port(*p).await;
+        }
+    }
+
+    /// Allocates what a Service needs and does not hold yet: a ClusterIP (unless
+    /// `None` or ExternalName) and a NodePort per port for NodePort/LoadBalancer
+    /// Services. Returns what was newly allocated, so a failed write can give it back.
+    async fn service_allocate(
+        &self,
+        def: &ResourceDef,
+        name: &str,
+        svc: &mut Value,
+        old: Option<&Value>,
+    ) -> ApiResult<Allocated> {
+        let owner = format!("{}/{}", meta_str(svc, "namespace").unwrap_or(""), name);
+        let mut got = Allocated::default();
+        let result = self
+            .service_allocate_inner(def, name, svc, old, &owner, &mut got)
+            .await;
+        if let Err(e) = result {
+            self.release(&got).await;
+            return Err(e);
+        }
+        Ok(got)
+    }
+
+    async fn service_allocate_inner(
+        &self,
+        def: &ResourceDef,
+        name: &str,
+        svc: &mut Value,
+        old: Option<&Value>,
+        owner: &str,
+        got: &mut Allocated,
+    ) -> ApiResult<()> {
+        let svc_type = svc
+            .pointer("/spec/type")
+            .and_then(Value::as_str)
+            .unwrap_or("ClusterIP")
+            .to_string();
+        let alloc_err = |field: &str, value: &str, e: AllocError| match e {
+            AllocError::Storage(s) => ApiError::from(s),
+            other => ApiError::invalid(
+                def,
+                name,
+                vec![Cause::invalid(field, value, other.to_string())],
+            ),
+        };
+        if svc_type != "ExternalName" {
+            let old_ip = old
+                .and_then(|o| o.pointer("/spec/clusterIP"))
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(String::from);
+            let wanted = svc
+                .pointer("/spec/clusterIP")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            if wanted != "None" && old_ip.is_none() {
+                let requested = if wanted.is_empty() {
+                    None
+                } else {
+                    Some(wanted.parse::<Ipv4Addr>().map_err(|_| {
+                        ApiError::invalid(
+                            def,
+                            name,
+                            vec![Cause::invalid(
+                                "spec.clusterIP",
+                                &wanted,
+                                "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+                            )],
+                        )
+                    })?)
+                };
+                let ip = self
+                    .allocator
+                    .allocate_ip(requested, owner)
+                    .await
+                    .map_err(|e| alloc_err("spec.clusterIP", &wanted, e))?;
+                got.ips.push(ip.to_string());
+                svc["spec"]["clusterIP"] = json!(ip.to_string());
+                svc["spec"]["clusterIPs"] = json!([ip.to_string()]);
+            } else if wanted == "None" {
+                svc["spec"]["clusterIPs"] = json!(["None"]);
+            }
+        }
+        let wants_node_ports = matches!(svc_type.as_str(), "NodePort" | "LoadBalancer");
+        let old_ports: Vec<u16> = old
+            .map(|o| {
+                let mut a = Allocated::default();
+                collect_allocations(o, &mut a);
+                a.ports
+            })
+            .unwrap_or_default();
+        if let Some(ports) = svc.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
+            for (i, port) in ports.iter_mut().enumerate() {
+                let current = port.get("nodePort").and_then(Value::as_u64).unwrap_or(0) as u16;
+                if !wants_node_ports {
+                    if let Some(p) = port.as_object_mut() {
+                        p.remove("nodePort");
+                    }
+                    continue;
+                }
+                if current != 0 && old_ports.contains(&current) {
+                    continue;
+                }
+                let requested = (current != 0).then_some(current);
+                let p = self
+                    .allocator
+                    .allocate_port(requested, owner)
+                    .await
+                    .map_err(|e| {
+                        alloc_err(
+                            &format!("spec.ports[{i}].nodePort"),
+                            &current.to_string(),
+                            e,
+                        )
+                    })?;
+                got.ports.push(p);
+                port["nodePort"] = json!(p);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Addresses and ports a Service holds.
+#[derive(Debug, Default)]
+struct Allocated {
+    ips: Vec<String>,
+    ports: Vec<u16>,
+}
+
+fn collect_allocations(svc: &Value, into: &mut Allocated) {
+    if let Some(ip) = svc
+        .pointer("/spec/clusterIP")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty() && *s != "None")
+    {
+        into.ips.push(ip.to_string());
+    }
+    for p in svc
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(np) = p.get("nodePort").and_then(Value::as_u64).filter(|n| *n > 0) {
+            into.ports.push(np as u16);
+        }
+    }
+}
+
+/// A namespace is only deleted once its `spec.finalizers` (the namespace controller's
+/// `kubernetes` finalizer) are gone too.
+fn namespace_has_spec_finalizers(def: &ResourceDef, obj: &Value) -> bool {
+    def.group.is_empty()
+        && def.plural == "namespaces"
+        && obj
+            .pointer("/spec/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty())
+}
+
+/// The value of a field for field selectors: the generic metadata fields, then the kind's.
+pub fn field_value(def: &ResourceDef, obj: &Value, field: &str) -> Option<String> {
+    match field {
+        "metadata.name" => Some(meta_str(obj, "name").unwrap_or("").to_string()),
+        "metadata.namespace" if def.namespaced => {
+            Some(meta_str(obj, "namespace").unwrap_or("").to_string())
+        }
+        _ => def.strategy.field_value(obj, field),
+    }
+}
+
+/// Checks (or fills in) `apiVersion` and `kind`.
+fn check_type_meta(def: &ResourceDef, obj: &mut Value) -> ApiResult<()> {
+    let Some(map) = obj.as_object_mut() else {
+        return Err(ApiError::bad_request(
+            "the body of the request must be a JSON object",
+        ));
+    };
+    let want_av = def.api_version();
+    match map.get("apiVersion").and_then(Value::as_str) {
+        Some(av) if av != want_av => {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({av}) does not match the expected API version ({want_av})"
+            )))
+        }
+        Some(_) => {}
+        None => {
+            map.insert("apiVersion".into(), json!(want_av));
+        }
+    }
+    match map.get("kind").and_then(Value::as_str) {
+        Some(k) if k != def.kind => {
+            return Err(ApiError::bad_request(format!(
+                "the kind in the data ({k}) does not match the expected kind ({})",
+                def.kind
+            )))
+        }
+        Some(_) => {}
+        None => {
+            map.insert("kind".into(), json!(def.kind));
+        }
+    }
+    Ok(())
+}
+
+/// Sets `metadata.namespace` from the URL, refusing a body that names another one.
+fn set_namespace(def: &ResourceDef, ns: Option<&str>, obj: &mut Value) -> ApiResult<()> {
+    let m = meta_mut(obj);
+    if !def.namespaced {
+        m.remove("namespace");
+        return Ok(());
+    }
+    let Some(ns) = ns else {
+        return Err(ApiError::bad_request(format!(
+            "{} must be created in a namespace",
+            def.group_resource()
+        )));
+    };
+    match m.get("namespace").and_then(Value::as_str) {
+        Some(n) if !n.is_empty() && n != ns => Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        )),
+        _ => {
+            m.insert("namespace".into(), json!(ns));
+            Ok(())
+        }
+    }
+}
+
+fn decode_error(def: &ResourceDef, name: &str, err: &str) -> ApiError {
+    let what = if name.is_empty() {
+        def.kind.to_string()
+    } else {
+        format!("{} {name:?}", def.kind)
+    };
+    ApiError::bad_request(format!(
+        "{what} in version {:?} cannot be handled as a {}: {err}",
+        def.version, def.kind
+    ))
+}

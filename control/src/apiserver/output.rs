@@ -1,0 +1,226 @@
+//! Response encodings chosen from the `Accept` header: plain JSON objects and lists,
+//! `meta.k8s.io/v1` Tables (what `kubectl get` asks for), and PartialObjectMetadata
+//! (what metadata-only informers ask for).
+
+use chrono::Utc;
+use serde_json::{json, Map, Value};
+
+use super::request::Query;
+use super::status::{ApiError, ApiResult};
+use crate::registry::ResourceDef;
+
+/// How to encode objects in a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The objects as stored.
+    Json,
+    /// A `meta.k8s.io/v1` Table.
+    Table(IncludeObject),
+    /// `PartialObjectMetadata` / `PartialObjectMetadataList`.
+    PartialMetadata,
+}
+
+/// What a Table row's `object` carries (`?includeObject=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncludeObject {
+    None,
+    Metadata,
+    Object,
+}
+
+/// One media type from an Accept header with its parameters.
+struct MediaRange<'a> {
+    essence: &'a str,
+    params: Vec<(&'a str, &'a str)>,
+}
+
+fn media_ranges(accept: &str) -> Vec<MediaRange<'_>> {
+    accept
+        .split(',')
+        .map(|part| {
+            let mut pieces = part.split(';').map(str::trim);
+            let essence = pieces.next().unwrap_or("");
+            let params = pieces
+                .filter_map(|p| p.split_once('='))
+                .map(|(k, v)| (k.trim(), v.trim()))
+                .collect();
+            MediaRange { essence, params }
+        })
+        .collect()
+}
+
+fn param<'a>(m: &MediaRange<'a>, key: &str) -> Option<&'a str> {
+    m.params.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+}
+
+/// Picks the response format from the Accept header, in the client's order of preference.
+pub fn negotiate(accept: Option<&str>, query: &Query) -> ApiResult<Format> {
+    let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else {
+        return Ok(Format::Json);
+    };
+    let mut saw_unsupported = false;
+    for m in media_ranges(accept) {
+        let json_like = matches!(
+            m.essence,
+            "application/json" | "application/*" | "*/*" | "application/yaml"
+        );
+        if !json_like {
+            saw_unsupported = true;
+            continue;
+        }
+        match param(&m, "as") {
+            None => return Ok(Format::Json),
+            Some("Table") if param(&m, "g") == Some("meta.k8s.io") => {
+                let include = match query.get("includeObject") {
+                    Some("None") => IncludeObject::None,
+                    Some("Object") => IncludeObject::Object,
+                    _ => IncludeObject::Metadata,
+                };
+                return Ok(Format::Table(include));
+            }
+            Some("PartialObjectMetadata") | Some("PartialObjectMetadataList")
+                if param(&m, "g") == Some("meta.k8s.io") =>
+            {
+                return Ok(Format::PartialMetadata)
+            }
+            Some(_) => saw_unsupported = true,
+        }
+    }
+    if saw_unsupported {
+        Err(ApiError::not_acceptable(format!(
+            "only the following media types are accepted: application/json, application/json;as=Table;v=v1;g=meta.k8s.io (asked for {accept:?})"
+        )))
+    } else {
+        Ok(Format::Json)
+    }
+}
+
+/// True when the client asked for aggregated discovery (`as=APIGroupDiscoveryList`).
+pub fn wants_aggregated_discovery(accept: Option<&str>) -> bool {
+    let Some(accept) = accept else { return false };
+    for m in media_ranges(accept) {
+        if m.essence != "application/json" {
+            continue;
+        }
+        match param(&m, "as") {
+            Some("APIGroupDiscoveryList") => {
+                return param(&m, "g") == Some("apidiscovery.k8s.io")
+                    && param(&m, "v") == Some("v2")
+            }
+            None => return false,
+            Some(_) => continue,
+        }
+    }
+    false
+}
+
+fn partial_metadata(obj: &Value) -> Value {
+    json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": obj.get("metadata").cloned().unwrap_or_else(|| json!({})),
+    })
+}
+
+fn table_row(def: &ResourceDef, obj: &Value, include: IncludeObject) -> Value {
+    let cells = def.strategy.cells(obj, Utc::now());
+    let mut row = json!({"cells": cells});
+    match include {
+        IncludeObject::None => {}
+        IncludeObject::Metadata => row["object"] = partial_metadata(obj),
+        IncludeObject::Object => row["object"] = obj.clone(),
+    }
+    row
+}
+
+/// A Table of `objects`; `list_meta` is the list's metadata (resourceVersion, continue).
+pub fn table(
+    def: &ResourceDef,
+    objects: &[Value],
+    list_meta: Value,
+    include: IncludeObject,
+) -> Value {
+    let rows: Vec<Value> = objects.iter().map(|o| table_row(def, o, include)).collect();
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": list_meta,
+        "columnDefinitions": def.strategy.columns(),
+        "rows": rows,
+    })
+}
+
+/// Encodes one object in `format`.
+pub fn object(def: &ResourceDef, obj: Value, format: Format) -> Value {
+    match format {
+        Format::Json => obj,
+        Format::PartialMetadata => partial_metadata(&obj),
+        Format::Table(include) => {
+            let rv = obj
+                .pointer("/metadata/resourceVersion")
+                .cloned()
+                .unwrap_or(Value::Null);
+            let mut meta = Map::new();
+            if !rv.is_null() {
+                meta.insert("resourceVersion".into(), rv);
+            }
+            table(
+                def,
+                std::slice::from_ref(&obj),
+                Value::Object(meta),
+                include,
+            )
+        }
+    }
+}
+
+/// Encodes a list in `format`.
+pub fn list(def: &ResourceDef, items: Vec<Value>, list_meta: Value, format: Format) -> Value {
+    match format {
+        Format::Json => json!({
+            "kind": def.list_kind(),
+            "apiVersion": def.api_version(),
+            "metadata": list_meta,
+            "items": items,
+        }),
+        Format::PartialMetadata => json!({
+            "kind": "PartialObjectMetadataList",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": list_meta,
+            "items": items.iter().map(partial_metadata).collect::<Vec<_>>(),
+        }),
+        Format::Table(include) => table(def, &items, list_meta, include),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiates_kubectl_accept_headers() {
+        let q = Query::default();
+        let kubectl = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
+        assert_eq!(
+            negotiate(Some(kubectl), &q).unwrap(),
+            Format::Table(IncludeObject::Metadata)
+        );
+        assert_eq!(
+            negotiate(Some("application/json"), &q).unwrap(),
+            Format::Json
+        );
+        assert_eq!(negotiate(None, &q).unwrap(), Format::Json);
+        assert_eq!(
+            negotiate(
+                Some("application/vnd.kubernetes.protobuf,application/json"),
+                &q
+            )
+            .unwrap(),
+            Format::Json
+        );
+        assert!(negotiate(Some("application/vnd.kubernetes.protobuf"), &q).is_err());
+        let disco = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+        assert!(wants_aggregated_discovery(Some(disco)));
+        assert!(!wants_aggregated_discovery(Some("application/json")));
+    }
+}

@@ -1,0 +1,181 @@
+//! Watch: the newline-framed event stream (`{"type":…,"object":…}` per line).
+//!
+//! A watch starting with no resourceVersion (or "0") first sends the current objects as
+//! synthetic ADDED events; one starting at N sends only changes after N. Events come from
+//! the resource's [`WatchCache`](crate::storage::WatchCache), so all watchers of a
+//! resource share one etcd watch. With selectors, an object that stops matching is sent
+//! as DELETED and one that starts matching as ADDED, as Kubernetes does.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use rand::Rng;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::objects::{decode_stored, ListParams, Objects};
+use super::output::{self, Format};
+use super::status::{ApiError, ApiResult};
+use crate::metrics::WatchGuard;
+use crate::registry::ResourceDef;
+use crate::storage::{self, EventKind};
+
+/// What a watch request asked for.
+pub struct WatchRequest {
+    pub def: Arc<ResourceDef>,
+    pub namespace: Option<String>,
+    pub params: ListParams,
+    pub format: Format,
+    pub bookmarks: bool,
+    pub timeout: Option<Duration>,
+    pub bookmark_interval: Duration,
+}
+
+fn line(kind: &str, object: Value) -> Bytes {
+    let mut buf = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+    buf.push(b'\n');
+    Bytes::from(buf)
+}
+
+/// Starts a watch; the returned stream is the response body.
+pub async fn start(
+    objects: Arc<Objects>,
+    req: WatchRequest,
+) -> ApiResult<ReceiverStream<Result<Bytes, Infallible>>> {
+    let def = req.def.clone();
+    let ns = req.namespace.clone();
+    let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(256);
+
+    let rv = req
+        .params
+        .resource_version
+        .clone()
+        .filter(|s| !s.is_empty() && s != "0");
+    let mut initial = Vec::new();
+    let start_rev = match rv {
+        Some(rv) => rv
+            .parse::<i64>()
+            .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv:?}")))?,
+        None => {
+            let mut params = req.params.clone();
+            params.limit = None;
+            params.continue_token = None;
+            params.resource_version = None;
+            let (items, meta) = objects.list(&def, ns.as_deref(), &params).await?;
+            initial = items;
+            meta["resourceVersion"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0)
+        }
+    };
+    let cache = objects.cache(&def);
+    let prefix = def.namespace_prefix(ns.as_deref());
+    let subscription = cache.subscribe_with_progress(start_rev, &prefix).await;
+
+    let timeout = req
+        .timeout
+        .unwrap_or_else(|| Duration::from_secs(rand::rng().random_range(1800..3600)));
+    tokio::spawn(async move {
+        let _guard = WatchGuard::new();
+        let format = req.format;
+        for obj in initial {
+            if tx
+                .send(Ok(line("ADDED", output::object(&def, obj, format))))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let (mut events, progress) = match subscription {
+            Ok(s) => s,
+            Err(e) => {
+                let status = ApiError::from(e).to_status();
+                let _ = tx.send(Ok(line("ERROR", status))).await;
+                return;
+            }
+        };
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let mut bookmark = tokio::time::interval(req.bookmark_interval);
+        bookmark.tick().await;
+        let mut last_rev = start_rev;
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return,
+                _ = tx.closed() => return,
+                _ = bookmark.tick(), if req.bookmarks => {
+                    // Only a revision this watcher has fully read is safe to resume
+                    // from; the cache's newest may still be queued for it.
+                    let rev = last_rev.max(progress.revision());
+                    let obj = json!({
+                        "kind": def.kind,
+                        "apiVersion": def.api_version(),
+                        "metadata": {"resourceVersion": rev.to_string()},
+                    });
+                    if tx.send(Ok(line("BOOKMARK", obj))).await.is_err() {
+                        return;
+                    }
+                }
+                ev = events.next() => {
+                    let ev = match ev {
+                        None => return,
+                        Some(Err(e)) => {
+                            let status = match e {
+                                storage::Error::Compacted { .. } => ApiError::from(e),
+                                other => ApiError::from(other),
+                            };
+                            let _ = tx.send(Ok(line("ERROR", status.to_status()))).await;
+                            return;
+                        }
+                        Some(Ok(ev)) => ev,
+                    };
+                    last_rev = ev.revision;
+                    let Some((kind, obj)) = translate(&objects, &def, &req.params, &ev) else {
+                        continue;
+                    };
+                    if tx.send(Ok(line(kind, output::object(&def, obj, format)))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    Ok(ReceiverStream::new(rx))
+}
+
+/// Turns a storage event into a watch event, applying the selectors to the old and new
+/// state; `None` when the watcher should not see it.
+fn translate(
+    objects: &Objects,
+    def: &ResourceDef,
+    params: &ListParams,
+    ev: &storage::WatchEvent,
+) -> Option<(&'static str, Value)> {
+    let obj = decode_stored(&ev.value, ev.revision).ok()?;
+    let now_matches = objects.matches(def, &obj, params).unwrap_or(false);
+    let filtered = params.labels.is_some() || params.fields.is_some();
+    let before_matches = match (&ev.prev_value, filtered) {
+        (_, false) => true,
+        (Some(prev), true) => decode_stored(prev, ev.revision)
+            .ok()
+            .map(|p| objects.matches(def, &p, params).unwrap_or(false))
+            .unwrap_or(false),
+        (None, true) => false,
+    };
+    match ev.kind {
+        EventKind::Created => now_matches.then_some(("ADDED", obj)),
+        EventKind::Deleted => now_matches.then_some(("DELETED", obj)),
+        EventKind::Updated => match (before_matches, now_matches) {
+            (true, true) => Some(("MODIFIED", obj)),
+            (false, true) => Some(("ADDED", obj)),
+            (true, false) => Some(("DELETED", obj)),
+            (false, false) => None,
+        },
+    }
+}

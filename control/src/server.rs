@@ -1,0 +1,222 @@
+//! `wasmkube server`: the control plane process, wired together.
+//!
+//! Start-up order: the PKI under `<data-dir>/pki`, etcd (a managed child when no
+//! `--etcd-servers` are given), the store, the system namespaces, the HTTPS listener,
+//! then `<data-dir>/kubeconfig` — written last, so a file that exists means the server
+//! is serving. The controllers that run inside the control plane are API clients of
+//! that same listener, never readers of etcd.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+pub use ipnet::Ipv4Net;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::apiserver::allocator::ServiceAllocator;
+use crate::apiserver::authn::Authenticator;
+use crate::apiserver::objects::Objects;
+use crate::apiserver::{self, ApiState};
+use crate::controllers;
+use crate::etcd_process::ManagedEtcd;
+use crate::kubeconfig::{self, Credential};
+use crate::pki::Pki;
+use crate::registry::Registry;
+use crate::storage::{compactor, EtcdStore, Store};
+
+/// Everything `wasmkube server` can be told.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub data_dir: PathBuf,
+    /// External etcd endpoints; empty to run a managed etcd child.
+    pub etcd_servers: Vec<String>,
+    pub bind_address: IpAddr,
+    /// 0 picks a free port.
+    pub secure_port: u16,
+    /// Extra subject alternative names for the serving certificate.
+    pub tls_sans: Vec<String>,
+    pub service_cidr: Ipv4Net,
+    pub node_port_range: (u16, u16),
+    /// A Kubernetes static token file (`token,user,uid,"groups"`).
+    pub token_auth_file: Option<PathBuf>,
+    pub compaction_interval: Duration,
+    pub bookmark_interval: Duration,
+    /// Run the controllers (namespace lifecycle) in this process.
+    pub run_controllers: bool,
+}
+
+impl ServerOptions {
+    /// Defaults for everything but the data directory.
+    pub fn new(data_dir: PathBuf) -> Self {
+        ServerOptions {
+            data_dir,
+            etcd_servers: Vec::new(),
+            bind_address: IpAddr::from([127, 0, 0, 1]),
+            secure_port: 6443,
+            tls_sans: Vec::new(),
+            service_cidr: "127.96.0.0/16".parse().expect("valid default CIDR"),
+            node_port_range: (30000, 32767),
+            token_auth_file: None,
+            compaction_interval: Duration::from_secs(300),
+            bookmark_interval: Duration::from_secs(60),
+            run_controllers: true,
+        }
+    }
+}
+
+/// A running control plane.
+pub struct Server {
+    /// `https://host:port`.
+    pub url: String,
+    pub kubeconfig: PathBuf,
+    pub addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    etcd: Option<ManagedEtcd>,
+}
+
+impl Server {
+    /// Starts the control plane and returns once it serves.
+    pub async fn start(opts: ServerOptions) -> Result<Server> {
+        std::fs::create_dir_all(&opts.data_dir)
+            .with_context(|| format!("creating data dir {}", opts.data_dir.display()))?;
+        let pki = Pki::load_or_create(&opts.data_dir.join("pki"), &opts.tls_sans)
+            .context("preparing the cluster PKI")?;
+
+        let (etcd, endpoints) = if opts.etcd_servers.is_empty() {
+            let etcd = ManagedEtcd::start(&opts.data_dir.join("etcd"))
+                .await
+                .context("starting the managed etcd")?;
+            let url = etcd.client_url();
+            tracing::info!(%url, "managed etcd is up");
+            (Some(etcd), vec![url])
+        } else {
+            (None, opts.etcd_servers.clone())
+        };
+        let store: Arc<dyn Store> = Arc::new(
+            EtcdStore::connect(&endpoints)
+                .await
+                .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?,
+        );
+
+        let registry = Registry::builtin();
+        let allocator =
+            ServiceAllocator::new(store.clone(), opts.service_cidr, opts.node_port_range);
+        let objects = Arc::new(Objects::new(store.clone(), registry, allocator));
+        objects
+            .ensure_system_namespaces()
+            .await
+            .map_err(|e| anyhow::anyhow!("creating the system namespaces: {}", e.message))?;
+        repair_allocations(&objects).await;
+
+        let authenticator = Arc::new(Authenticator::new());
+        if let Some(path) = &opts.token_auth_file {
+            let n = authenticator
+                .load_token_file(path)
+                .with_context(|| format!("loading token file {}", path.display()))?;
+            tracing::info!(tokens = n, file = %path.display(), "loaded static tokens");
+        }
+
+        let listener = TcpListener::bind((opts.bind_address, opts.secure_port))
+            .await
+            .with_context(|| format!("binding {}:{}", opts.bind_address, opts.secure_port))?;
+        let addr = listener.local_addr()?;
+        let host = match opts.bind_address {
+            IpAddr::V4(v4) if v4.is_unspecified() => "127.0.0.1".to_string(),
+            IpAddr::V6(v6) if v6.is_unspecified() => "127.0.0.1".to_string(),
+            IpAddr::V6(v6) => format!("[{v6}]"),
+            IpAddr::V4(v4) => v4.to_string(),
+        };
+        let url = format!("https://{host}:{}", addr.port());
+        let state = Arc::new(ApiState {
+            objects: objects.clone(),
+            authenticator: authenticator.clone(),
+            server_address: format!("{host}:{}", addr.port()),
+            bookmark_interval: opts.bookmark_interval,
+        });
+        let tls = pki
+            .server_tls_config()
+            .context("building the TLS configuration")?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut tasks = vec![tokio::spawn(apiserver::serve::serve_tls(
+            listener,
+            tls,
+            apiserver::router(state),
+            shutdown_rx.clone(),
+        ))];
+        tasks.push(compactor::spawn(store.clone(), opts.compaction_interval));
+        tracing::info!(%url, "API server serving");
+
+        let (cert_pem, key_pem) = pki
+            .issue_client_cert("admin", &["system:masters"])
+            .context("issuing the admin client certificate")?;
+        let kubeconfig_path = opts.data_dir.join("kubeconfig");
+        let admin = Credential::ClientCert { cert_pem, key_pem };
+        if opts.run_controllers {
+            let (cert_pem, key_pem) = pki
+                .issue_client_cert("system:kube-controller-manager", &[])
+                .context("issuing the controller manager's certificate")?;
+            let path = opts.data_dir.join("controller-manager.kubeconfig");
+            kubeconfig::write(
+                &path,
+                "wasmkube",
+                &url,
+                pki.ca_cert_pem(),
+                "system:kube-controller-manager",
+                &Credential::ClientCert { cert_pem, key_pem },
+            )
+            .with_context(|| format!("writing {}", path.display()))?;
+            let client = controllers::client_from_kubeconfig(&path).await?;
+            tasks.push(controllers::spawn_all(client, shutdown_rx.clone()));
+        }
+        kubeconfig::write(
+            &kubeconfig_path,
+            "wasmkube",
+            &url,
+            pki.ca_cert_pem(),
+            "admin",
+            &admin,
+        )
+        .with_context(|| format!("writing {}", kubeconfig_path.display()))?;
+        tracing::info!(kubeconfig = %kubeconfig_path.display(), "admin kubeconfig written");
+
+        Ok(Server {
+            url,
+            kubeconfig: kubeconfig_path,
+            addr,
+            shutdown,
+            tasks,
+            etcd,
+        })
+    }
+
+    /// Stops serving, the background tasks and the managed etcd.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            t.abort();
+        }
+        if let Some(etcd) = self.etcd {
+            etcd.stop().await;
+        }
+    }
+}
+
+/// Frees Service allocations a crash left behind; logged, never fatal.
+async fn repair_allocations(objects: &Objects) {
+    let Some(def) = objects.registry.lookup("", "v1", "services") else {
+        return;
+    };
+    match objects.list(&def, None, &Default::default()).await {
+        Ok((services, _)) => match objects.allocator.repair(&services).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(released = n, "repaired service allocations"),
+            Err(e) => tracing::warn!(error = %e, "service allocation repair failed"),
+        },
+        Err(e) => tracing::warn!(error = %e.message, "listing services for repair failed"),
+    }
+}

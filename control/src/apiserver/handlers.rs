@@ -214,6 +214,75 @@ fn supports_field(def: &ResourceDef, field: &str) -> bool {
     def.strategy.field_value(&skeleton, field).is_some()
 }
 
+/// How the request wants unknown fields handled (`?fieldValidation=`); Warn when unset,
+/// as in Kubernetes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FieldValidation {
+    Ignore,
+    Warn,
+    Strict,
+}
+
+fn field_validation(q: &Query) -> ApiResult<FieldValidation> {
+    match q.get("fieldValidation") {
+        None | Some("") | Some("Warn") => Ok(FieldValidation::Warn),
+        Some("Ignore") => Ok(FieldValidation::Ignore),
+        Some("Strict") => Ok(FieldValidation::Strict),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "fieldValidation: Unsupported value: {other:?}: supported values: \"Ignore\", \"Strict\", \"Warn\""
+        ))),
+    }
+}
+
+/// Reports fields `obj` has that its kind does not: an error under Strict, warnings
+/// under Warn. Decode errors are left to the object layer, which words them.
+fn check_unknown_fields(
+    def: &ResourceDef,
+    obj: &Value,
+    mode: FieldValidation,
+    warnings: &mut Vec<String>,
+) -> ApiResult<()> {
+    if mode == FieldValidation::Ignore {
+        return Ok(());
+    }
+    let Ok(known) = def.strategy.decode(obj) else {
+        return Ok(());
+    };
+    let unknown: Vec<String> = crate::registry::unknown_fields(obj, &known)
+        .into_iter()
+        .map(|f| format!("unknown field {f:?}"))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    if mode == FieldValidation::Strict {
+        return Err(ApiError::bad_request(format!(
+            "{} in version {:?} cannot be handled as a {}: strict decoding error: {}",
+            def.kind,
+            def.version,
+            def.kind,
+            unknown.join(", ")
+        )));
+    }
+    for w in unknown {
+        if !warnings.contains(&w) {
+            warnings.push(w);
+        }
+    }
+    Ok(())
+}
+
+/// A JSON response carrying `Warning` headers (kubectl prints them as `Warning: …`).
+fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        let text = format!("299 - {:?}", w);
+        if let Ok(v) = header::HeaderValue::from_str(&text) {
+            response.headers_mut().append(header::WARNING, v);
+        }
+    }
+    response
+}
+
 fn dry_run(q: &Query) -> ApiResult<bool> {
     match q.get("dryRun") {
         None | Some("") => Ok(false),
@@ -299,29 +368,34 @@ async fn resource(
         }
         (Method::POST, None) => {
             let dry = dry_run(&q)?;
+            let validation = field_validation(&q)?;
             let (headers, body) = read_body(req).await?;
             let obj = parse_json_body(&headers, &body)?;
+            let mut warnings = Vec::new();
+            check_unknown_fields(&def, &obj, validation, &mut warnings)?;
             let created = objects.create(&def, ns, obj, dry).await?;
-            Ok(json_response(
-                StatusCode::CREATED,
-                &output::object(&def, created, format),
-            ))
+            let response =
+                json_response(StatusCode::CREATED, &output::object(&def, created, format));
+            Ok(with_warnings(response, &warnings))
         }
         (Method::PUT, Some(name)) => {
             let dry = dry_run(&q)?;
+            let validation = field_validation(&q)?;
             let (headers, body) = read_body(req).await?;
             let obj = parse_json_body(&headers, &body)?;
+            let mut warnings = Vec::new();
+            check_unknown_fields(&def, &obj, validation, &mut warnings)?;
             let updated = objects
                 .update(&def, ns, name, obj, UpdateTarget::Main, dry)
                 .await?;
-            Ok(json_response(
-                StatusCode::OK,
-                &output::object(&def, updated, format),
-            ))
+            let response = json_response(StatusCode::OK, &output::object(&def, updated, format));
+            Ok(with_warnings(response, &warnings))
         }
         (Method::PATCH, Some(name)) => {
             let dry = dry_run(&q)?;
+            let validation = field_validation(&q)?;
             let (headers, body) = read_body(req).await?;
+            let mut warnings = Vec::new();
             let patched = patch_object(
                 &objects,
                 &def,
@@ -331,12 +405,12 @@ async fn resource(
                 &body,
                 UpdateTarget::Main,
                 dry,
+                validation,
+                &mut warnings,
             )
             .await?;
-            Ok(json_response(
-                StatusCode::OK,
-                &output::object(&def, patched, format),
-            ))
+            let response = json_response(StatusCode::OK, &output::object(&def, patched, format));
+            Ok(with_warnings(response, &warnings))
         }
         (Method::DELETE, Some(name)) => {
             let dry = dry_run(&q)?;
@@ -426,6 +500,8 @@ async fn patch_object(
     body: &Bytes,
     target: UpdateTarget,
     dry: bool,
+    validation: FieldValidation,
+    warnings: &mut Vec<String>,
 ) -> ApiResult<Value> {
     let ct = content_type(headers);
     let kind =
@@ -441,6 +517,7 @@ async fn patch_object(
             dry,
             |old| {
                 let mut new = patch::apply(old, &patch, kind)?;
+                check_unknown_fields(def, &new, validation, warnings)?;
                 // A patch that carries a resourceVersion is a precondition; one without is
                 // applied to whatever is current.
                 let want = new
@@ -495,7 +572,9 @@ async fn subresource(
             Ok(json_response(StatusCode::OK, &updated))
         }
         (Subresource::Status, Method::PATCH) => {
+            let validation = field_validation(q)?;
             let (headers, body) = read_body(req).await?;
+            let mut warnings = Vec::new();
             let patched = patch_object(
                 objects,
                 def,
@@ -505,9 +584,14 @@ async fn subresource(
                 &body,
                 UpdateTarget::Status,
                 dry,
+                validation,
+                &mut warnings,
             )
             .await?;
-            Ok(json_response(StatusCode::OK, &patched))
+            Ok(with_warnings(
+                json_response(StatusCode::OK, &patched),
+                &warnings,
+            ))
         }
         (Subresource::Scale, Method::GET) => {
             let obj = objects.get(def, ns, name).await?;

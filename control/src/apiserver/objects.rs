@@ -389,8 +389,11 @@ impl Objects {
         } else {
             m.remove("generation");
         }
-        def.strategy
-            .decode_check(&obj)
+        // Only the fields the kind has are stored, as in Kubernetes; the handler has
+        // already reported unknown ones per the request's fieldValidation.
+        let mut obj = def
+            .strategy
+            .decode(&obj)
             .map_err(|e| decode_error(def, &name, &e))?;
         def.strategy.default(&mut obj);
         def.strategy.prepare_for_create(&mut obj);
@@ -570,27 +573,13 @@ impl Objects {
                 let mut new = wanted;
                 def.strategy.prepare_for_update(&mut new, old);
                 if def.has(Subresource::Status) {
-                    match old.get("status") {
-                        Some(s) => new["status"] = s.clone(),
-                        None => {
-                            if let Some(o) = new.as_object_mut() {
-                                o.remove("status");
-                            }
-                        }
-                    }
+                    copy_field(&mut new, old, "status");
                 }
                 new
             }
             UpdateTarget::Status => {
                 let mut new = old.clone();
-                match wanted.get("status") {
-                    Some(s) => new["status"] = s.clone(),
-                    None => {
-                        if let Some(o) = new.as_object_mut() {
-                            o.remove("status");
-                        }
-                    }
-                }
+                copy_field(&mut new, &wanted, "status");
                 new
             }
             UpdateTarget::Finalize => {
@@ -627,8 +616,9 @@ impl Objects {
             new["kind"] = k.clone();
             new["apiVersion"] = v.clone();
         }
-        def.strategy
-            .decode_check(&new)
+        let mut new = def
+            .strategy
+            .decode(&new)
             .map_err(|e| decode_error(def, name, &e))?;
         def.strategy.default(&mut new);
         if is_deleting(old) {
@@ -1079,6 +1069,19 @@ impl Objects {
             }
         }
         Ok(())
+    }
+}
+
+/// Makes `to[field]` what `from[field]` is, absent included.
+fn copy_field(to: &mut Value, from: &Value, field: &str) {
+    match (from.get(field), to.as_object_mut()) {
+        (Some(v), Some(o)) => {
+            o.insert(field.to_string(), v.clone());
+        }
+        (None, Some(o)) => {
+            o.remove(field);
+        }
+        _ => {}
     }
 }
 

@@ -36,7 +36,7 @@ pub(super) fn immutable_data_causes(new: &Value, old: &Value, fields: &[&str]) -
 }
 
 impl Strategy for ConfigMapStrategy {
-    fn decode_check(&self, obj: &Value) -> Result<(), String> {
+    fn decode(&self, obj: &Value) -> Result<Value, String> {
         decode_as::<k8s_openapi::api::core::v1::ConfigMap>(obj)
     }
 
@@ -133,7 +133,7 @@ mod tests {
             "data": {"a": "1", "b.txt": "2"},
             "binaryData": {"c.bin": "AAEC"}
         });
-        assert!(s.decode_check(&cm).is_ok());
+        assert!(s.decode(&cm).is_ok());
         assert!(s.validate(&cm).is_empty());
         assert_eq!(
             s.cells(&cm, now()),

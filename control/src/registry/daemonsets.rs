@@ -21,7 +21,7 @@ struct DaemonSetStrategy;
 const TEMPLATE_GENERATION: &str = "deprecated.daemonset.template.generation";
 
 impl Strategy for DaemonSetStrategy {
-    fn decode_check(&self, obj: &Value) -> Result<(), String> {
+    fn decode(&self, obj: &Value) -> Result<Value, String> {
         decode_as::<k8s_openapi::api::apps::v1::DaemonSet>(obj)
     }
 

@@ -18,7 +18,7 @@ use super::{decode_as, ResourceDef, Strategy, Subresource};
 struct DeploymentStrategy;
 
 impl Strategy for DeploymentStrategy {
-    fn decode_check(&self, obj: &Value) -> Result<(), String> {
+    fn decode(&self, obj: &Value) -> Result<Value, String> {
         decode_as::<k8s_openapi::api::apps::v1::Deployment>(obj)
     }
 

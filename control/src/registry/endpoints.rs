@@ -96,7 +96,7 @@ fn validate_addresses(addrs: &[Value], path: &str, causes: &mut Vec<Cause>) {
 }
 
 impl Strategy for EndpointsStrategy {
-    fn decode_check(&self, obj: &Value) -> Result<(), String> {
+    fn decode(&self, obj: &Value) -> Result<Value, String> {
         decode_as::<k8s_openapi::api::core::v1::Endpoints>(obj)
     }
 
@@ -244,7 +244,7 @@ mod tests {
         });
         s.default(&mut ep);
         assert_eq!(ep["subsets"][0]["ports"][0]["protocol"], "TCP");
-        assert!(s.decode_check(&ep).is_ok());
+        assert!(s.decode(&ep).is_ok());
         assert!(s.validate(&ep).is_empty());
         assert_eq!(
             s.cells(&ep, now()),

@@ -85,7 +85,7 @@ fn validate_address(kind: &str, addr: &str, path: String, causes: &mut Vec<Cause
 }
 
 impl Strategy for EndpointSliceStrategy {
-    fn decode_check(&self, obj: &Value) -> Result<(), String> {
+    fn decode(&self, obj: &Value) -> Result<Value, String> {
         decode_as::<k8s_openapi::api::discovery::v1::EndpointSlice>(obj)
     }
 
@@ -278,7 +278,7 @@ mod tests {
         let s = EndpointSliceStrategy;
         let mut es = slice();
         s.default(&mut es);
-        assert!(s.decode_check(&es).is_ok());
+        assert!(s.decode(&es).is_ok());
         assert_eq!(es["ports"][0]["protocol"], "TCP");
         assert_eq!(
             s.cells(&es, now()),

@@ -42,7 +42,7 @@ fn present(obj: &Value, pointer: &str) -> bool {
 }
 
 impl Strategy for EventStrategy {
-    fn decode_check(&self, obj: &Value) -> Result<(), String> {
+    fn decode(&self, obj: &Value) -> Result<Value, String> {
         decode_as::<k8s_openapi::api::core::v1::Event>(obj)
     }
 
@@ -246,7 +246,7 @@ mod tests {
     fn cells_match_kubectl() {
         let s = EventStrategy;
         let ev = event();
-        assert!(s.decode_check(&ev).is_ok());
+        assert!(s.decode(&ev).is_ok());
         let cols: Vec<&str> = s.columns().iter().map(|c| c.name).collect();
         assert_eq!(
             cols,

@@ -13,7 +13,7 @@ use super::{decode_as, ResourceDef, Strategy};
 struct LeaseStrategy;
 
 impl Strategy for LeaseStrategy {
-    fn decode_check(&self, obj: &Value) -> Result<(), String> {
+    fn decode(&self, obj: &Value) -> Result<Value, String> {
         decode_as::<k8s_openapi::api::coordination::v1::Lease>(obj)
     }
 
@@ -98,7 +98,7 @@ mod tests {
             "spec": {"holderIdentity": "node-1", "leaseDurationSeconds": 40,
                      "renewTime": "2024-01-01T00:00:04.000000Z"}
         });
-        assert!(s.decode_check(&lease).is_ok());
+        assert!(s.decode(&lease).is_ok());
         assert!(s.validate(&lease).is_empty());
         assert_eq!(
             s.cells(&lease, now),

@@ -88,9 +88,11 @@ impl Subresource {
 /// A kind's behaviour. Every method has the neutral default, so a kind only writes what
 /// differs.
 pub trait Strategy: Send + Sync {
-    /// Checks that the object decodes as its `k8s-openapi` type; the error names what is
-    /// wrong (e.g. `invalid type: string "x", expected i32`).
-    fn decode_check(&self, obj: &Value) -> Result<(), String>;
+    /// Decodes the object as its `k8s-openapi` type and returns it re-encoded: the
+    /// object with exactly the fields Kubernetes knows (unknown ones dropped, nulls
+    /// gone). The error names what is wrong (e.g. `invalid type: string "x", expected
+    /// i32`).
+    fn decode(&self, obj: &Value) -> Result<Value, String>;
 
     /// Fills defaults, as Kubernetes does when it decodes a request (both on create and
     /// on update).
@@ -212,11 +214,49 @@ impl ResourceDef {
     }
 }
 
-/// Decodes `obj` as `T` to check its shape; used by every kind's `decode_check`.
-pub(crate) fn decode_as<T: serde::de::DeserializeOwned>(obj: &Value) -> Result<(), String> {
-    serde_json::from_value::<T>(obj.clone())
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+/// Decodes `obj` as `T` and re-encodes it; used by every kind's `decode`.
+pub(crate) fn decode_as<T>(obj: &Value) -> Result<Value, String>
+where
+    T: serde::de::DeserializeOwned + serde::Serialize,
+{
+    let typed = serde_json::from_value::<T>(obj.clone()).map_err(|e| e.to_string())?;
+    serde_json::to_value(typed).map_err(|e| e.to_string())
+}
+
+/// The paths of fields `input` carries that its decoded form `known` does not: fields
+/// the kind does not have (`spec.contianers`), as `fieldValidation` reports them.
+/// Null values count as absent.
+pub fn unknown_fields(input: &Value, known: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    collect_unknown(input, known, String::new(), &mut out);
+    out
+}
+
+fn collect_unknown(input: &Value, known: &Value, path: String, out: &mut Vec<String>) {
+    match (input, known) {
+        (Value::Object(i), Value::Object(k)) => {
+            for (key, v) in i {
+                if v.is_null() {
+                    continue;
+                }
+                let p = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                match k.get(key) {
+                    Some(kv) => collect_unknown(v, kv, p, out),
+                    None => out.push(p),
+                }
+            }
+        }
+        (Value::Array(i), Value::Array(k)) => {
+            for (n, (iv, kv)) in i.iter().zip(k.iter()).enumerate() {
+                collect_unknown(iv, kv, format!("{path}[{n}]"), out);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// The set of resources the API server serves.

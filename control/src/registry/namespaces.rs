@@ -46,7 +46,7 @@ fn set_name_label(obj: &mut Value) {
 }
 
 impl Strategy for NamespaceStrategy {
-    fn decode_check(&self, obj: &Value) -> Result<(), String> {
+    fn decode(&self, obj: &Value) -> Result<Value, String> {
         decode_as::<k8s_openapi::api::core::v1::Namespace>(obj)
     }
 
@@ -210,7 +210,7 @@ mod tests {
             json!(["example.com/keep", "kubernetes"])
         );
         assert!(s.validate(&ns).is_empty());
-        assert!(s.decode_check(&ns).is_ok());
+        assert!(s.decode(&ns).is_ok());
 
         let mut bare = json!({"metadata": {"name": "b"}});
         s.default(&mut bare);

@@ -14,7 +14,7 @@ use super::{decode_as, ResourceDef, Strategy};
 struct RuntimeClassStrategy;
 
 impl Strategy for RuntimeClassStrategy {
-    fn decode_check(&self, obj: &Value) -> Result<(), String> {
+    fn decode(&self, obj: &Value) -> Result<Value, String> {
         decode_as::<k8s_openapi::api::node::v1::RuntimeClass>(obj)
     }
 
@@ -82,7 +82,7 @@ mod tests {
         let s = RuntimeClassStrategy;
         let rc = json!({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
             "metadata": {"name": "wasm"}, "handler": "wasmtime"});
-        assert!(s.decode_check(&rc).is_ok());
+        assert!(s.decode(&rc).is_ok());
         assert!(s.validate(&rc).is_empty());
         let missing = s.validate(&json!({"metadata": {"name": "x"}}));
         assert_eq!(missing.len(), 1);

@@ -27,7 +27,7 @@ fn required_keys(ty: &str) -> &'static [&'static str] {
 }
 
 impl Strategy for SecretStrategy {
-    fn decode_check(&self, obj: &Value) -> Result<(), String> {
+    fn decode(&self, obj: &Value) -> Result<Value, String> {
         decode_as::<k8s_openapi::api::core::v1::Secret>(obj)
     }
 
@@ -183,7 +183,7 @@ mod tests {
         assert!(sec.get("stringData").is_none());
         assert_eq!(sec["data"]["pass"], "czNjcmV0");
         assert_eq!(sec["data"]["user"], "YWRtaW4=");
-        assert!(s.decode_check(&sec).is_ok());
+        assert!(s.decode(&sec).is_ok());
         assert!(s.validate(&sec).is_empty());
         assert_eq!(
             s.cells(&sec, now()),
@@ -207,7 +207,7 @@ mod tests {
     fn bad_base64_fails_decoding() {
         let sec = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x"},
             "data": {"k": "not base64!"}});
-        assert!(SecretStrategy.decode_check(&sec).is_err());
+        assert!(SecretStrategy.decode(&sec).is_err());
     }
 
     #[test]

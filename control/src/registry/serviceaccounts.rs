@@ -9,7 +9,7 @@ use super::{decode_as, ResourceDef, Strategy};
 struct ServiceAccountStrategy;
 
 impl Strategy for ServiceAccountStrategy {
-    fn decode_check(&self, obj: &Value) -> Result<(), String> {
+    fn decode(&self, obj: &Value) -> Result<Value, String> {
         decode_as::<k8s_openapi::api::core::v1::ServiceAccount>(obj)
     }
 
@@ -64,7 +64,7 @@ mod tests {
             "metadata": {"name": "default", "creationTimestamp": "2024-01-01T00:00:00Z"},
             "secrets": [{"name": "default-token"}]
         });
-        assert!(s.decode_check(&sa).is_ok());
+        assert!(s.decode(&sa).is_ok());
         assert_eq!(s.columns().len(), 3);
         assert_eq!(
             s.cells(&sa, now),

@@ -309,7 +309,7 @@ fn validate_ips(spec: &Value, ty: &str, causes: &mut Vec<Cause>) {
 }
 
 impl Strategy for ServiceStrategy {
-    fn decode_check(&self, obj: &Value) -> Result<(), String> {
+    fn decode(&self, obj: &Value) -> Result<Value, String> {
         decode_as::<k8s_openapi::api::core::v1::Service>(obj)
     }
 
@@ -649,7 +649,7 @@ mod tests {
         // The allocator, not defaulting, assigns the IP.
         assert!(spec.get("clusterIP").is_none());
         assert!(spec.get("externalTrafficPolicy").is_none());
-        assert!(ServiceStrategy.decode_check(&svc).is_ok());
+        assert!(ServiceStrategy.decode(&svc).is_ok());
     }
 
     #[test]

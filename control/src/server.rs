@@ -112,6 +112,7 @@ impl Server {
             .await
             .map_err(|e| anyhow::anyhow!("creating the system namespaces: {}", e.message))?;
         repair_allocations(&objects).await;
+        let namespace_map = objects.spawn_background();
 
         let authenticator = Arc::new(Authenticator::new());
         if let Some(path) = &opts.token_auth_file {
@@ -149,6 +150,7 @@ impl Server {
             shutdown_rx.clone(),
         ))];
         tasks.push(compactor::spawn(store.clone(), opts.compaction_interval));
+        tasks.push(namespace_map);
         tracing::info!(%url, "API server serving");
 
         let (cert_pem, key_pem) = pki

@@ -52,28 +52,22 @@ pub async fn api(State(state): State<Arc<ApiState>>, req: Request) -> Response {
     response
 }
 
-/// (verb, resource) labels for metrics and logs.
+/// (verb, resource) labels for metrics, as kube-apiserver reports them: the HTTP method,
+/// except that reads are GET, LIST or WATCH.
 fn describe(method: &Method, target: &Option<Target>, query: Option<&str>) -> (String, String) {
     let Some(Target::Resource(rp)) = target else {
-        return (method.as_str().to_lowercase(), String::new());
+        return (method.as_str().to_string(), String::new());
     };
-    let watch = Query::parse(query).flag("watch");
     let verb = match (method, rp.name.is_some()) {
-        (&Method::GET, _) if watch => "watch",
-        (&Method::GET, false) => "list",
-        (&Method::GET, true) => "get",
-        (&Method::POST, _) => "create",
-        (&Method::PUT, _) => "update",
-        (&Method::PATCH, _) => "patch",
-        (&Method::DELETE, false) => "deletecollection",
-        (&Method::DELETE, true) => "delete",
-        _ => "other",
+        (&Method::GET, _) if Query::parse(query).flag("watch") => "WATCH".to_string(),
+        (&Method::GET, false) => "LIST".to_string(),
+        (m, _) => m.as_str().to_string(),
     };
     let resource = match &rp.subresource {
         Some(s) => format!("{}/{}", rp.resource, s),
         None => rp.resource.clone(),
     };
-    (verb.to_string(), resource)
+    (verb, resource)
 }
 
 async fn dispatch(state: Arc<ApiState>, target: Target, req: Request) -> ApiResult<Response> {
@@ -353,6 +347,10 @@ async fn resource(
                 )
                     .into_response());
             }
+            if format == Format::Json && params.labels.is_none() && params.fields.is_none() {
+                let (items, meta) = objects.list_raw(&def, ns, &params).await?;
+                return Ok(raw_list_response(&def, items, &meta));
+            }
             let (items, meta) = objects.list(&def, ns, &params).await?;
             Ok(json_response(
                 StatusCode::OK,
@@ -437,6 +435,30 @@ async fn resource(
             "the server does not allow this method on the requested resource ({m})"
         ))),
     }
+}
+
+/// A JSON list assembled from items that are already JSON text.
+fn raw_list_response(def: &ResourceDef, items: Vec<Vec<u8>>, meta: &Value) -> Response {
+    let head = json!({"kind": def.list_kind(), "apiVersion": def.api_version(), "metadata": meta});
+    let head = serde_json::to_vec(&head).unwrap_or_default();
+    let size: usize = items.iter().map(|i| i.len() + 1).sum();
+    let mut body = Vec::with_capacity(head.len() + size + 16);
+    // `head` is `{...}`: reopen it to append the items.
+    body.extend_from_slice(&head[..head.len() - 1]);
+    body.extend_from_slice(b",\"items\":[");
+    for (n, item) in items.iter().enumerate() {
+        if n > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(item);
+    }
+    body.extend_from_slice(b"]}");
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }
 
 /// Kubernetes answers an immediate delete of most kinds with a Success Status, of pods

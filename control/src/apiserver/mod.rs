@@ -10,6 +10,7 @@
 //! - [`openapi`]: `/openapi/v3` for kubectl's validation.
 //! - [`patch`]: merge, JSON and strategic merge patches.
 //! - [`allocator`]: Service ClusterIPs and NodePorts.
+//! - [`namespace_lifecycle`]: which namespaces accept new objects, kept in memory.
 //! - [`authn`]: bearer tokens and client certificates.
 //! - [`status`]: errors as Kubernetes Status objects.
 //! - [`serve`]: the TLS listener.
@@ -18,6 +19,7 @@ pub mod allocator;
 pub mod authn;
 pub mod discovery;
 pub mod handlers;
+pub mod namespace_lifecycle;
 pub mod objects;
 pub mod openapi;
 pub mod output;

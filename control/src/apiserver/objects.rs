@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::allocator::{AllocError, ServiceAllocator};
+use super::namespace_lifecycle::{NamespaceLifecycle, NamespaceState};
 use super::status::{ApiError, ApiResult};
 use crate::registry::selectors::{FieldSelector, LabelSelector};
 use crate::registry::validation::{self, Cause};
@@ -39,6 +40,8 @@ pub struct Objects {
     pub allocator: ServiceAllocator,
     /// One watch cache per resource, created on the first watch of that resource.
     caches: Mutex<HashMap<String, Arc<WatchCache>>>,
+    /// Which namespaces exist and which are terminating, for creates.
+    namespaces: Arc<NamespaceLifecycle>,
 }
 
 /// What a list reads.
@@ -103,6 +106,64 @@ fn set_rv(obj: &mut Value, revision: i64) {
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.insert("resourceVersion".into(), json!(revision.to_string()));
     }
+}
+
+/// The stored JSON text of an object with `"resourceVersion":"<rev>"` inserted at the
+/// start of its top-level `metadata` object; `None` if the text has no such object.
+fn with_resource_version(raw: &[u8], revision: i64) -> Option<Vec<u8>> {
+    let at = metadata_body_start(raw)?;
+    let rest = &raw[at..];
+    let empty = rest
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'}');
+    let field = format!(
+        "\"resourceVersion\":\"{revision}\"{}",
+        if empty { "" } else { "," }
+    );
+    let mut out = Vec::with_capacity(raw.len() + field.len());
+    out.extend_from_slice(&raw[..at]);
+    out.extend_from_slice(field.as_bytes());
+    out.extend_from_slice(rest);
+    Some(out)
+}
+
+/// The index just after the `{` that opens the value of the top-level `"metadata"` key.
+fn metadata_body_start(raw: &[u8]) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'"' => {
+                let start = i + 1;
+                let mut j = start;
+                while j < raw.len() && raw[j] != b'"' {
+                    j += if raw[j] == b'\\' { 2 } else { 1 };
+                }
+                let token = raw.get(start..j)?;
+                i = j + 1;
+                if depth == 1 && token == b"metadata" {
+                    let mut k = i;
+                    while raw.get(k).is_some_and(|b| b.is_ascii_whitespace()) {
+                        k += 1;
+                    }
+                    if raw.get(k) == Some(&b':') {
+                        k += 1;
+                        while raw.get(k).is_some_and(|b| b.is_ascii_whitespace()) {
+                            k += 1;
+                        }
+                        return (raw.get(k) == Some(&b'{')).then_some(k + 1);
+                    }
+                }
+                continue;
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// The stored form: no resourceVersion (it is the key's revision) and no selfLink.
@@ -185,7 +246,15 @@ impl Objects {
             registry,
             allocator,
             caches: Mutex::new(HashMap::new()),
+            namespaces: Arc::new(NamespaceLifecycle::default()),
         }
+    }
+
+    /// Starts the background tasks of the object layer (the namespace map).
+    pub fn spawn_background(&self) -> tokio::task::JoinHandle<()> {
+        let def = self.namespaces();
+        let cache = self.cache(&def);
+        tokio::spawn(self.namespaces.clone().run(self.store.clone(), cache, def))
     }
 
     /// The watch cache of a resource.
@@ -214,13 +283,64 @@ impl Objects {
     }
 
     /// Lists objects matching the selectors, with paging. Returns the items and the
-    /// list metadata (resourceVersion, continue, remainingItemCount).
+    /// list metadata (resourceVersion, continue).
     pub async fn list(
         &self,
         def: &ResourceDef,
         ns: Option<&str>,
         params: &ListParams,
     ) -> ApiResult<(Vec<Value>, Value)> {
+        let mut items = Vec::new();
+        let list_meta = self
+            .scan(def, ns, params, |kv| {
+                let obj = decode_kv(kv)?;
+                let keep = self.matches(def, &obj, params)?;
+                if keep {
+                    items.push(obj);
+                }
+                Ok(keep)
+            })
+            .await?;
+        Ok((items, list_meta))
+    }
+
+    /// Lists objects as the JSON text they are stored as, with their resourceVersion
+    /// spliced in: no decoding, for the plain lists that informers and `-o json` ask
+    /// for. Selectors need the decoded objects; use [`Objects::list`] for those.
+    pub async fn list_raw(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        params: &ListParams,
+    ) -> ApiResult<(Vec<Vec<u8>>, Value)> {
+        let mut items = Vec::new();
+        let list_meta = self
+            .scan(def, ns, params, |kv| {
+                match with_resource_version(&kv.value, kv.mod_revision) {
+                    Some(raw) => items.push(raw),
+                    None => items.push(serde_json::to_vec(&decode_kv(kv)?).unwrap_or_default()),
+                }
+                Ok(true)
+            })
+            .await?;
+        Ok((items, list_meta))
+    }
+
+    /// Reads the keys a list covers, page by page at one revision, handing each to
+    /// `visit` (which says whether it counts towards `limit`), and returns the list
+    /// metadata.
+    async fn scan<F>(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        params: &ListParams,
+        mut visit: F,
+    ) -> ApiResult<Value>
+    where
+        F: FnMut(&KeyValue) -> ApiResult<bool>,
+    {
+        /// Keys per etcd read: bounds the memory one read holds.
+        const PAGE: i64 = 1000;
         let prefix = def.namespace_prefix(ns);
         let mut revision = None;
         let mut start_key = None;
@@ -257,11 +377,10 @@ impl Objects {
             }
         }
         let limit = params.limit.filter(|l| *l > 0);
-        let mut items = Vec::new();
+        let mut included = 0i64;
         let mut next: Option<String> = None;
-        let mut read_revision;
-        loop {
-            let batch = limit.map(|l| (l - items.len() as i64).max(1) + 1);
+        let read_revision = loop {
+            let want = limit.map_or(PAGE, |l| (l - included + 1).clamp(1, PAGE));
             let res = self
                 .store
                 .list(
@@ -269,7 +388,7 @@ impl Objects {
                     &ListOptions {
                         revision,
                         start_key: start_key.clone(),
-                        limit: batch,
+                        limit: Some(want),
                     },
                 )
                 .await
@@ -279,33 +398,24 @@ impl Objects {
                     }
                     other => ApiError::from(other),
                 })?;
-            read_revision = res.revision;
-            // Every page of one paged list reads the same snapshot.
+            // Every page of one list reads the same snapshot.
             revision = Some(res.revision);
-            let count = res.kvs.len();
             let mut last_key = None;
-            for kv in res.kvs {
-                if let Some(l) = limit {
-                    if items.len() as i64 >= l {
-                        next = Some(kv.key.clone());
-                        break;
-                    }
+            for kv in &res.kvs {
+                if limit.is_some_and(|l| included >= l) {
+                    next = Some(kv.key.clone());
+                    break;
                 }
-                last_key = Some(kv.key.clone());
-                let obj = decode_kv(&kv)?;
-                if self.matches(def, &obj, params)? {
-                    items.push(obj);
+                last_key = Some(kv.key.as_str());
+                if visit(kv)? {
+                    included += 1;
                 }
             }
-            if next.is_some() {
-                break;
+            match last_key {
+                Some(k) if next.is_none() && res.more => start_key = Some(format!("{k}\0")),
+                _ => break res.revision,
             }
-            let more = res.more || batch.is_some_and(|b| count as i64 >= b);
-            match (limit, more, last_key) {
-                (Some(_), true, Some(k)) => start_key = Some(format!("{k}\0")),
-                _ => break,
-            }
-        }
+        };
         let mut list_meta = json!({"resourceVersion": read_revision.to_string()});
         if let Some(start) = next {
             let token = ContinueToken {
@@ -316,7 +426,7 @@ impl Objects {
             list_meta["continue"] =
                 json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw));
         }
-        Ok((items, list_meta))
+        Ok(list_meta)
     }
 
     /// Whether `obj` passes the list's label and field selectors.
@@ -408,7 +518,7 @@ impl Objects {
         }
         if def.namespaced {
             if let Some(ns) = ns {
-                self.check_namespace_open(ns).await?;
+                self.check_namespace_open(def, ns, &name).await?;
             }
         }
         let key = def.key(ns, &name);
@@ -433,20 +543,25 @@ impl Objects {
         }
     }
 
-    async fn check_namespace_open(&self, ns: &str) -> ApiResult<()> {
-        let nsdef = self.namespaces();
-        match self.store.get(&nsdef.key(None, ns)).await? {
-            None => Err(ApiError::not_found_named("namespaces", ns)),
-            Some(kv) => {
-                let obj = decode_kv(&kv)?;
-                if is_deleting(&obj) {
-                    Err(ApiError::forbidden(format!(
-                        "unable to create new content in namespace {ns} because it is being terminated"
-                    )))
-                } else {
-                    Ok(())
+    async fn check_namespace_open(&self, def: &ResourceDef, ns: &str, name: &str) -> ApiResult<()> {
+        let state = match self.namespaces.lookup(ns) {
+            Some(state) => Some(state),
+            None => {
+                let nsdef = self.namespaces();
+                match self.store.get(&nsdef.key(None, ns)).await? {
+                    None => None,
+                    Some(kv) if is_deleting(&decode_kv(&kv)?) => Some(NamespaceState::Terminating),
+                    Some(_) => Some(NamespaceState::Active),
                 }
             }
+        };
+        match state {
+            None => Err(ApiError::not_found_named("namespaces", ns)),
+            Some(NamespaceState::Terminating) => Err(ApiError::forbidden(format!(
+                "{} {name:?} is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                def.group_resource()
+            ))),
+            Some(NamespaceState::Active) => Ok(()),
         }
     }
 
@@ -1202,4 +1317,23 @@ fn decode_error(def: &ResourceDef, name: &str, err: &str) -> ApiError {
         "{what} in version {:?} cannot be handled as a {}: {err}",
         def.version, def.kind
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splices_resource_version_into_top_level_metadata() {
+        let raw = br#"{"apiVersion":"v1","kind":"Pod","spec":{"metadata":{"x":1}},"metadata":{"name":"a\"metadata\":{"}}"#;
+        let out = with_resource_version(raw, 42).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["metadata"]["resourceVersion"], "42");
+        assert_eq!(v["metadata"]["name"], "a\"metadata\":{");
+        assert!(v["spec"]["metadata"].get("resourceVersion").is_none());
+        let empty = with_resource_version(br#"{ "metadata" : { } }"#, 7).unwrap();
+        let v: Value = serde_json::from_slice(&empty).unwrap();
+        assert_eq!(v["metadata"]["resourceVersion"], "7");
+        assert!(with_resource_version(br#"{"kind":"X"}"#, 1).is_none());
+    }
 }

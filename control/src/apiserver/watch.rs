@@ -73,6 +73,14 @@ pub async fn start(
                 .unwrap_or(0)
         }
     };
+    // History below the compacted revision is gone from etcd; the cache may still hold
+    // some of it, but a watch from there must re-list like any other too-old one.
+    let compacted = objects.store.compacted_revision();
+    if start_rev > 0 && start_rev < compacted {
+        return Err(ApiError::expired(format!(
+            "too old resource version: {start_rev} ({compacted})"
+        )));
+    }
     let cache = objects.cache(&def);
     let prefix = def.namespace_prefix(ns.as_deref());
     let subscription = cache.subscribe_with_progress(start_rev, &prefix).await;

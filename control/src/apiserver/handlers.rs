@@ -14,6 +14,7 @@ use super::discovery;
 use super::objects::{DeleteOptions, ListParams, UpdateTarget};
 use super::output::{self, Format};
 use super::patch::{self, PatchType};
+use super::protobuf::{self, ProtobufError};
 use super::request::{parse_path, Query, ResourcePath, Target};
 use super::status::{ApiError, ApiResult};
 use super::watch::{self, WatchRequest};
@@ -144,7 +145,20 @@ fn content_type(headers: &HeaderMap) -> String {
 fn parse_json_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
     let ct = content_type(headers);
     let essence = ct.split(';').next().unwrap_or("").trim();
-    if essence == "application/vnd.kubernetes.protobuf" || essence == "application/yaml" {
+    if essence == protobuf::MEDIA_TYPE {
+        // kubectl's imperative `create` commands send protobuf and never retry as JSON.
+        return protobuf::decode(body).map_err(|e| match e {
+            ProtobufError::UnsupportedKind { .. }
+            | ProtobufError::UnsupportedContentEncoding(_)
+            | ProtobufError::UnsupportedContentType(_) => {
+                ApiError::new(415, "UnsupportedMediaType", e.to_string())
+            }
+            other => {
+                ApiError::bad_request(format!("the protobuf body could not be decoded: {other}"))
+            }
+        });
+    }
+    if essence == "application/yaml" {
         return Err(ApiError::unsupported_media_type(&ct));
     }
     serde_json::from_slice(body).map_err(|e| {

@@ -9,6 +9,7 @@
 //! - [`discovery`]: `/api`, `/apis`, aggregated discovery, `/version`.
 //! - [`openapi`]: `/openapi/v3` for kubectl's validation.
 //! - [`patch`]: merge, JSON and strategic merge patches.
+//! - [`protobuf`]: protobuf request bodies (what kubectl's `create` generators send).
 //! - [`allocator`]: Service ClusterIPs and NodePorts.
 //! - [`namespace_lifecycle`]: which namespaces accept new objects, kept in memory.
 //! - [`authn`]: bearer tokens and client certificates.
@@ -24,6 +25,7 @@ pub mod objects;
 pub mod openapi;
 pub mod output;
 pub mod patch;
+pub mod protobuf;
 pub mod request;
 pub mod serve;
 pub mod status;

@@ -9,6 +9,7 @@
 //! a round trip; each kind also decodes into its `k8s-openapi` type to reject bodies of the
 //! wrong shape.
 
+pub mod schema;
 pub mod selectors;
 pub mod table;
 pub mod validation;
@@ -29,6 +30,7 @@ mod runtimeclasses;
 mod secrets;
 mod serviceaccounts;
 mod services;
+mod typeinfo;
 
 use std::sync::Arc;
 

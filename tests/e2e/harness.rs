@@ -410,6 +410,28 @@ impl Cluster {
         }
     }
 
+    /// Runs kubectl with extra environment variables (e.g. `KUBE_EDITOR` for `edit`).
+    pub async fn kubectl_env(&self, env: &[(&str, &str)], args: &[&str]) -> Output {
+        let mut cmd = self.kubectl_command(&self.kubeconfig, args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let child = cmd.spawn().expect("spawn kubectl");
+        match tokio::time::timeout(KUBECTL_TIMEOUT, child.wait_with_output()).await {
+            Ok(Ok(out)) => Output {
+                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+                success: out.status.success(),
+                code: out.status.code(),
+            },
+            Ok(Err(e)) => panic!("running kubectl {args:?}: {e}"),
+            Err(_) => panic!("kubectl {args:?} did not finish within {KUBECTL_TIMEOUT:?}"),
+        }
+    }
+
     /// Runs kubectl, panics (with its stderr and the server log) unless it succeeds, and
     /// returns its stdout.
     pub async fn kubectl_ok(&self, args: &[&str]) -> String {

@@ -10,9 +10,11 @@
 
 mod harness;
 
+mod apply;
 mod compaction;
 mod create_and_get;
 mod delete_and_errors;
+mod explain;
 mod limits;
 mod modify;
 mod namespaces;

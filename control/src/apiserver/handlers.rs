@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
 use super::discovery;
-use super::objects::{DeleteOptions, ListParams, UpdateTarget};
+use super::objects::{DeleteOptions, ListParams, Ownership, UpdateTarget, Write};
 use super::output::{self, Format};
 use super::patch::{self, PatchType};
 use super::protobuf::{self, ProtobufError};
@@ -280,6 +280,36 @@ fn check_unknown_fields(
     Ok(())
 }
 
+/// Reports keys a JSON body repeats: an error under Strict, warnings under Warn.
+fn check_duplicate_fields(
+    def: &ResourceDef,
+    body: &[u8],
+    mode: FieldValidation,
+    warnings: &mut Vec<String>,
+) -> ApiResult<()> {
+    if mode == FieldValidation::Ignore {
+        return Ok(());
+    }
+    let dups: Vec<String> = super::duplicates::duplicate_fields(body)
+        .into_iter()
+        .map(|f| format!("duplicate field {f:?}"))
+        .collect();
+    if dups.is_empty() {
+        return Ok(());
+    }
+    if mode == FieldValidation::Strict {
+        return Err(ApiError::bad_request(format!(
+            "{} in version {:?} cannot be handled as a {}: strict decoding error: {}",
+            def.kind,
+            def.version,
+            def.kind,
+            dups.join(", ")
+        )));
+    }
+    warnings.extend(dups);
+    Ok(())
+}
+
 /// A JSON response carrying `Warning` headers (kubectl prints them as `Warning: …`).
 fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
     for w in warnings {
@@ -289,6 +319,23 @@ fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
         }
     }
     response
+}
+
+/// The field manager a write is recorded for: `?fieldManager=`, else the client's
+/// User-Agent up to its first `/`, as Kubernetes derives it.
+fn field_manager(q: &Query, headers: &HeaderMap) -> String {
+    if let Some(m) = q.non_empty("fieldManager") {
+        return m.chars().take(128).collect();
+    }
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ua| ua.split('/').next())
+        .filter(|s| !s.is_empty())
+        .unwrap_or("unknown")
+        .chars()
+        .take(128)
+        .collect()
 }
 
 fn dry_run(q: &Query) -> ApiResult<bool> {
@@ -323,6 +370,7 @@ async fn resource(
     let ns = rp.namespace.as_deref();
     let objects = state.objects.clone();
     let method = req.method().clone();
+    let manager = field_manager(&q, req.headers());
 
     if let Some(sub) = rp.subresource.as_deref() {
         let name = rp.name.as_deref().unwrap_or("");
@@ -384,8 +432,13 @@ async fn resource(
             let (headers, body) = read_body(req).await?;
             let obj = parse_json_body(&headers, &body)?;
             let mut warnings = Vec::new();
+            if !content_type(&headers).starts_with(protobuf::MEDIA_TYPE) {
+                check_duplicate_fields(&def, &body, validation, &mut warnings)?;
+            }
             check_unknown_fields(&def, &obj, validation, &mut warnings)?;
-            let created = objects.create(&def, ns, obj, dry).await?;
+            let created = objects
+                .create(&def, ns, obj, dry, Ownership::Update(&manager))
+                .await?;
             let response =
                 json_response(StatusCode::CREATED, &output::object(&def, created, format));
             Ok(with_warnings(response, &warnings))
@@ -396,9 +449,22 @@ async fn resource(
             let (headers, body) = read_body(req).await?;
             let obj = parse_json_body(&headers, &body)?;
             let mut warnings = Vec::new();
+            if !content_type(&headers).starts_with(protobuf::MEDIA_TYPE) {
+                check_duplicate_fields(&def, &body, validation, &mut warnings)?;
+            }
             check_unknown_fields(&def, &obj, validation, &mut warnings)?;
             let updated = objects
-                .update(&def, ns, name, obj, UpdateTarget::Main, dry)
+                .update(
+                    &def,
+                    ns,
+                    name,
+                    obj,
+                    Write {
+                        target: UpdateTarget::Main,
+                        owner: Ownership::Update(&manager),
+                        dry_run: dry,
+                    },
+                )
                 .await?;
             let response = json_response(StatusCode::OK, &output::object(&def, updated, format));
             Ok(with_warnings(response, &warnings))
@@ -407,6 +473,12 @@ async fn resource(
             let dry = dry_run(&q)?;
             let validation = field_validation(&q)?;
             let (headers, body) = read_body(req).await?;
+            if content_type(&headers).starts_with(APPLY_PATCH) {
+                return server_side_apply(
+                    &objects, &def, ns, name, &body, &q, dry, validation, format,
+                )
+                .await;
+            }
             let mut warnings = Vec::new();
             let patched = patch_object(
                 &objects,
@@ -419,6 +491,7 @@ async fn resource(
                 dry,
                 validation,
                 &mut warnings,
+                &manager,
             )
             .await?;
             let response = json_response(StatusCode::OK, &output::object(&def, patched, format));
@@ -449,6 +522,63 @@ async fn resource(
             "the server does not allow this method on the requested resource ({m})"
         ))),
     }
+}
+
+/// The Content-Type of a server-side apply (its body is YAML or JSON).
+const APPLY_PATCH: &str = "application/apply-patch+yaml";
+
+/// `PATCH` with `application/apply-patch+yaml`: server-side apply.
+#[allow(clippy::too_many_arguments)]
+async fn server_side_apply(
+    objects: &super::objects::Objects,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    name: &str,
+    body: &Bytes,
+    q: &Query,
+    dry: bool,
+    validation: FieldValidation,
+    format: Format,
+) -> ApiResult<Response> {
+    let Some(manager) = q.non_empty("fieldManager") else {
+        return Err(ApiError::new(
+            422,
+            "Invalid",
+            "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+        ));
+    };
+    let force = match q.get("force") {
+        None | Some("") | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "force: Invalid value: {other:?}: must be true or false"
+            )))
+        }
+    };
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ApiError::bad_request("the apply configuration is not UTF-8"))?;
+    let config: Value = serde_saphyr::from_str(text)
+        .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
+    if !config.is_object() {
+        return Err(ApiError::bad_request(
+            "the apply configuration must be an object",
+        ));
+    }
+    let mut warnings = Vec::new();
+    check_unknown_fields(def, &config, validation, &mut warnings)?;
+    let (obj, created) = objects
+        .apply(def, ns, name, config, manager, force, dry)
+        .await?;
+    let code = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(with_warnings(
+        json_response(code, &output::object(def, obj, format)),
+        &warnings,
+    ))
 }
 
 /// A JSON list assembled from items that are already JSON text.
@@ -538,6 +668,7 @@ async fn patch_object(
     dry: bool,
     validation: FieldValidation,
     warnings: &mut Vec<String>,
+    manager: &str,
 ) -> ApiResult<Value> {
     let ct = content_type(headers);
     let kind =
@@ -545,14 +676,24 @@ async fn patch_object(
     let patch: Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(format!("the patch could not be decoded as JSON: {e}"))
     })?;
+    check_duplicate_fields(def, body, validation, warnings)?;
     objects
         .guaranteed_update(
             def,
             ns,
             name,
-            dry,
+            Write {
+                target,
+                owner: Ownership::Update(manager),
+                dry_run: dry,
+            },
             |old| {
-                let mut new = patch::apply(old, &patch, kind)?;
+                let mut new = patch::apply(
+                    old,
+                    &patch,
+                    kind,
+                    crate::registry::schema::root(def.group, def.version, def.kind),
+                )?;
                 check_unknown_fields(def, &new, validation, warnings)?;
                 // A patch that carries a resourceVersion is a precondition; one without is
                 // applied to whatever is current.
@@ -573,7 +714,6 @@ async fn patch_object(
                 }
                 Ok(new)
             },
-            target,
         )
         .await
 }
@@ -591,6 +731,7 @@ async fn subresource(
 ) -> ApiResult<Response> {
     let objects = &state.objects;
     let dry = dry_run(q)?;
+    let manager = field_manager(q, req.headers());
     match (sub, method) {
         (Subresource::Status, Method::GET) => {
             let obj = objects.get(def, ns, name).await?;
@@ -604,7 +745,19 @@ async fn subresource(
             };
             let (headers, body) = read_body(req).await?;
             let obj = parse_json_body(&headers, &body)?;
-            let updated = objects.update(def, ns, name, obj, target, dry).await?;
+            let updated = objects
+                .update(
+                    def,
+                    ns,
+                    name,
+                    obj,
+                    Write {
+                        target,
+                        owner: Ownership::Update(&manager),
+                        dry_run: dry,
+                    },
+                )
+                .await?;
             Ok(json_response(StatusCode::OK, &updated))
         }
         (Subresource::Status, Method::PATCH) => {
@@ -622,6 +775,7 @@ async fn subresource(
                 dry,
                 validation,
                 &mut warnings,
+                &manager,
             )
             .await?;
             Ok(with_warnings(
@@ -658,10 +812,14 @@ async fn subresource(
                 Value::Null
             };
             let updated = objects
-                .guaranteed_update(def, ns, name, dry, |old| {
+                .guaranteed_update(def, ns, name, Write {
+                    target: UpdateTarget::Main,
+                    owner: Ownership::Update(&manager),
+                    dry_run: dry,
+                }, |old| {
                     let current = scale_of(old);
                     let wanted = match patch_kind {
-                        Some(k) => patch::apply(&current, &patch_body, k)?,
+                        Some(k) => patch::apply(&current, &patch_body, k, crate::registry::schema::root("autoscaling", "v1", "Scale"))?,
                         None => input.clone(),
                     };
                     if let Some(rv) = wanted.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
@@ -681,7 +839,7 @@ async fn subresource(
                     let mut new = old.clone();
                     new["spec"]["replicas"] = json!(replicas);
                     Ok(new)
-                }, UpdateTarget::Main)
+                })
                 .await?;
             Ok(json_response(StatusCode::OK, &scale_of(&updated)))
         }

@@ -7,8 +7,11 @@
 //! - [`watch`]: the watch event stream.
 //! - [`output`]: content negotiation; JSON, Table and PartialObjectMetadata encodings.
 //! - [`discovery`]: `/api`, `/apis`, aggregated discovery, `/version`.
-//! - [`openapi`]: `/openapi/v3` for kubectl's validation.
+//! - [`openapi`]: `/openapi/v3` and `/openapi/v2`: the schemas of every served kind
+//!   (kubectl's validation and `kubectl explain`).
 //! - [`patch`]: merge, JSON and strategic merge patches.
+//! - [`fieldmanager`]: managedFields and server-side apply.
+//! - [`duplicates`]: duplicate keys in request bodies, for fieldValidation.
 //! - [`protobuf`]: protobuf request bodies (what kubectl's `create` generators send).
 //! - [`allocator`]: Service ClusterIPs and NodePorts.
 //! - [`namespace_lifecycle`]: which namespaces accept new objects, kept in memory.
@@ -19,6 +22,8 @@
 pub mod allocator;
 pub mod authn;
 pub mod discovery;
+pub mod duplicates;
+pub mod fieldmanager;
 pub mod handlers;
 pub mod namespace_lifecycle;
 pub mod objects;
@@ -136,18 +141,6 @@ async fn metrics_text() -> Response {
         .into_response()
 }
 
-async fn openapi_index(State(state): State<Arc<ApiState>>) -> Response {
-    axum::Json(openapi::index(&state.objects.registry)).into_response()
-}
-
-async fn openapi_doc(State(state): State<Arc<ApiState>>, req: Request) -> Response {
-    let path = req.uri().path().trim_start_matches("/openapi/v3/");
-    match openapi::document(&state.objects.registry, path) {
-        Some(doc) => axum::Json(doc).into_response(),
-        None => ApiError::not_found_path().into_response(),
-    }
-}
-
 /// The API's router: health, metrics, version, OpenAPI, and everything under `/api(s)`.
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
@@ -156,8 +149,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/version", get(version))
         .route("/metrics", get(metrics_text))
-        .route("/openapi/v3", get(openapi_index))
-        .route("/openapi/v3/{*path}", get(openapi_doc))
+        .route("/openapi/v3", get(openapi::serve_v3_index))
+        .route("/openapi/v3/{*path}", get(openapi::serve_v3_document))
+        .route("/openapi/v2", get(openapi::serve_v2))
         .fallback(handlers::api)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::allocator::{AllocError, ServiceAllocator};
+use super::fieldmanager;
 use super::namespace_lifecycle::{NamespaceLifecycle, NamespaceState};
 use super::status::{ApiError, ApiResult};
 use crate::registry::selectors::{FieldSelector, LabelSelector};
@@ -78,6 +79,25 @@ pub enum UpdateTarget {
     Main,
     Status,
     Finalize,
+}
+
+/// Who a write is recorded for in `metadata.managedFields`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership<'a> {
+    /// An Update by this field manager: it takes the fields it changes.
+    Update(&'a str),
+    /// A server-side apply: the object already carries the managed fields the apply
+    /// computed.
+    Applied,
+}
+
+/// How an update is carried out: which part it writes, whom it is recorded for, and
+/// whether it is only a dry run.
+#[derive(Debug, Clone, Copy)]
+pub struct Write<'a> {
+    pub target: UpdateTarget,
+    pub owner: Ownership<'a>,
+    pub dry_run: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -449,6 +469,7 @@ impl Objects {
         ns: Option<&str>,
         mut obj: Value,
         dry_run: bool,
+        owner: Ownership<'_>,
     ) -> ApiResult<Value> {
         check_type_meta(def, &mut obj)?;
         set_namespace(def, ns, &mut obj)?;
@@ -521,6 +542,20 @@ impl Objects {
                 self.check_namespace_open(def, ns, &name).await?;
             }
         }
+        if let Ownership::Update(manager) = owner {
+            meta_mut(&mut obj).remove("managedFields");
+            let schema = fieldmanager::schema_for(def);
+            fieldmanager::record_update(
+                None,
+                &mut obj,
+                manager,
+                &def.api_version(),
+                None,
+                def.has(Subresource::Status),
+                schema.as_ref(),
+                &now_rfc3339(),
+            );
+        }
         let key = def.key(ns, &name);
         let allocated = if def.group.is_empty() && def.plural == "services" && !dry_run {
             self.service_allocate(def, &name, &mut obj, None).await?
@@ -572,8 +607,7 @@ impl Objects {
         ns: Option<&str>,
         name: &str,
         mut obj: Value,
-        target: UpdateTarget,
-        dry_run: bool,
+        write: Write<'_>,
     ) -> ApiResult<Value> {
         check_type_meta(def, &mut obj)?;
         set_namespace(def, ns, &mut obj)?;
@@ -585,21 +619,14 @@ impl Objects {
             }
         }
         let wanted_rv = rv_of(&obj).map(String::from);
-        self.guaranteed_update(
-            def,
-            ns,
-            name,
-            dry_run,
-            |old| {
-                if let Some(rv) = &wanted_rv {
-                    if Some(rv.as_str()) != rv_of(old) {
-                        return Err(ApiError::conflict(def, name));
-                    }
+        self.guaranteed_update(def, ns, name, write, |old| {
+            if let Some(rv) = &wanted_rv {
+                if Some(rv.as_str()) != rv_of(old) {
+                    return Err(ApiError::conflict(def, name));
                 }
-                Ok(obj.clone())
-            },
-            target,
-        )
+            }
+            Ok(obj.clone())
+        })
         .await
     }
 
@@ -611,13 +638,17 @@ impl Objects {
         def: &ResourceDef,
         ns: Option<&str>,
         name: &str,
-        dry_run: bool,
+        write: Write<'_>,
         mut mutate: F,
-        target: UpdateTarget,
     ) -> ApiResult<Value>
     where
         F: FnMut(&Value) -> ApiResult<Value>,
     {
+        let Write {
+            target,
+            owner,
+            dry_run,
+        } = write;
         let key = def.key(ns, name);
         loop {
             let kv = self
@@ -628,8 +659,26 @@ impl Objects {
             let old = decode_kv(&kv)?;
             let wanted = mutate(&old)?;
             let mut new = self.prepare_update(def, name, wanted, &old, target)?;
+            if let Ownership::Update(_) = owner {
+                // Managed fields are the server's record, not something a client edits.
+                copy_metadata_field(&mut new, &old, "managedFields");
+            }
             if same_object(&new, &old) {
                 return Ok(old);
+            }
+            if let Ownership::Update(manager) = owner {
+                let schema = fieldmanager::schema_for(def);
+                let subresource = (target == UpdateTarget::Status).then_some("status");
+                fieldmanager::record_update(
+                    Some(&old),
+                    &mut new,
+                    manager,
+                    &def.api_version(),
+                    subresource,
+                    def.has(Subresource::Status),
+                    schema.as_ref(),
+                    &now_rfc3339(),
+                );
             }
             let allocated = if def.group.is_empty() && def.plural == "services" && !dry_run {
                 self.service_allocate(def, name, &mut new, Some(&old))
@@ -950,6 +999,79 @@ impl Objects {
         Ok((out, list_meta))
     }
 
+    /// Server-side apply: merges `config` (the whole intent of `manager`) into the
+    /// object, creating it when absent. Returns the object and whether it was created.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn apply(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+        mut config: Value,
+        manager: &str,
+        force: bool,
+        dry_run: bool,
+    ) -> ApiResult<(Value, bool)> {
+        check_type_meta(def, &mut config)?;
+        set_namespace(def, ns, &mut config)?;
+        match meta_str(&config, "name") {
+            Some(n) if n != name => {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({name})"
+                )))
+            }
+            _ => {
+                meta_mut(&mut config).insert("name".into(), json!(name));
+            }
+        }
+        let schema = fieldmanager::schema_for(def);
+        let has_status = def.has(Subresource::Status);
+        let api_version = def.api_version();
+        let run = |live: Option<&Value>| {
+            fieldmanager::apply(
+                live,
+                &config,
+                manager,
+                &api_version,
+                force,
+                has_status,
+                schema.as_ref(),
+                &now_rfc3339(),
+            )
+            .map_err(|conflicts| apply_conflict(def, name, &conflicts))
+        };
+        loop {
+            if self.store.get(&def.key(ns, name)).await?.is_none() {
+                let mut obj = run(None)?;
+                obj["apiVersion"] = config["apiVersion"].clone();
+                obj["kind"] = config["kind"].clone();
+                match self.create(def, ns, obj, dry_run, Ownership::Applied).await {
+                    Ok(created) => return Ok((created, true)),
+                    // Someone created it meanwhile: apply to theirs.
+                    Err(e) if e.reason == "AlreadyExists" => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            match self
+                .guaranteed_update(
+                    def,
+                    ns,
+                    name,
+                    Write {
+                        target: UpdateTarget::Main,
+                        owner: Ownership::Applied,
+                        dry_run,
+                    },
+                    |old| run(Some(old)),
+                )
+                .await
+            {
+                Err(e) if e.code == 404 => continue,
+                other => return other.map(|o| (o, false)),
+            }
+        }
+    }
+
     /// Assigns a pod to a node (`pods/binding`), as the scheduler does. The pod's spec is
     /// otherwise immutable, so this bypasses the update strategy on purpose.
     pub async fn bind_pod(
@@ -1024,7 +1146,10 @@ impl Objects {
         let def = self.namespaces();
         for ns in SYSTEM_NAMESPACES {
             let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-            match self.create(&def, None, obj, false).await {
+            match self
+                .create(&def, None, obj, false, Ownership::Update("wasmkube"))
+                .await
+            {
                 Ok(_) => tracing::info!(namespace = ns, "created system namespace"),
                 Err(e) if e.reason == "AlreadyExists" => {}
                 Err(e) => return Err(e),
@@ -1187,6 +1312,18 @@ impl Objects {
     }
 }
 
+/// Makes `to.metadata[field]` what `from.metadata[field]` is, absent included.
+fn copy_metadata_field(to: &mut Value, from: &Value, field: &str) {
+    match meta(from).and_then(|m| m.get(field)).cloned() {
+        Some(v) => {
+            meta_mut(to).insert(field.into(), v);
+        }
+        None => {
+            meta_mut(to).remove(field);
+        }
+    }
+}
+
 /// Makes `to[field]` what `from[field]` is, absent included.
 fn copy_field(to: &mut Value, from: &Value, field: &str) {
     match (from.get(field), to.as_object_mut()) {
@@ -1305,6 +1442,40 @@ fn set_namespace(def: &ResourceDef, ns: Option<&str>, obj: &mut Value) -> ApiRes
             Ok(())
         }
     }
+}
+
+/// The 409 an apply with conflicts gets, worded as Kubernetes does.
+fn apply_conflict(def: &ResourceDef, name: &str, conflicts: &[fieldmanager::Conflict]) -> ApiError {
+    let n = conflicts.len();
+    let message = if n == 1 {
+        format!(
+            "Apply failed with 1 conflict: conflict with {:?}: {}",
+            conflicts[0].manager, conflicts[0].field
+        )
+    } else {
+        let lines: Vec<String> = conflicts
+            .iter()
+            .map(|c| format!("conflict with {:?}: {}", c.manager, c.field))
+            .collect();
+        format!("Apply failed with {n} conflicts: {}", lines.join("\n"))
+    };
+    let causes: Vec<Value> = conflicts
+        .iter()
+        .map(|c| {
+            json!({
+                "reason": "FieldManagerConflict",
+                "message": format!("conflict with {:?}", c.manager),
+                "field": c.field,
+            })
+        })
+        .collect();
+    let mut details = json!({"name": name, "kind": def.plural, "causes": causes});
+    if !def.group.is_empty() {
+        details["group"] = json!(def.group);
+    }
+    let mut err = ApiError::new(409, "Conflict", message);
+    err.details = Some(details);
+    err
 }
 
 fn decode_error(def: &ResourceDef, name: &str, err: &str) -> ApiError {

@@ -252,6 +252,40 @@ async fn edit_replace_set_and_rollout_restart() {
         "{d:#}"
     );
 
+    // Patches reach the status and scale subresources too.
+    cluster
+        .kubectl_ok(&[
+            "patch",
+            "deployment",
+            "shop",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"observedGeneration":7,"replicas":5}}"#,
+        ])
+        .await;
+    cluster
+        .kubectl_ok(&[
+            "patch",
+            "deployment",
+            "shop",
+            "--subresource=scale",
+            "--type=json",
+            "-p",
+            r#"[{"op":"replace","path":"/spec/replicas","value":4}]"#,
+        ])
+        .await;
+    let d = cluster.get_json(&["deploy", "shop"]).await;
+    assert_eq!(d["status"]["observedGeneration"], 7, "{d:#}");
+    assert_eq!(d["spec"]["replicas"], 4, "{d:#}");
+
+    // A server-side dry-run delete deletes nothing.
+    let out = cluster
+        .kubectl_ok(&["delete", "deployment", "shop", "--dry-run=server"])
+        .await;
+    assert!(out.contains("(server dry run)"), "{out}");
+    cluster.kubectl_ok(&["get", "deployment", "shop"]).await;
+
     // replace with the current object works; with the original (stale) one it conflicts.
     let mut current = d.clone();
     current["spec"]["replicas"] = json!(1);

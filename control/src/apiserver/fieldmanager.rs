@@ -664,99 +664,122 @@ pub struct Conflict {
     pub field: String,
 }
 
-/// Applies `config` (the manager's whole intent) to `live` (or to nothing, for a
-/// create). Returns the new object with its managed fields, or the conflicts.
-#[allow(clippy::too_many_arguments)]
-pub fn apply(
-    live: Option<&Value>,
-    config: &Value,
-    manager: &str,
-    api_version: &str,
-    force: bool,
-    has_status: bool,
-    schema: &dyn Schema,
-    now: &str,
-) -> Result<Value, Vec<Conflict>> {
-    let mut managed = live.map(ManagedFields::of).unwrap_or_default();
-    let config_t = tracked(config, false, has_status);
-    let applied = fields_of(&config_t, schema);
-    let mut result = match live {
-        Some(l) => l.clone(),
-        None => json!({}),
-    };
-    let live_t = live
-        .map(|l| tracked(l, false, has_status))
-        .unwrap_or(Value::Null);
+/// One server-side apply request: who applies, to which part of the object.
+#[derive(Debug, Clone, Copy)]
+pub struct Applier<'a> {
+    pub manager: &'a str,
+    pub api_version: &'a str,
+    /// Take over fields other managers own instead of failing with a conflict.
+    pub force: bool,
+    /// `Some("status")` for an apply to the status subresource.
+    pub subresource: Option<&'a str>,
+    /// Whether the kind has a status subresource (then the main resource's apply does
+    /// not own status).
+    pub has_status: bool,
+    pub now: &'a str,
+}
 
-    let mut conflicts = Vec::new();
-    let mut taken: Vec<(usize, Path)> = Vec::new();
-    for p in applied.paths() {
-        let Some(want) = value_at(&config_t, &p) else {
-            continue;
+impl Applier<'_> {
+    fn status_only(&self) -> bool {
+        self.subresource == Some("status")
+    }
+
+    /// Applies `config` (the manager's whole intent) to `live` (or to nothing, for a
+    /// create). Returns the new object with its managed fields, or the conflicts.
+    pub fn apply(
+        &self,
+        live: Option<&Value>,
+        config: &Value,
+        schema: &dyn Schema,
+    ) -> Result<Value, Vec<Conflict>> {
+        let (manager, sub) = (self.manager, self.subresource);
+        let mut managed = live.map(ManagedFields::of).unwrap_or_default();
+        let config_t = tracked(config, self.status_only(), self.has_status);
+        let applied = fields_of(&config_t, schema);
+        let mut result = match live {
+            Some(l) => l.clone(),
+            None => json!({}),
         };
-        let have = value_at(&live_t, &p);
-        let differs = have.is_some_and(|h| h != want) && !want.is_object();
-        if !differs {
-            continue;
-        }
-        for (i, e) in managed.0.iter().enumerate() {
-            if e.same_owner(manager, "Apply", None) || e.subresource.is_some() {
+        let live_t = live
+            .map(|l| tracked(l, self.status_only(), self.has_status))
+            .unwrap_or(Value::Null);
+
+        let mut conflicts = Vec::new();
+        let mut taken: Vec<(usize, Path)> = Vec::new();
+        for p in applied.paths() {
+            let Some(want) = value_at(&config_t, &p) else {
+                continue;
+            };
+            let have = value_at(&live_t, &p);
+            let differs = have.is_some_and(|h| h != want) && !want.is_object();
+            if !differs {
                 continue;
             }
-            if e.fields.contains(&p) {
-                conflicts.push(Conflict {
-                    manager: e.manager.clone(),
-                    field: display_path(&p),
-                });
-                taken.push((i, p.clone()));
+            for (i, e) in managed.0.iter().enumerate() {
+                if e.same_owner(manager, "Apply", sub) || e.subresource.as_deref() != sub {
+                    continue;
+                }
+                if e.fields.contains(&p) {
+                    conflicts.push(Conflict {
+                        manager: e.manager.clone(),
+                        field: display_path(&p),
+                    });
+                    taken.push((i, p.clone()));
+                }
             }
         }
-    }
-    if !conflicts.is_empty() && !force {
-        return Err(conflicts);
-    }
-    for (i, p) in taken {
-        managed.0[i].fields.remove(&p);
-    }
+        if !conflicts.is_empty() && !self.force {
+            return Err(conflicts);
+        }
+        for (i, p) in taken {
+            managed.0[i].fields.remove(&p);
+        }
 
-    // Fields this manager applied before and no longer does: removed, unless another
-    // manager still owns them.
-    let previous = managed
-        .0
-        .iter()
-        .find(|e| e.same_owner(manager, "Apply", None))
-        .map(|e| e.fields.clone())
-        .unwrap_or_default();
-    let mut dropped: Vec<Path> = previous
-        .paths()
-        .into_iter()
-        .filter(|p| !applied.contains(p))
-        .filter(|p| {
-            !managed
-                .0
-                .iter()
-                .any(|e| !e.same_owner(manager, "Apply", None) && e.fields.contains(p))
-        })
-        .collect();
-    // Shallowest first: a dropped list item goes whole, and the paths inside it then
-    // find nothing to remove (removing its key field first would orphan the item).
-    dropped.sort_by_key(|p| p.len());
+        // Fields this manager applied before and no longer does: removed, unless another
+        // manager still owns them.
+        let previous = managed
+            .0
+            .iter()
+            .find(|e| e.same_owner(manager, "Apply", sub))
+            .map(|e| e.fields.clone())
+            .unwrap_or_default();
+        let mut dropped: Vec<Path> = previous
+            .paths()
+            .into_iter()
+            .filter(|p| !applied.contains(p))
+            .filter(|p| {
+                !managed
+                    .0
+                    .iter()
+                    .any(|e| !e.same_owner(manager, "Apply", sub) && e.fields.contains(p))
+            })
+            .collect();
+        // Shallowest first: a dropped list item goes whole, and the paths inside it then
+        // find nothing to remove (removing its key field first would orphan the item).
+        dropped.sort_by_key(|p| p.len());
 
-    merge(&mut result, config, schema);
-    for p in &dropped {
-        // A path is always relative to the tracked view, whose root is the object.
-        remove_at(&mut result, p);
+        if self.status_only() {
+            let status = json!({"status": config.get("status").cloned().unwrap_or(Value::Null)});
+            merge(&mut result, &status, schema);
+        } else {
+            merge(&mut result, config, schema);
+        }
+        for p in &dropped {
+            // Paths are relative to the tracked view, whose root is the object's.
+            remove_at(&mut result, p);
+        }
+
+        let entry = managed.entry_mut(manager, "Apply", self.api_version, sub);
+        entry.fields = applied;
+        entry.time = self.now.to_string();
+        entry.api_version = self.api_version.to_string();
+        managed.store(&mut result);
+        Ok(result)
     }
-
-    let entry = managed.entry_mut(manager, "Apply", api_version, None);
-    entry.fields = applied;
-    entry.time = now.to_string();
-    entry.api_version = api_version.to_string();
-    managed.store(&mut result);
-    Ok(result)
 }
 
 #[cfg(test)]
+#[allow(clippy::too_many_arguments)]
 mod tests {
     use super::*;
 
@@ -802,8 +825,52 @@ mod tests {
         }
     }
 
+    fn apply(
+        live: Option<&Value>,
+        config: &Value,
+        manager: &str,
+        api_version: &str,
+        force: bool,
+        has_status: bool,
+        schema: &dyn Schema,
+        now: &str,
+    ) -> Result<Value, Vec<Conflict>> {
+        Applier {
+            manager,
+            api_version,
+            force,
+            subresource: None,
+            has_status,
+            now,
+        }
+        .apply(live, config, schema)
+    }
+
     fn cm(data: Value) -> Value {
         json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": data})
+    }
+
+    #[test]
+    fn status_applies_are_owned_apart_from_spec() {
+        let obj = json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": "x"}, "spec": {"a": 1}, "status": {"ready": false}});
+        let applier = Applier {
+            manager: "controller",
+            api_version: "v1",
+            force: false,
+            subresource: Some("status"),
+            has_status: true,
+            now: "t",
+        };
+        let config = json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": "x"}, "spec": {"a": 2}, "status": {"ready": true}});
+        let out = applier.apply(Some(&obj), &config, &Untyped).unwrap();
+        assert_eq!(out["status"]["ready"], true);
+        assert_eq!(out["spec"]["a"], 1, "a status apply leaves the spec alone");
+        let m = ManagedFields::of(&out);
+        assert_eq!(m.0[0].subresource.as_deref(), Some("status"));
+        assert_eq!(
+            m.0[0].fields.to_json(),
+            json!({"f:status": {"f:ready": {}}})
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
 use super::discovery;
-use super::objects::{DeleteOptions, ListParams, Ownership, UpdateTarget, Write};
+use super::objects::{ApplyOptions, DeleteOptions, ListParams, Ownership, UpdateTarget, Write};
 use super::output::{self, Format};
 use super::patch::{self, PatchType};
 use super::protobuf::{self, ProtobufError};
@@ -475,7 +475,16 @@ async fn resource(
             let (headers, body) = read_body(req).await?;
             if content_type(&headers).starts_with(APPLY_PATCH) {
                 return server_side_apply(
-                    &objects, &def, ns, name, &body, &q, dry, validation, format,
+                    &objects,
+                    &def,
+                    ns,
+                    name,
+                    &body,
+                    &q,
+                    dry,
+                    validation,
+                    format,
+                    UpdateTarget::Main,
                 )
                 .await;
             }
@@ -501,6 +510,12 @@ async fn resource(
             let dry = dry_run(&q)?;
             let (headers, body) = read_body(req).await?;
             let opts = delete_options(&headers, &body, &q)?;
+            // kubectl sends dry run in the DeleteOptions body, not the query.
+            let dry = dry
+                || opts
+                    .dry_run
+                    .as_ref()
+                    .is_some_and(|d| d.iter().any(|v| v == "All"));
             let (obj, gone) = objects.delete(&def, ns, name, &opts, dry).await?;
             Ok(delete_response(&def, obj, gone, format))
         }
@@ -510,6 +525,12 @@ async fn resource(
             check_fields(&def, &params)?;
             let (headers, body) = read_body(req).await?;
             let opts = delete_options(&headers, &body, &q)?;
+            // kubectl sends dry run in the DeleteOptions body, not the query.
+            let dry = dry
+                || opts
+                    .dry_run
+                    .as_ref()
+                    .is_some_and(|d| d.iter().any(|v| v == "All"));
             let (items, meta) = objects
                 .delete_collection(&def, ns, &params, &opts, dry)
                 .await?;
@@ -539,6 +560,7 @@ async fn server_side_apply(
     dry: bool,
     validation: FieldValidation,
     format: Format,
+    target: UpdateTarget,
 ) -> ApiResult<Response> {
     let Some(manager) = q.non_empty("fieldManager") else {
         return Err(ApiError::new(
@@ -568,7 +590,18 @@ async fn server_side_apply(
     let mut warnings = Vec::new();
     check_unknown_fields(def, &config, validation, &mut warnings)?;
     let (obj, created) = objects
-        .apply(def, ns, name, config, manager, force, dry)
+        .apply(
+            def,
+            ns,
+            name,
+            config,
+            ApplyOptions {
+                manager,
+                force,
+                target,
+                dry_run: dry,
+            },
+        )
         .await?;
     let code = if created {
         StatusCode::CREATED
@@ -763,6 +796,21 @@ async fn subresource(
         (Subresource::Status, Method::PATCH) => {
             let validation = field_validation(q)?;
             let (headers, body) = read_body(req).await?;
+            if content_type(&headers).starts_with(APPLY_PATCH) {
+                return server_side_apply(
+                    objects,
+                    def,
+                    ns,
+                    name,
+                    &body,
+                    q,
+                    dry,
+                    validation,
+                    Format::Json,
+                    UpdateTarget::Status,
+                )
+                .await;
+            }
             let mut warnings = Vec::new();
             let patched = patch_object(
                 objects,

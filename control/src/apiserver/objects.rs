@@ -100,6 +100,17 @@ pub struct Write<'a> {
     pub dry_run: bool,
 }
 
+/// A server-side apply's options.
+#[derive(Debug, Clone, Copy)]
+pub struct ApplyOptions<'a> {
+    pub manager: &'a str,
+    /// Take over conflicting fields (`?force=true`).
+    pub force: bool,
+    /// The object (`Main`) or its status.
+    pub target: UpdateTarget,
+    pub dry_run: bool,
+}
+
 #[derive(Serialize, Deserialize)]
 struct ContinueToken {
     rv: i64,
@@ -999,19 +1010,22 @@ impl Objects {
         Ok((out, list_meta))
     }
 
-    /// Server-side apply: merges `config` (the whole intent of `manager`) into the
+    /// Server-side apply: merges `config` (the whole intent of its manager) into the
     /// object, creating it when absent. Returns the object and whether it was created.
-    #[allow(clippy::too_many_arguments)]
     pub async fn apply(
         &self,
         def: &ResourceDef,
         ns: Option<&str>,
         name: &str,
         mut config: Value,
-        manager: &str,
-        force: bool,
-        dry_run: bool,
+        opts: ApplyOptions<'_>,
     ) -> ApiResult<(Value, bool)> {
+        let ApplyOptions {
+            manager,
+            force,
+            target,
+            dry_run,
+        } = opts;
         check_type_meta(def, &mut config)?;
         set_namespace(def, ns, &mut config)?;
         match meta_str(&config, "name") {
@@ -1025,23 +1039,26 @@ impl Objects {
             }
         }
         let schema = fieldmanager::schema_for(def);
-        let has_status = def.has(Subresource::Status);
         let api_version = def.api_version();
+        let now = now_rfc3339();
+        let applier = fieldmanager::Applier {
+            manager,
+            api_version: &api_version,
+            force,
+            subresource: (target == UpdateTarget::Status).then_some("status"),
+            has_status: def.has(Subresource::Status),
+            now: &now,
+        };
         let run = |live: Option<&Value>| {
-            fieldmanager::apply(
-                live,
-                &config,
-                manager,
-                &api_version,
-                force,
-                has_status,
-                schema.as_ref(),
-                &now_rfc3339(),
-            )
-            .map_err(|conflicts| apply_conflict(def, name, &conflicts))
+            applier
+                .apply(live, &config, schema.as_ref())
+                .map_err(|conflicts| apply_conflict(def, name, &conflicts))
         };
         loop {
             if self.store.get(&def.key(ns, name)).await?.is_none() {
+                if target == UpdateTarget::Status {
+                    return Err(ApiError::not_found(def, name));
+                }
                 let mut obj = run(None)?;
                 obj["apiVersion"] = config["apiVersion"].clone();
                 obj["kind"] = config["kind"].clone();
@@ -1058,7 +1075,7 @@ impl Objects {
                     ns,
                     name,
                     Write {
-                        target: UpdateTarget::Main,
+                        target,
                         owner: Ownership::Applied,
                         dry_run,
                     },

@@ -9,6 +9,12 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use wasmkube_control::server::{Server, ServerOptions};
 
+/// mimalloc instead of glibc malloc: a long-running server that serves big lists now and
+/// then kept hundreds of MiB of freed memory in glibc's per-thread arenas (measured by
+/// benches/apiserver.rs); mimalloc returns it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "wasmkube",

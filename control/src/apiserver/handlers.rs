@@ -413,11 +413,37 @@ async fn resource(
                 let (items, meta) = objects.list_raw(&def, ns, &params).await?;
                 return Ok(raw_list_response(&def, items, &meta));
             }
-            let (items, meta) = objects.list(&def, ns, &params).await?;
-            Ok(json_response(
-                StatusCode::OK,
-                &output::list(&def, items, meta, format),
-            ))
+            match format {
+                Format::Json => {
+                    let (items, meta) = objects
+                        .list_map(&def, ns, &params, |o| {
+                            serde_json::to_vec(&o).unwrap_or_default()
+                        })
+                        .await?;
+                    Ok(raw_list_response(&def, items, &meta))
+                }
+                Format::Table(include) => {
+                    let now = chrono::Utc::now();
+                    let (rows, meta) = objects
+                        .list_map(&def, ns, &params, |o| {
+                            output::table_row(&def, &o, include, now)
+                        })
+                        .await?;
+                    Ok(json_response(
+                        StatusCode::OK,
+                        &output::table_of_rows(&def, rows, meta),
+                    ))
+                }
+                Format::PartialMetadata => {
+                    let (items, meta) = objects
+                        .list_map(&def, ns, &params, |o| output::partial_metadata(&o))
+                        .await?;
+                    Ok(json_response(
+                        StatusCode::OK,
+                        &output::partial_metadata_list(items, meta),
+                    ))
+                }
+            }
         }
         (Method::GET, Some(name)) => {
             let obj = objects.get(&def, ns, name).await?;

@@ -321,13 +321,26 @@ impl Objects {
         ns: Option<&str>,
         params: &ListParams,
     ) -> ApiResult<(Vec<Value>, Value)> {
+        self.list_map(def, ns, params, |obj| obj).await
+    }
+
+    /// Lists like [`Objects::list`], turning each matching object into what the
+    /// response needs (a Table row, its JSON text) as soon as it is decoded, so a big
+    /// list never holds every decoded object at once.
+    pub async fn list_map<T>(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        params: &ListParams,
+        mut f: impl FnMut(Value) -> T,
+    ) -> ApiResult<(Vec<T>, Value)> {
         let mut items = Vec::new();
         let list_meta = self
             .scan(def, ns, params, |kv| {
                 let obj = decode_kv(kv)?;
                 let keep = self.matches(def, &obj, params)?;
                 if keep {
-                    items.push(obj);
+                    items.push(f(obj));
                 }
                 Ok(keep)
             })

@@ -114,7 +114,8 @@ pub fn wants_aggregated_discovery(accept: Option<&str>) -> bool {
     false
 }
 
-fn partial_metadata(obj: &Value) -> Value {
+/// The PartialObjectMetadata of an object.
+pub fn partial_metadata(obj: &Value) -> Value {
     json!({
         "kind": "PartialObjectMetadata",
         "apiVersion": "meta.k8s.io/v1",
@@ -122,8 +123,14 @@ fn partial_metadata(obj: &Value) -> Value {
     })
 }
 
-fn table_row(def: &ResourceDef, obj: &Value, include: IncludeObject) -> Value {
-    let cells = def.strategy.cells(obj, Utc::now());
+/// One Table row for `obj`; `now` renders ages.
+pub fn table_row(
+    def: &ResourceDef,
+    obj: &Value,
+    include: IncludeObject,
+    now: chrono::DateTime<Utc>,
+) -> Value {
+    let cells = def.strategy.cells(obj, now);
     let mut row = json!({"cells": cells});
     match include {
         IncludeObject::None => {}
@@ -133,20 +140,39 @@ fn table_row(def: &ResourceDef, obj: &Value, include: IncludeObject) -> Value {
     row
 }
 
-/// A Table of `objects`; `list_meta` is the list's metadata (resourceVersion, continue).
-pub fn table(
-    def: &ResourceDef,
-    objects: &[Value],
-    list_meta: Value,
-    include: IncludeObject,
-) -> Value {
-    let rows: Vec<Value> = objects.iter().map(|o| table_row(def, o, include)).collect();
+/// A Table of rows already rendered; `list_meta` is the list's metadata.
+pub fn table_of_rows(def: &ResourceDef, rows: Vec<Value>, list_meta: Value) -> Value {
     json!({
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
         "metadata": list_meta,
         "columnDefinitions": def.strategy.columns(),
         "rows": rows,
+    })
+}
+
+/// A Table of `objects`.
+pub fn table(
+    def: &ResourceDef,
+    objects: &[Value],
+    list_meta: Value,
+    include: IncludeObject,
+) -> Value {
+    let now = Utc::now();
+    let rows = objects
+        .iter()
+        .map(|o| table_row(def, o, include, now))
+        .collect();
+    table_of_rows(def, rows, list_meta)
+}
+
+/// A PartialObjectMetadataList of already converted items.
+pub fn partial_metadata_list(items: Vec<Value>, list_meta: Value) -> Value {
+    json!({
+        "kind": "PartialObjectMetadataList",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": list_meta,
+        "items": items,
     })
 }
 
@@ -183,12 +209,9 @@ pub fn list(def: &ResourceDef, items: Vec<Value>, list_meta: Value, format: Form
             "metadata": list_meta,
             "items": items,
         }),
-        Format::PartialMetadata => json!({
-            "kind": "PartialObjectMetadataList",
-            "apiVersion": "meta.k8s.io/v1",
-            "metadata": list_meta,
-            "items": items.iter().map(partial_metadata).collect::<Vec<_>>(),
-        }),
+        Format::PartialMetadata => {
+            partial_metadata_list(items.iter().map(partial_metadata).collect(), list_meta)
+        }
         Format::Table(include) => table(def, &items, list_meta, include),
     }
 }

@@ -1,8 +1,10 @@
 //! Controllers that run inside the control plane. Each is an API client (kube-rs) of
 //! the API server — exactly like kube-controller-manager, they never read etcd.
 //!
+//! - [`events`]: the Event recorder every controller reports through.
 //! - [`namespace`]: empties a deleted namespace, then lets it go.
 
+pub mod events;
 pub mod namespace;
 
 use std::path::Path;

@@ -246,6 +246,7 @@ impl ServerProcess {
             .arg("--bind-address")
             .arg("127.0.0.1")
             .arg("--disable-controllers")
+            .arg("--disable-scheduler")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log_file))

@@ -33,7 +33,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the control plane: the API server on etcd (a managed etcd child unless
-    /// --etcd-servers is given) and its controllers.
+    /// --etcd-servers is given), the scheduler and the controllers.
     Server(ServerArgs),
     /// Run a single-node cluster in one process (today: the control plane) and write
     /// DATA_DIR/kubeconfig.
@@ -95,6 +95,9 @@ struct CommonArgs {
     /// Do not run the controllers in this process.
     #[arg(long)]
     disable_controllers: bool,
+    /// Do not run the scheduler in this process.
+    #[arg(long)]
+    disable_scheduler: bool,
 }
 
 /// A CIDR argument, parsed by clap.
@@ -150,6 +153,7 @@ fn options(
     opts.token_auth_file = common.token_auth_file;
     opts.compaction_interval = Duration::from_secs(common.compaction_interval_seconds.max(1));
     opts.run_controllers = !common.disable_controllers;
+    opts.run_scheduler = !common.disable_scheduler;
     Ok(opts)
 }
 

@@ -22,5 +22,6 @@ pub mod kubeconfig;
 pub mod metrics;
 pub mod pki;
 pub mod registry;
+pub mod scheduler;
 pub mod server;
 pub mod storage;

@@ -26,6 +26,7 @@ use crate::etcd_process::ManagedEtcd;
 use crate::kubeconfig::{self, Credential};
 use crate::pki::Pki;
 use crate::registry::Registry;
+use crate::scheduler;
 use crate::storage::{compactor, EtcdStore, Store};
 
 /// Everything `wasmkube server` can be told.
@@ -45,8 +46,10 @@ pub struct ServerOptions {
     pub token_auth_file: Option<PathBuf>,
     pub compaction_interval: Duration,
     pub bookmark_interval: Duration,
-    /// Run the controllers (namespace lifecycle) in this process.
+    /// Run the controllers in this process.
     pub run_controllers: bool,
+    /// Run the scheduler in this process.
+    pub run_scheduler: bool,
 }
 
 impl ServerOptions {
@@ -64,6 +67,7 @@ impl ServerOptions {
             compaction_interval: Duration::from_secs(300),
             bookmark_interval: Duration::from_secs(60),
             run_controllers: true,
+            run_scheduler: true,
         }
     }
 }
@@ -158,22 +162,49 @@ impl Server {
             .context("issuing the admin client certificate")?;
         let kubeconfig_path = opts.data_dir.join("kubeconfig");
         let admin = Credential::ClientCert { cert_pem, key_pem };
+        // The controllers and the scheduler are API clients with identities of their
+        // own, as kube-controller-manager and kube-scheduler are.
+        let component_client = |user: &'static str, file: &'static str| {
+            let pki = &pki;
+            let url = &url;
+            let path = opts.data_dir.join(file);
+            async move {
+                let (cert_pem, key_pem) = pki
+                    .issue_client_cert(user, &[])
+                    .with_context(|| format!("issuing the certificate of {user}"))?;
+                kubeconfig::write(
+                    &path,
+                    "wasmkube",
+                    url,
+                    pki.ca_cert_pem(),
+                    user,
+                    &Credential::ClientCert { cert_pem, key_pem },
+                )
+                .with_context(|| format!("writing {}", path.display()))?;
+                controllers::client_from_kubeconfig(&path).await
+            }
+        };
         if opts.run_controllers {
-            let (cert_pem, key_pem) = pki
-                .issue_client_cert("system:kube-controller-manager", &[])
-                .context("issuing the controller manager's certificate")?;
-            let path = opts.data_dir.join("controller-manager.kubeconfig");
-            kubeconfig::write(
-                &path,
-                "wasmkube",
-                &url,
-                pki.ca_cert_pem(),
+            let client = component_client(
                 "system:kube-controller-manager",
-                &Credential::ClientCert { cert_pem, key_pem },
+                "controller-manager.kubeconfig",
             )
-            .with_context(|| format!("writing {}", path.display()))?;
-            let client = controllers::client_from_kubeconfig(&path).await?;
+            .await?;
             tasks.push(controllers::spawn_all(client, shutdown_rx.clone()));
+        }
+        if opts.run_scheduler {
+            let client = component_client("system:kube-scheduler", "scheduler.kubeconfig").await?;
+            let recorder = Arc::new(controllers::events::Recorder::new(
+                client.clone(),
+                "default-scheduler",
+            ));
+            let mut stop = shutdown_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                tokio::select! {
+                    _ = scheduler::run(client, recorder) => {}
+                    _ = stop.changed() => {}
+                }
+            }));
         }
         kubeconfig::write(
             &kubeconfig_path,

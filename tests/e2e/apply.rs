@@ -252,18 +252,27 @@ async fn edit_replace_set_and_rollout_restart() {
         "{d:#}"
     );
 
-    // Patches reach the status and scale subresources too.
+    // Patches reach the status and scale subresources too. (A Service's status: no
+    // controller writes it, unlike a Deployment's.)
+    cluster
+        .kubectl_ok(&["create", "service", "clusterip", "lb", "--tcp=80:8080"])
+        .await;
     cluster
         .kubectl_ok(&[
             "patch",
-            "deployment",
-            "shop",
+            "service",
+            "lb",
             "--subresource=status",
             "--type=merge",
             "-p",
-            r#"{"status":{"observedGeneration":7,"replicas":5}}"#,
+            r#"{"status":{"loadBalancer":{"ingress":[{"ip":"127.0.0.9"}]}}}"#,
         ])
         .await;
+    let svc = cluster.get_json(&["svc", "lb"]).await;
+    assert_eq!(
+        svc["status"]["loadBalancer"]["ingress"][0]["ip"], "127.0.0.9",
+        "{svc:#}"
+    );
     cluster
         .kubectl_ok(&[
             "patch",
@@ -276,7 +285,6 @@ async fn edit_replace_set_and_rollout_restart() {
         ])
         .await;
     let d = cluster.get_json(&["deploy", "shop"]).await;
-    assert_eq!(d["status"]["observedGeneration"], 7, "{d:#}");
     assert_eq!(d["spec"]["replicas"], 4, "{d:#}");
 
     // A server-side dry-run delete deletes nothing.

@@ -3,13 +3,24 @@
 //!
 //! - [`events`]: the Event recorder every controller reports through.
 //! - [`namespace`]: empties a deleted namespace, then lets it go.
+//! - [`replicaset`]: keeps `spec.replicas` pods per ReplicaSet.
+//! - [`deployment`]: rolls templates out through ReplicaSets (RollingUpdate, Recreate).
+//! - [`endpoints`]: Endpoints (ready and not-ready pod addresses) for selector Services.
+//! - [`endpointslices`]: EndpointSlices for the same Services.
+//! - [`serviceaccounts`]: a `default` ServiceAccount in every namespace.
 
+pub mod deployment;
+pub mod endpoints;
+pub mod endpointslices;
 pub mod events;
 pub mod namespace;
+pub mod replicaset;
+pub mod serviceaccounts;
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use futures::FutureExt;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -27,8 +38,16 @@ pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client> {
 /// Starts every controller; they stop when `shutdown` turns true.
 pub fn spawn_all(client: kube::Client, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
+        let controllers = futures::future::join_all([
+            namespace::run(client.clone()).boxed(),
+            replicaset::run(client.clone()).boxed(),
+            deployment::run(client.clone()).boxed(),
+            endpoints::run(client.clone()).boxed(),
+            endpointslices::run(client.clone()).boxed(),
+            serviceaccounts::run(client.clone()).boxed(),
+        ]);
         tokio::select! {
-            _ = namespace::run(client) => {}
+            _ = controllers => {}
             _ = shutdown.changed() => {}
         }
     })

@@ -420,7 +420,7 @@ async fn resource(
                             serde_json::to_vec(&o).unwrap_or_default()
                         })
                         .await?;
-                    Ok(raw_list_response(&def, items, &meta))
+                    Ok(raw_list_response(&def, items.join(&b','), &meta))
                 }
                 Format::Table(include) => {
                     let now = chrono::Utc::now();
@@ -641,25 +641,22 @@ async fn server_side_apply(
 }
 
 /// A JSON list assembled from items that are already JSON text.
-fn raw_list_response(def: &ResourceDef, items: Vec<Vec<u8>>, meta: &Value) -> Response {
+fn raw_list_response(def: &ResourceDef, joined_items: Vec<u8>, meta: &Value) -> Response {
     let head = json!({"kind": def.list_kind(), "apiVersion": def.api_version(), "metadata": meta});
-    let head = serde_json::to_vec(&head).unwrap_or_default();
-    let size: usize = items.iter().map(|i| i.len() + 1).sum();
-    let mut body = Vec::with_capacity(head.len() + size + 16);
-    // `head` is `{...}`: reopen it to append the items.
-    body.extend_from_slice(&head[..head.len() - 1]);
-    body.extend_from_slice(b",\"items\":[");
-    for (n, item) in items.iter().enumerate() {
-        if n > 0 {
-            body.push(b',');
-        }
-        body.extend_from_slice(item);
-    }
-    body.extend_from_slice(b"]}");
+    let mut head = serde_json::to_vec(&head).unwrap_or_default();
+    // `head` is `{...}`: reopen it to append the items, which go out as their own chunk
+    // rather than being copied into one more buffer.
+    head.pop();
+    head.extend_from_slice(b",\"items\":[");
+    let chunks: [Result<Bytes, std::convert::Infallible>; 3] = [
+        Ok(Bytes::from(head)),
+        Ok(Bytes::from(joined_items)),
+        Ok(Bytes::from_static(b"]}")),
+    ];
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
-        body,
+        Body::from_stream(futures::stream::iter(chunks)),
     )
         .into_response()
 }

@@ -356,18 +356,25 @@ impl Objects {
         def: &ResourceDef,
         ns: Option<&str>,
         params: &ListParams,
-    ) -> ApiResult<(Vec<Vec<u8>>, Value)> {
-        let mut items = Vec::new();
+    ) -> ApiResult<(Vec<u8>, Value)> {
+        // The items go straight into one comma-separated buffer: a 10,000-pod list then
+        // holds its text once, not once per item and again for the body.
+        let mut joined = Vec::new();
         let list_meta = self
             .scan(def, ns, params, |kv| {
+                if !joined.is_empty() {
+                    joined.push(b',');
+                }
                 match with_resource_version(&kv.value, kv.mod_revision) {
-                    Some(raw) => items.push(raw),
-                    None => items.push(serde_json::to_vec(&decode_kv(kv)?).unwrap_or_default()),
+                    Some(raw) => joined.extend_from_slice(&raw),
+                    None => joined.extend_from_slice(
+                        &serde_json::to_vec(&decode_kv(kv)?).unwrap_or_default(),
+                    ),
                 }
                 Ok(true)
             })
             .await?;
-        Ok((items, list_meta))
+        Ok((joined, list_meta))
     }
 
     /// Reads the keys a list covers, page by page at one revision, handing each to

@@ -424,14 +424,18 @@ async fn resource(
                 }
                 Format::Table(include) => {
                     let now = chrono::Utc::now();
+                    // Rows are rendered to text as they are made: a decoded row of a
+                    // 10,000-pod Table holds several times its text in memory.
                     let (rows, meta) = objects
                         .list_map(&def, ns, &params, |o| {
-                            output::table_row(&def, &o, include, now)
+                            serde_json::to_vec(&output::table_row(&def, &o, include, now))
+                                .unwrap_or_default()
                         })
                         .await?;
-                    Ok(json_response(
-                        StatusCode::OK,
-                        &output::table_of_rows(&def, rows, meta),
+                    Ok(joined_response(
+                        output::table_of_rows(&def, Vec::new(), meta),
+                        "rows",
+                        rows.join(&b','),
                     ))
                 }
                 Format::PartialMetadata => {
@@ -643,14 +647,26 @@ async fn server_side_apply(
 /// A JSON list assembled from items that are already JSON text.
 fn raw_list_response(def: &ResourceDef, joined_items: Vec<u8>, meta: &Value) -> Response {
     let head = json!({"kind": def.list_kind(), "apiVersion": def.api_version(), "metadata": meta});
-    let mut head = serde_json::to_vec(&head).unwrap_or_default();
-    // `head` is `{...}`: reopen it to append the items, which go out as their own chunk
-    // rather than being copied into one more buffer.
+    joined_response(head, "items", joined_items)
+}
+
+/// `envelope` (a JSON object) with `field` set to the array whose comma-joined elements
+/// are `joined`; the elements go out as their own chunk rather than being copied into
+/// one more buffer.
+fn joined_response(mut envelope: Value, field: &str, joined: Vec<u8>) -> Response {
+    if let Some(m) = envelope.as_object_mut() {
+        m.remove(field);
+    }
+    let mut head = serde_json::to_vec(&envelope).unwrap_or_default();
+    // `head` is `{...}`: reopen it to append the array.
     head.pop();
-    head.extend_from_slice(b",\"items\":[");
+    if head.len() > 1 {
+        head.push(b',');
+    }
+    head.extend_from_slice(format!("{field:?}:[").as_bytes());
     let chunks: [Result<Bytes, std::convert::Infallible>; 3] = [
         Ok(Bytes::from(head)),
-        Ok(Bytes::from(joined_items)),
+        Ok(Bytes::from(joined)),
         Ok(Bytes::from_static(b"]}")),
     ];
     (

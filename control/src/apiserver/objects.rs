@@ -62,6 +62,8 @@ pub struct ListParams {
 pub struct DeleteOptions {
     pub grace_period_seconds: Option<i64>,
     pub propagation_policy: Option<String>,
+    /// The deprecated form of `propagationPolicy: Orphan` (true) / `Background` (false).
+    pub orphan_dependents: Option<bool>,
     pub preconditions: Option<Preconditions>,
     pub dry_run: Option<Vec<String>>,
 }
@@ -900,18 +902,43 @@ impl Objects {
                 }
             }
             let graceful = self.graceful_deletion(def, &old, opts);
-            if has_finalizers(&old)
+            // Upstream leaves a pod alone while its graceful deletion is pending (unless
+            // this delete shortens it or forces it): finalizers are not touched either.
+            let forced = opts.grace_period_seconds.is_some_and(|g| g <= 0);
+            if graceful.is_none() && !forced && graceful_deletion_pending(def, &old) {
+                return Ok((old, false));
+            }
+            let gc_finalizers = gc_finalizers_for_delete(&old, opts);
+            let mut marked = old.clone();
+            if let Some(finalizers) = &gc_finalizers {
+                let m = meta_mut(&mut marked);
+                if finalizers.is_empty() {
+                    m.remove("finalizers");
+                } else {
+                    m.insert("finalizers".into(), json!(finalizers));
+                }
+            }
+            if has_finalizers(&marked)
                 || graceful.is_some()
-                || namespace_has_spec_finalizers(def, &old)
+                || namespace_has_spec_finalizers(def, &marked)
             {
-                if is_deleting(&old) && graceful.is_none() {
+                if is_deleting(&old) && graceful.is_none() && gc_finalizers.is_none() {
                     return Ok((old, false));
                 }
-                let mut marked = old.clone();
                 let grace = graceful.unwrap_or(0);
                 let when = Utc::now() + chrono::TimeDelta::seconds(grace);
+                let first_mark = !is_deleting(&old);
                 let m = meta_mut(&mut marked);
-                if !m.contains_key("deletionTimestamp") || graceful.is_some() {
+                if first_mark && graceful.is_none() {
+                    // As upstream's markAsDeleting: the deletion is a change of the
+                    // object's desired state for kinds that track generations.
+                    if let Some(gen) = m.get("generation").and_then(Value::as_i64) {
+                        if gen > 0 {
+                            m.insert("generation".into(), json!(gen + 1));
+                        }
+                    }
+                }
+                if first_mark || graceful.is_some() {
                     m.insert(
                         "deletionTimestamp".into(),
                         json!(when.to_rfc3339_opts(SecondsFormat::Secs, true)),
@@ -1401,6 +1428,76 @@ fn collect_allocations(svc: &Value, into: &mut Allocated) {
     }
 }
 
+/// The garbage collector's finalizers: `orphan` (dependents lose their owner reference)
+/// and `foregroundDeletion` (dependents go first).
+const FINALIZER_ORPHAN: &str = "orphan";
+const FINALIZER_FOREGROUND: &str = "foregroundDeletion";
+
+/// The finalizers a delete leaves on `obj` for its propagation policy, as upstream's
+/// `deletionFinalizersForGarbageCollection`: an explicit `orphanDependents` or
+/// `propagationPolicy` wins, else a GC finalizer already present, else the default
+/// (Background for every kind we serve, which needs no finalizer). `None` when the
+/// finalizers stay as they are.
+fn gc_finalizers_for_delete(obj: &Value, opts: &DeleteOptions) -> Option<Vec<Value>> {
+    let current: Vec<Value> = meta(obj)
+        .and_then(|m| m.get("finalizers"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let has = |f: &str| current.iter().any(|v| v.as_str() == Some(f));
+    let policy = match (opts.orphan_dependents, opts.propagation_policy.as_deref()) {
+        (Some(true), _) => Some("Orphan"),
+        (Some(false), _) => Some("Background"),
+        (None, p) => p,
+    };
+    let (orphan, foreground) = match policy {
+        Some("Orphan") => (true, false),
+        Some("Foreground") => (false, true),
+        Some(_) => (false, false),
+        None => {
+            // Whichever of the two comes first decides, as upstream checks them in order.
+            let first = current.iter().find_map(|v| {
+                v.as_str()
+                    .filter(|f| *f == FINALIZER_ORPHAN || *f == FINALIZER_FOREGROUND)
+            });
+            (
+                first == Some(FINALIZER_ORPHAN),
+                first == Some(FINALIZER_FOREGROUND),
+            )
+        }
+    };
+    if orphan == has(FINALIZER_ORPHAN) && foreground == has(FINALIZER_FOREGROUND) {
+        return None;
+    }
+    let mut out: Vec<Value> = current
+        .into_iter()
+        .filter(|v| {
+            !matches!(
+                v.as_str(),
+                Some(FINALIZER_ORPHAN) | Some(FINALIZER_FOREGROUND)
+            )
+        })
+        .collect();
+    if orphan {
+        out.push(json!(FINALIZER_ORPHAN));
+    }
+    if foreground {
+        out.push(json!(FINALIZER_FOREGROUND));
+    }
+    Some(out)
+}
+
+/// A pod whose graceful deletion has begun and still runs (its grace period is not 0).
+fn graceful_deletion_pending(def: &ResourceDef, obj: &Value) -> bool {
+    def.group.is_empty()
+        && def.plural == "pods"
+        && is_deleting(obj)
+        && meta(obj)
+            .and_then(|m| m.get("deletionGracePeriodSeconds"))
+            .and_then(Value::as_i64)
+            .is_some_and(|g| g > 0)
+}
+
 /// A namespace is only deleted once its `spec.finalizers` (the namespace controller's
 /// `kubernetes` finalizer) are gone too.
 fn namespace_has_spec_finalizers(def: &ResourceDef, obj: &Value) -> bool {
@@ -1530,6 +1627,43 @@ fn decode_error(def: &ResourceDef, name: &str, err: &str) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delete_propagation_sets_gc_finalizers_as_upstream() {
+        let opts = |policy: Option<&str>, orphan: Option<bool>| DeleteOptions {
+            propagation_policy: policy.map(String::from),
+            orphan_dependents: orphan,
+            ..Default::default()
+        };
+        let plain = json!({"metadata": {"name": "a", "finalizers": ["x"]}});
+        assert_eq!(gc_finalizers_for_delete(&plain, &opts(None, None)), None);
+        assert_eq!(
+            gc_finalizers_for_delete(&plain, &opts(Some("Background"), None)),
+            None
+        );
+        assert_eq!(
+            gc_finalizers_for_delete(&plain, &opts(Some("Orphan"), None)),
+            Some(vec![json!("x"), json!("orphan")])
+        );
+        assert_eq!(
+            gc_finalizers_for_delete(&plain, &opts(None, Some(true))),
+            Some(vec![json!("x"), json!("orphan")])
+        );
+        let orphaning = json!({"metadata": {"name": "a", "finalizers": ["orphan"]}});
+        // No policy: the finalizer already there decides; an explicit one replaces it.
+        assert_eq!(
+            gc_finalizers_for_delete(&orphaning, &opts(None, None)),
+            None
+        );
+        assert_eq!(
+            gc_finalizers_for_delete(&orphaning, &opts(Some("Foreground"), None)),
+            Some(vec![json!("foregroundDeletion")])
+        );
+        assert_eq!(
+            gc_finalizers_for_delete(&orphaning, &opts(Some("Background"), None)),
+            Some(vec![])
+        );
+    }
 
     #[test]
     fn splices_resource_version_into_top_level_metadata() {

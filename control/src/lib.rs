@@ -13,12 +13,14 @@
 //! - [`kubeconfig`]: admin kubeconfig files.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`controllers`]: controllers run in the control plane, as API clients.
+//! - [`leader`]: Lease-based leader election for the scheduler and the controllers.
 //! - [`server`]: `wasmkube server`: everything above wired into one process.
 
 pub mod apiserver;
 pub mod controllers;
 pub mod etcd_process;
 pub mod kubeconfig;
+pub mod leader;
 pub mod metrics;
 pub mod pki;
 pub mod registry;

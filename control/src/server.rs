@@ -24,10 +24,14 @@ use crate::apiserver::{self, ApiState};
 use crate::controllers;
 use crate::etcd_process::ManagedEtcd;
 use crate::kubeconfig::{self, Credential};
+use crate::leader;
 use crate::pki::Pki;
 use crate::registry::Registry;
 use crate::scheduler;
 use crate::storage::{compactor, EtcdStore, Store};
+
+/// How long shutdown waits for the leader-elected tasks to release their Leases.
+const LEADER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Everything `wasmkube server` can be told.
 #[derive(Debug, Clone)]
@@ -79,6 +83,9 @@ pub struct Server {
     pub kubeconfig: PathBuf,
     pub addr: SocketAddr,
     shutdown: watch::Sender<bool>,
+    /// Stops the leader-elected scheduler and controllers, which release their Leases.
+    leader_stop: watch::Sender<bool>,
+    leader_tasks: Vec<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
     etcd: Option<ManagedEtcd>,
 }
@@ -184,13 +191,25 @@ impl Server {
                 controllers::client_from_kubeconfig(&path).await
             }
         };
+        // Both run only while this process holds their Lease, so that several control
+        // planes can share one etcd. They stop (and release the Leases) before the API
+        // server does, through a channel of their own.
+        let (leader_stop, leader_stop_rx) = watch::channel(false);
+        let mut leader_tasks = Vec::new();
         if opts.run_controllers {
             let client = component_client(
                 "system:kube-controller-manager",
                 "controller-manager.kubeconfig",
             )
             .await?;
-            tasks.push(controllers::spawn_all(client, shutdown_rx.clone()));
+            let config = leader::Config::new(leader::CONTROLLER_MANAGER_LEASE);
+            let work_client = client.clone();
+            leader_tasks.push(tokio::spawn(leader::run_while_leader(
+                client,
+                config,
+                leader_stop_rx.clone(),
+                move || controllers::controllers(work_client.clone()),
+            )));
         }
         if opts.run_scheduler {
             let client = component_client("system:kube-scheduler", "scheduler.kubeconfig").await?;
@@ -198,13 +217,14 @@ impl Server {
                 client.clone(),
                 "default-scheduler",
             ));
-            let mut stop = shutdown_rx.clone();
-            tasks.push(tokio::spawn(async move {
-                tokio::select! {
-                    _ = scheduler::run(client, recorder) => {}
-                    _ = stop.changed() => {}
-                }
-            }));
+            let config = leader::Config::new(leader::SCHEDULER_LEASE);
+            let work_client = client.clone();
+            leader_tasks.push(tokio::spawn(leader::run_while_leader(
+                client,
+                config,
+                leader_stop_rx.clone(),
+                move || scheduler::run(work_client.clone(), recorder.clone()),
+            )));
         }
         kubeconfig::write(
             &kubeconfig_path,
@@ -222,6 +242,8 @@ impl Server {
             kubeconfig: kubeconfig_path,
             addr,
             shutdown,
+            leader_stop,
+            leader_tasks,
             tasks,
             etcd,
         })
@@ -229,6 +251,17 @@ impl Server {
 
     /// Stops serving, the background tasks and the managed etcd.
     pub async fn shutdown(self) {
+        // The scheduler and controllers first, while the API server still serves their
+        // Lease releases; a release is bounded by the retry period, this by a bit more.
+        let _ = self.leader_stop.send(true);
+        for mut t in self.leader_tasks {
+            if tokio::time::timeout(LEADER_STOP_TIMEOUT, &mut t)
+                .await
+                .is_err()
+            {
+                t.abort();
+            }
+        }
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             t.abort();

@@ -60,6 +60,7 @@ pub struct ClusterBuilder {
     mode: Mode,
     external_etcd: bool,
     extra_args: Vec<String>,
+    extra_env: Vec<(String, String)>,
     token_file: Option<String>,
 }
 
@@ -87,6 +88,12 @@ impl ClusterBuilder {
     /// Adds arguments to the server's command line.
     pub fn args(mut self, args: &[&str]) -> Self {
         self.extra_args.extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// Sets an environment variable of the server process.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.extra_env.push((key.to_string(), value.to_string()));
         self
     }
 
@@ -156,6 +163,7 @@ impl Cluster {
             mode: Mode::Server,
             external_etcd: false,
             extra_args: Vec::new(),
+            extra_env: Vec::new(),
             token_file: None,
         }
     }
@@ -207,6 +215,7 @@ impl Cluster {
             }
         }
         cmd.args(&self.builder.extra_args)
+            .envs(self.builder.extra_env.iter().map(|(k, v)| (k, v)))
             .env("RUST_BACKTRACE", "1")
             // Plain text in the log file (no ANSI colours).
             .env("NO_COLOR", "1")
@@ -265,6 +274,68 @@ impl Cluster {
     /// The server's process id while it runs.
     pub fn server_pid(&self) -> Option<u32> {
         self.server.as_ref().and_then(|c| c.id())
+    }
+
+    /// Starts another `wasmkube server` against this cluster's external etcd, with its
+    /// own data dir (holding a copy of the first server's PKI, so both share the cluster
+    /// CA as control-plane replicas do), port and log, and waits for its kubeconfig.
+    pub async fn start_second_server(&self) -> SecondServer {
+        let etcd = self
+            .etcd
+            .as_ref()
+            .expect("a second server needs external_etcd()");
+        let n = unique();
+        let data_dir = self.dir.path().join(format!("data-second-{n}"));
+        let pki = data_dir.join("pki");
+        std::fs::create_dir_all(&pki).expect("create the second data dir");
+        let first_pki = self.data_dir.join("pki");
+        for entry in std::fs::read_dir(&first_pki).expect("read the first server's PKI") {
+            let entry = entry.expect("read a PKI entry");
+            if entry.path().is_file() {
+                std::fs::copy(entry.path(), pki.join(entry.file_name())).expect("copy a PKI file");
+            }
+        }
+        let log_path = self.dir.path().join(format!("server-second-{n}.log"));
+        let log = std::fs::File::create(&log_path).expect("create the second server log");
+        let log_err = log.try_clone().expect("clone the second server log handle");
+        let child = Command::new(env!("CARGO_BIN_EXE_wasmkube"))
+            .arg("server")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--secure-port", "0", "--bind-address", "127.0.0.1"])
+            .arg("--etcd-servers")
+            .arg(etcd.client_url())
+            .args(&self.builder.extra_args)
+            .env("RUST_BACKTRACE", "1")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn the second wasmkube");
+        let mut second = SecondServer {
+            kubeconfig: data_dir.join("kubeconfig"),
+            log_path,
+            child,
+        };
+        let started = Instant::now();
+        while !is_complete_kubeconfig(&second.kubeconfig) {
+            if let Ok(Some(status)) = second.child.try_wait() {
+                panic!(
+                    "the second wasmkube exited ({status}) before serving\n{}",
+                    second.log_tail()
+                );
+            }
+            if started.elapsed() > START_DEADLINE {
+                panic!(
+                    "the second wasmkube did not serve within {START_DEADLINE:?}\n{}",
+                    second.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        second
     }
 
     /// The server URL from the kubeconfig.
@@ -598,6 +669,31 @@ impl Drop for Cluster {
             let _ = child.start_kill();
         }
         // The external etcd (if any) is killed by ManagedEtcd's own Drop.
+    }
+}
+
+/// Another control-plane process of a [`Cluster`] (see
+/// [`Cluster::start_second_server`]); killed with SIGKILL when dropped.
+pub struct SecondServer {
+    /// Its admin kubeconfig (same CA as the first server's).
+    pub kubeconfig: PathBuf,
+    pub log_path: PathBuf,
+    child: Child,
+}
+
+impl SecondServer {
+    /// Its process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// The last lines of its log.
+    pub fn log_tail(&self) -> String {
+        format!(
+            "--- last {LOG_TAIL_LINES} lines of {} ---\n{}",
+            self.log_path.display(),
+            tail(&self.log_path, LOG_TAIL_LINES)
+        )
     }
 }
 

@@ -9,17 +9,22 @@
 //! `kubectl`, `curl` and, for the Python scenario, `pip install kubernetes`.
 
 mod harness;
+mod hollow;
 
 mod apply;
 mod compaction;
 mod create_and_get;
+mod daemonset;
 mod delete_and_errors;
 mod deployment;
 mod endpoints;
 mod explain;
+mod gc;
+mod leader;
 mod limits;
 mod modify;
 mod namespaces;
+mod nodes;
 mod operations;
 mod python_client;
 mod replicaset;

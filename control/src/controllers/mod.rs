@@ -4,16 +4,24 @@
 //! - [`events`]: the Event recorder every controller reports through.
 //! - [`namespace`]: empties a deleted namespace, then lets it go.
 //! - [`replicaset`]: keeps `spec.replicas` pods per ReplicaSet.
+//! - [`daemonset`]: one pod per eligible node, rolled out like a Deployment.
 //! - [`deployment`]: rolls templates out through ReplicaSets (RollingUpdate, Recreate).
 //! - [`endpoints`]: Endpoints (ready and not-ready pod addresses) for selector Services.
 //! - [`endpointslices`]: EndpointSlices for the same Services.
 //! - [`serviceaccounts`]: a `default` ServiceAccount in every namespace.
+//! - [`nodelifecycle`]: marks nodes that stopped heartbeating and evicts their pods.
+//! - [`nodeipam`]: a `spec.podCIDR` for every node.
+//! - [`garbagecollector`]: ownerReference cascades (background, foreground, orphan).
 
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod endpointslices;
 pub mod events;
+pub mod garbagecollector;
 pub mod namespace;
+pub mod nodeipam;
+pub mod nodelifecycle;
 pub mod replicaset;
 pub mod serviceaccounts;
 
@@ -35,17 +43,28 @@ pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client> {
     kube::Client::try_from(config).context("building the API client")
 }
 
+/// Every controller as one future, for a caller that decides when they run (the
+/// leader election in `server.rs`); it never ends on its own.
+pub async fn controllers(client: kube::Client) {
+    let controllers = futures::future::join_all([
+        namespace::run(client.clone()).boxed(),
+        replicaset::run(client.clone()).boxed(),
+        deployment::run(client.clone()).boxed(),
+        daemonset::run(client.clone()).boxed(),
+        endpoints::run(client.clone()).boxed(),
+        endpointslices::run(client.clone()).boxed(),
+        serviceaccounts::run(client.clone()).boxed(),
+        garbagecollector::run(client.clone()).boxed(),
+        nodelifecycle::run(client.clone(), nodelifecycle::Config::from_env()).boxed(),
+        nodeipam::run(client.clone(), nodeipam::Config::from_env()).boxed(),
+    ]);
+    controllers.await;
+}
+
 /// Starts every controller; they stop when `shutdown` turns true.
 pub fn spawn_all(client: kube::Client, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let controllers = futures::future::join_all([
-            namespace::run(client.clone()).boxed(),
-            replicaset::run(client.clone()).boxed(),
-            deployment::run(client.clone()).boxed(),
-            endpoints::run(client.clone()).boxed(),
-            endpointslices::run(client.clone()).boxed(),
-            serviceaccounts::run(client.clone()).boxed(),
-        ]);
+        let controllers = controllers(client);
         tokio::select! {
             _ = controllers => {}
             _ = shutdown.changed() => {}

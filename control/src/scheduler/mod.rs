@@ -21,7 +21,7 @@
 mod bind;
 mod cache;
 mod diagnosis;
-mod filter;
+pub(crate) mod filter;
 mod quantity;
 mod queue;
 mod requirements;

@@ -1,0 +1,382 @@
+//! Hollow nodes: simulated kubelets that are nothing but API clients, as Kubernetes'
+//! kubemark uses. A [`HollowNode`] registers a Node (capacity, allocatable, Ready=True),
+//! renews its Lease in `kube-node-lease` every second, and reports the pods bound to it
+//! Running and Ready with an address from its `spec.podCIDR`; it finishes their graceful
+//! deletion as a kubelet would (delete with grace 0 once they carry a
+//! deletionTimestamp). It runs as a background task until [`HollowNode::shutdown`] or
+//! drop; [`HollowNode::stop_heartbeats`] makes it go silent (no Lease renewals, no
+//! status, no pod work) while staying registered, as an unreachable node does.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::{reflector, watcher, WatchStreamExt};
+use kube::ResourceExt;
+use serde_json::json;
+use tokio::task::JoinHandle;
+
+use crate::harness::Cluster;
+
+/// The namespace of node heartbeat Leases.
+const LEASE_NAMESPACE: &str = "kube-node-lease";
+/// How often a hollow node heartbeats and looks at its pods.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// The address hollow nodes (and so their pods' hostIP) report.
+const HOST_IP: &str = "127.0.0.1";
+
+/// One simulated node; see the module docs.
+pub struct HollowNode {
+    pub name: String,
+    client: kube::Client,
+    heartbeats: Arc<AtomicBool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl HollowNode {
+    /// Registers node `name` with `cpu`/`memory` capacity (and 110 pods) and starts its
+    /// agent.
+    pub async fn start(cluster: &Cluster, name: &str, cpu: &str, memory: &str) -> HollowNode {
+        let client = wasmkube_control::controllers::client_from_kubeconfig(&cluster.kubeconfig)
+            .await
+            .unwrap_or_else(|e| panic!("a client for hollow node {name}: {e:#}"));
+        let nodes: Api<Node> = Api::all(client.clone());
+        let node: Node = serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": name, "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+            }},
+        }))
+        .expect("a Node object");
+        let node = nodes
+            .create(&PostParams::default(), &node)
+            .await
+            .unwrap_or_else(|e| panic!("registering hollow node {name}: {e}"));
+        let resources = json!({"cpu": cpu, "memory": memory, "pods": "110"});
+        let now = Time(Timestamp::now());
+        let status = json!({"status": {
+            "capacity": resources,
+            "allocatable": resources,
+            "addresses": [
+                {"type": "InternalIP", "address": HOST_IP},
+                {"type": "Hostname", "address": name},
+            ],
+            "conditions": [ready_condition(&now)],
+            "nodeInfo": {
+                "architecture": "amd64", "bootID": "", "containerRuntimeVersion": "hollow://0",
+                "kernelVersion": "", "kubeProxyVersion": "", "kubeletVersion": "v1.33.0-hollow",
+                "machineID": "", "operatingSystem": "linux", "osImage": "hollow", "systemUUID": "",
+            },
+        }});
+        nodes
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .unwrap_or_else(|e| panic!("reporting hollow node {name} status: {e}"));
+
+        let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                namespace: Some(LEASE_NAMESPACE.to_string()),
+                owner_references: Some(vec![OwnerReference {
+                    api_version: "v1".into(),
+                    kind: "Node".into(),
+                    name: name.to_string(),
+                    uid: node.metadata.uid.clone().unwrap_or_default(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(name.to_string()),
+                lease_duration_seconds: Some(40),
+                renew_time: Some(MicroTime(Timestamp::now())),
+                ..Default::default()
+            }),
+        };
+        leases
+            .create(&PostParams::default(), &lease)
+            .await
+            .unwrap_or_else(|e| panic!("creating hollow node {name}'s lease: {e}"));
+
+        let heartbeats = Arc::new(AtomicBool::new(true));
+        let agent = Agent {
+            name: name.to_string(),
+            client: client.clone(),
+            heartbeats: heartbeats.clone(),
+            pod_cidr: None,
+            ips: HashMap::new(),
+            next_host: 0,
+            reported: HashSet::new(),
+        };
+        HollowNode {
+            name: name.to_string(),
+            client,
+            heartbeats,
+            task: Some(tokio::spawn(agent.run())),
+        }
+    }
+
+    /// Goes silent: no more Lease renewals, node status or pod work; the Node stays.
+    pub fn stop_heartbeats(&self) {
+        self.heartbeats.store(false, Ordering::SeqCst);
+    }
+
+    /// Comes back after [`HollowNode::stop_heartbeats`].
+    pub fn resume_heartbeats(&self) {
+        self.heartbeats.store(true, Ordering::SeqCst);
+    }
+
+    /// Stops the agent and deregisters: deletes the Node and its Lease.
+    pub async fn shutdown(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        if let Err(e) = nodes.delete(&self.name, &DeleteParams::default()).await {
+            panic!("deleting hollow node {}: {e}", self.name);
+        }
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), LEASE_NAMESPACE);
+        // The Lease may already be gone (garbage-collected through its owner).
+        let _ = leases.delete(&self.name, &DeleteParams::default()).await;
+    }
+}
+
+impl Drop for HollowNode {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+fn ready_condition(now: &Time) -> serde_json::Value {
+    json!({
+        "type": "Ready", "status": "True", "reason": "KubeletReady",
+        "message": "kubelet is posting ready status",
+        "lastHeartbeatTime": now, "lastTransitionTime": now,
+    })
+}
+
+/// The background half of a [`HollowNode`].
+struct Agent {
+    name: String,
+    client: kube::Client,
+    heartbeats: Arc<AtomicBool>,
+    /// The node's podCIDR as (network address, prefix length); IPv4 only.
+    pod_cidr: Option<(u32, u32)>,
+    /// Pod uid → its address.
+    ips: HashMap<String, IpAddr>,
+    /// The next host number to hand out in the pod CIDR.
+    next_host: usize,
+    /// Pods already reported Running (or deleted), by uid.
+    reported: HashSet<String>,
+}
+
+impl Agent {
+    async fn run(mut self) {
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let (store, writer) = reflector::store();
+        let config = watcher::Config::default().fields(&format!("spec.nodeName={}", self.name));
+        let stream = reflector::reflector(writer, watcher::watcher(pods, config))
+            .default_backoff()
+            .touched_objects();
+        let mut stream = std::pin::pin!(stream);
+        let mut tick = tokio::time::interval(HEARTBEAT);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if self.heartbeats.load(Ordering::SeqCst) {
+                        self.heartbeat().await;
+                    }
+                }
+                event = stream.next() => {
+                    if event.is_none() {
+                        return;
+                    }
+                }
+            }
+            if self.heartbeats.load(Ordering::SeqCst) {
+                for pod in store.state() {
+                    self.sync_pod(&pod).await;
+                }
+            }
+        }
+    }
+
+    /// Renews the Lease and makes sure the node says Ready=True (the node lifecycle
+    /// controller turns it Unknown while we are silent).
+    async fn heartbeat(&mut self) {
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), LEASE_NAMESPACE);
+        let renew = json!({"spec": {"renewTime": MicroTime(Timestamp::now())}});
+        if let Err(e) = leases
+            .patch(&self.name, &PatchParams::default(), &Patch::Merge(&renew))
+            .await
+        {
+            eprintln!("hollow node {}: renewing the lease: {e}", self.name);
+        }
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let node = match nodes.get(&self.name).await {
+            Ok(node) => node,
+            Err(e) => {
+                eprintln!("hollow node {}: reading the node: {e}", self.name);
+                return;
+            }
+        };
+        if self.pod_cidr.is_none() {
+            self.pod_cidr = node
+                .spec
+                .as_ref()
+                .and_then(|s| s.pod_cidr.as_deref())
+                .and_then(parse_v4_cidr);
+        }
+        let ready = node
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        if !ready {
+            let now = Time(Timestamp::now());
+            let patch = json!({"status": {"conditions": [ready_condition(&now)]}});
+            if let Err(e) = nodes
+                .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                eprintln!("hollow node {}: reporting Ready: {e}", self.name);
+            }
+        }
+    }
+
+    /// Does what a kubelet would with `pod`: finish its deletion, or start it.
+    async fn sync_pod(&mut self, pod: &Pod) {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let ns = pod.namespace().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        if pod.metadata.deletion_timestamp.is_some() {
+            let params = DeleteParams {
+                grace_period_seconds: Some(0),
+                preconditions: Some(Preconditions {
+                    uid: Some(uid.clone()),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            match api.delete(&pod.name_any(), &params).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                Err(e) => eprintln!(
+                    "hollow node {}: deleting {}: {e}",
+                    self.name,
+                    pod.name_any()
+                ),
+            }
+            self.ips.remove(&uid);
+            return;
+        }
+        if self.reported.contains(&uid) {
+            return;
+        }
+        let Some(ip) = self.address_for(&uid) else {
+            // No podCIDR yet: the next heartbeat reads it.
+            return;
+        };
+        let now = Time(Timestamp::now());
+        let conditions: Vec<serde_json::Value> = [
+            "PodReadyToStartContainers",
+            "Initialized",
+            "Ready",
+            "ContainersReady",
+            "PodScheduled",
+        ]
+        .iter()
+        .map(|t| json!({"type": t, "status": "True", "lastTransitionTime": now}))
+        .collect();
+        let containers: Vec<serde_json::Value> = pod
+            .spec
+            .as_ref()
+            .map(|s| s.containers.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .map(|c| {
+                json!({
+                    "name": c.name,
+                    "image": c.image.clone().unwrap_or_default(),
+                    "imageID": "",
+                    "ready": true,
+                    "started": true,
+                    "restartCount": 0,
+                    "state": {"running": {"startedAt": now}},
+                })
+            })
+            .collect();
+        let patch = json!({"status": {
+            "phase": "Running",
+            "hostIP": HOST_IP,
+            "hostIPs": [{"ip": HOST_IP}],
+            "podIP": ip.to_string(),
+            "podIPs": [{"ip": ip.to_string()}],
+            "startTime": now,
+            "conditions": conditions,
+            "containerStatuses": containers,
+        }});
+        match api
+            .patch_status(
+                &pod.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => {
+                self.reported.insert(uid);
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                self.reported.insert(uid);
+            }
+            Err(e) => eprintln!(
+                "hollow node {}: reporting {}: {e}",
+                self.name,
+                pod.name_any()
+            ),
+        }
+    }
+
+    /// The pod's address in the node's podCIDR (the first host is left for a gateway).
+    fn address_for(&mut self, uid: &str) -> Option<IpAddr> {
+        if let Some(ip) = self.ips.get(uid) {
+            return Some(*ip);
+        }
+        let (network, prefix) = self.pod_cidr?;
+        // Hosts 2 ..= size-2: not the network, the gateway or the broadcast address.
+        let size = 1u64 << (32 - prefix.min(30));
+        let hosts = size.saturating_sub(3).max(1);
+        let used: HashSet<IpAddr> = self.ips.values().copied().collect();
+        let ip = (0..hosts)
+            .map(|i| (self.next_host as u64 + i) % hosts + 2)
+            .map(|h| IpAddr::V4(Ipv4Addr::from(network.wrapping_add(h as u32))))
+            .find(|ip| !used.contains(ip))?;
+        self.next_host += 1;
+        self.ips.insert(uid.to_string(), ip);
+        Some(ip)
+    }
+}
+
+/// `a.b.c.d/len` → (network address, len).
+fn parse_v4_cidr(cidr: &str) -> Option<(u32, u32)> {
+    let (addr, len) = cidr.split_once('/')?;
+    let addr: Ipv4Addr = addr.parse().ok()?;
+    let len: u32 = len.parse().ok().filter(|l| *l <= 32)?;
+    let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+    Some((u32::from(addr) & mask, len))
+}

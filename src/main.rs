@@ -98,6 +98,19 @@ struct CommonArgs {
     /// Do not run the scheduler in this process.
     #[arg(long)]
     disable_scheduler: bool,
+    /// How long a node may miss heartbeats before it is marked unreachable, in seconds.
+    #[arg(long, default_value_t = 40)]
+    node_monitor_grace_period_seconds: u64,
+    /// How long pods stay on an unreachable node before they are evicted, in seconds
+    /// (for pods without a toleration of their own).
+    #[arg(long, default_value_t = 300)]
+    pod_eviction_timeout_seconds: u64,
+    /// Range node pod CIDRs (and so pod IPs) are allocated from.
+    #[arg(long, default_value = "127.128.0.0/10")]
+    cluster_cidr: ipnet_arg::Cidr,
+    /// Prefix length of each node's pod CIDR.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
 }
 
 /// A CIDR argument, parsed by clap.
@@ -154,6 +167,18 @@ fn options(
     opts.compaction_interval = Duration::from_secs(common.compaction_interval_seconds.max(1));
     opts.run_controllers = !common.disable_controllers;
     opts.run_scheduler = !common.disable_scheduler;
+    anyhow::ensure!(
+        common.node_cidr_mask_size >= common.cluster_cidr.0.prefix_len()
+            && common.node_cidr_mask_size <= 32,
+        "--node-cidr-mask-size {} must be between the --cluster-cidr prefix length and 32",
+        common.node_cidr_mask_size
+    );
+    opts.controllers.node_lifecycle.grace_period =
+        Duration::from_secs(common.node_monitor_grace_period_seconds.max(1));
+    opts.controllers.node_lifecycle.eviction_timeout =
+        Duration::from_secs(common.pod_eviction_timeout_seconds);
+    opts.controllers.node_ipam.cluster_cidr = common.cluster_cidr.0.into();
+    opts.controllers.node_ipam.node_mask_size = common.node_cidr_mask_size;
     Ok(opts)
 }
 

@@ -54,6 +54,8 @@ pub struct ServerOptions {
     pub run_controllers: bool,
     /// Run the scheduler in this process.
     pub run_scheduler: bool,
+    /// The controllers' settings (node lifecycle timings, node IPAM ranges).
+    pub controllers: controllers::Options,
 }
 
 impl ServerOptions {
@@ -72,6 +74,7 @@ impl ServerOptions {
             bookmark_interval: Duration::from_secs(60),
             run_controllers: true,
             run_scheduler: true,
+            controllers: controllers::Options::default(),
         }
     }
 }
@@ -204,11 +207,12 @@ impl Server {
             .await?;
             let config = leader::Config::new(leader::CONTROLLER_MANAGER_LEASE);
             let work_client = client.clone();
+            let controller_options = opts.controllers.clone();
             leader_tasks.push(tokio::spawn(leader::run_while_leader(
                 client,
                 config,
                 leader_stop_rx.clone(),
-                move || controllers::controllers(work_client.clone()),
+                move || controllers::controllers(work_client.clone(), controller_options.clone()),
             )));
         }
         if opts.run_scheduler {

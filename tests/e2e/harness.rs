@@ -60,7 +60,6 @@ pub struct ClusterBuilder {
     mode: Mode,
     external_etcd: bool,
     extra_args: Vec<String>,
-    extra_env: Vec<(String, String)>,
     token_file: Option<String>,
 }
 
@@ -88,12 +87,6 @@ impl ClusterBuilder {
     /// Adds arguments to the server's command line.
     pub fn args(mut self, args: &[&str]) -> Self {
         self.extra_args.extend(args.iter().map(|s| s.to_string()));
-        self
-    }
-
-    /// Sets an environment variable of the server process.
-    pub fn env(mut self, key: &str, value: &str) -> Self {
-        self.extra_env.push((key.to_string(), value.to_string()));
         self
     }
 
@@ -163,7 +156,6 @@ impl Cluster {
             mode: Mode::Server,
             external_etcd: false,
             extra_args: Vec::new(),
-            extra_env: Vec::new(),
             token_file: None,
         }
     }
@@ -215,7 +207,6 @@ impl Cluster {
             }
         }
         cmd.args(&self.builder.extra_args)
-            .envs(self.builder.extra_env.iter().map(|(k, v)| (k, v)))
             .env("RUST_BACKTRACE", "1")
             // Plain text in the log file (no ANSI colours).
             .env("NO_COLOR", "1")

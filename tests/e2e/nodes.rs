@@ -4,7 +4,7 @@
 //! and loses its pod to another node; when it heartbeats again the taints go away.
 //!
 //! The server runs with the grace period and the eviction delay shortened through
-//! `WASMKUBE_NODE_GRACE_SECONDS` / `WASMKUBE_POD_EVICTION_SECONDS`.
+//! `--node-monitor-grace-period-seconds` and `--pod-eviction-timeout-seconds`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -150,8 +150,12 @@ async fn wait_spread(cluster: &Cluster, avoid: Option<&str>) -> BTreeMap<String,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_node_is_tainted_and_its_pods_move() {
     let cluster = Cluster::builder()
-        .env("WASMKUBE_NODE_GRACE_SECONDS", "3")
-        .env("WASMKUBE_POD_EVICTION_SECONDS", "2")
+        .args(&[
+            "--node-monitor-grace-period-seconds",
+            "3",
+            "--pod-eviction-timeout-seconds",
+            "2",
+        ])
         .start()
         .await;
     let names = ["node-1", "node-2", "node-3"];

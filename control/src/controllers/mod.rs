@@ -30,8 +30,6 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use futures::FutureExt;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 /// Builds an API client from a kubeconfig file.
 pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client> {
@@ -43,9 +41,16 @@ pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client> {
     kube::Client::try_from(config).context("building the API client")
 }
 
+/// What the controllers are told at start-up.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub node_lifecycle: nodelifecycle::Config,
+    pub node_ipam: nodeipam::Config,
+}
+
 /// Every controller as one future, for a caller that decides when they run (the
 /// leader election in `server.rs`); it never ends on its own.
-pub async fn controllers(client: kube::Client) {
+pub async fn controllers(client: kube::Client, options: Options) {
     let controllers = futures::future::join_all([
         namespace::run(client.clone()).boxed(),
         replicaset::run(client.clone()).boxed(),
@@ -55,19 +60,8 @@ pub async fn controllers(client: kube::Client) {
         endpointslices::run(client.clone()).boxed(),
         serviceaccounts::run(client.clone()).boxed(),
         garbagecollector::run(client.clone()).boxed(),
-        nodelifecycle::run(client.clone(), nodelifecycle::Config::from_env()).boxed(),
-        nodeipam::run(client.clone(), nodeipam::Config::from_env()).boxed(),
+        nodelifecycle::run(client.clone(), options.node_lifecycle).boxed(),
+        nodeipam::run(client.clone(), options.node_ipam).boxed(),
     ]);
     controllers.await;
-}
-
-/// Starts every controller; they stop when `shutdown` turns true.
-pub fn spawn_all(client: kube::Client, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let controllers = controllers(client);
-        tokio::select! {
-            _ = controllers => {}
-            _ = shutdown.changed() => {}
-        }
-    })
 }

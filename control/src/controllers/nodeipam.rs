@@ -10,9 +10,8 @@
 //! fails with 409 and the allocation is retried on the fresh node.
 //!
 //! The default cluster CIDR is 127.128.0.0/10 (pod addresses live in 127.0.0.0/8, see
-//! DESIGN.md) cut into /24 blocks. Until the server grows `--cluster-cidr` and
-//! `--node-cidr-mask-size`, [`Config::from_env`] reads `WASMKUBE_CLUSTER_CIDR` and
-//! `WASMKUBE_NODE_CIDR_MASK_SIZE`.
+//! DESIGN.md) cut into /24 blocks; `wasmkube server --cluster-cidr` and
+//! `--node-cidr-mask-size` change them.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -32,9 +31,6 @@ use super::events::{EventType, Recorder};
 
 /// The field manager and event source of this controller.
 const MANAGER: &str = "node-ipam-controller";
-/// Environment variables read by [`Config::from_env`].
-pub const CLUSTER_CIDR_ENV: &str = "WASMKUBE_CLUSTER_CIDR";
-pub const MASK_SIZE_ENV: &str = "WASMKUBE_NODE_CIDR_MASK_SIZE";
 /// How many times one allocation is retried after write conflicts.
 const CONFLICT_RETRIES: usize = 5;
 
@@ -67,41 +63,6 @@ impl Default for Config {
             ),
             node_mask_size: 24,
         }
-    }
-}
-
-impl Config {
-    /// The defaults, with `WASMKUBE_CLUSTER_CIDR` / `WASMKUBE_NODE_CIDR_MASK_SIZE`
-    /// overriding them when set; unusable values are logged and ignored.
-    pub fn from_env() -> Self {
-        let mut config = Config::default();
-        if let Ok(text) = std::env::var(CLUSTER_CIDR_ENV) {
-            match text.trim().parse::<IpNet>() {
-                Ok(net) => config.cluster_cidr = net.trunc(),
-                Err(e) => {
-                    tracing::warn!(variable = CLUSTER_CIDR_ENV, value = %text, error = %e, "ignoring invalid setting")
-                }
-            }
-        }
-        if let Ok(text) = std::env::var(MASK_SIZE_ENV) {
-            match text.trim().parse::<u8>() {
-                Ok(mask) => config.node_mask_size = mask,
-                Err(e) => {
-                    tracing::warn!(variable = MASK_SIZE_ENV, value = %text, error = %e, "ignoring invalid setting")
-                }
-            }
-        }
-        if config.node_mask_size < config.cluster_cidr.prefix_len()
-            || config.node_mask_size > config.cluster_cidr.max_prefix_len()
-        {
-            tracing::warn!(
-                cluster_cidr = %config.cluster_cidr,
-                mask_size = config.node_mask_size,
-                "node mask size does not fit the cluster CIDR; using the defaults"
-            );
-            config = Config::default();
-        }
-        config
     }
 }
 

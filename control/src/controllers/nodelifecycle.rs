@@ -30,10 +30,9 @@
 //! evicted [`Config::eviction_timeout`] (default 300 s) after the taint was added. A pod
 //! with its own toleration for them follows that toleration.
 //!
-//! **Configuration.** [`run`] takes a [`Config`]. Until the server grows flags for them,
-//! [`Config::from_env`] reads `WASMKUBE_NODE_GRACE_SECONDS` (grace period) and
-//! `WASMKUBE_POD_EVICTION_SECONDS` (default eviction delay); the end-to-end tests use
-//! them to shorten both times.
+//! **Configuration.** [`run`] takes a [`Config`]; both times come from `wasmkube server`
+//! flags (`--node-monitor-grace-period-seconds`, `--pod-eviction-timeout-seconds`), which
+//! the end-to-end tests shorten.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,9 +62,6 @@ pub const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
 /// The reason and message of conditions this controller turns Unknown.
 const UNKNOWN_REASON: &str = "NodeStatusUnknown";
 const UNKNOWN_MESSAGE: &str = "Kubelet stopped posting node status.";
-/// Environment variables read by [`Config::from_env`].
-pub const GRACE_ENV: &str = "WASMKUBE_NODE_GRACE_SECONDS";
-pub const EVICTION_ENV: &str = "WASMKUBE_POD_EVICTION_SECONDS";
 /// How often an unreachable node is looked at again (for its return and for pods due
 /// for eviction), as upstream's node monitor period, but at most an eighth of the
 /// grace period and never under this floor.
@@ -96,33 +92,6 @@ impl Default for Config {
         Config {
             grace_period: Duration::from_secs(40),
             eviction_timeout: Duration::from_secs(300),
-        }
-    }
-}
-
-impl Config {
-    /// The defaults, with `WASMKUBE_NODE_GRACE_SECONDS` / `WASMKUBE_POD_EVICTION_SECONDS`
-    /// (whole seconds) overriding them when set; an unparsable value is logged and
-    /// ignored.
-    pub fn from_env() -> Self {
-        let mut config = Config::default();
-        if let Some(d) = env_seconds(GRACE_ENV) {
-            config.grace_period = d;
-        }
-        if let Some(d) = env_seconds(EVICTION_ENV) {
-            config.eviction_timeout = d;
-        }
-        config
-    }
-}
-
-fn env_seconds(var: &str) -> Option<Duration> {
-    let text = std::env::var(var).ok()?;
-    match text.trim().parse::<u64>() {
-        Ok(secs) => Some(Duration::from_secs(secs)),
-        Err(e) => {
-            tracing::warn!(variable = var, value = %text, error = %e, "ignoring invalid setting");
-            None
         }
     }
 }

@@ -83,6 +83,38 @@ impl Strategy for DaemonSetStrategy {
         }
     }
 
+    /// A changed pod template bumps the template generation, as upstream's strategy
+    /// does (apps/v1 keeps it in an annotation); the DaemonSet controller labels its pods
+    /// with it.
+    fn prepare_for_update(&self, new: &mut Value, old: &Value) {
+        let old_generation = old
+            .pointer("/metadata/annotations")
+            .and_then(|a| a.get(TEMPLATE_GENERATION))
+            .and_then(Value::as_str)
+            .and_then(|g| g.parse::<i64>().ok())
+            .unwrap_or(1);
+        // Compare defaulted templates: a client may send a sparse one.
+        let mut wanted = new.pointer("/spec/template").cloned().unwrap_or(json!({}));
+        podspec::default_pod_template(&mut wanted);
+        let changed = Some(&wanted) != old.pointer("/spec/template");
+        let generation = if changed {
+            old_generation + 1
+        } else {
+            old_generation
+        };
+        let Some(o) = new.as_object_mut() else { return };
+        let meta = o.entry("metadata").or_insert_with(|| json!({}));
+        if let Some(meta) = meta.as_object_mut() {
+            let annotations = meta.entry("annotations").or_insert_with(|| json!({}));
+            if annotations.is_null() {
+                *annotations = json!({});
+            }
+            if let Some(a) = annotations.as_object_mut() {
+                a.insert(TEMPLATE_GENERATION.into(), json!(generation.to_string()));
+            }
+        }
+    }
+
     fn validate(&self, obj: &Value) -> Vec<Cause> {
         let empty = Map::new();
         let spec = obj.get("spec").and_then(Value::as_object).unwrap_or(&empty);
@@ -401,5 +433,24 @@ mod tests {
                 json!("name=agent"),
             ]
         );
+    }
+
+    #[test]
+    fn template_changes_bump_the_template_generation() {
+        let old = json!({
+            "metadata": {"annotations": {TEMPLATE_GENERATION: "3"}},
+            "spec": {"template": {"metadata": {"labels": {"app": "a"}},
+                "spec": {"containers": [{"name": "c", "image": "i:1"}]}}}
+        });
+        let mut defaulted = old.clone();
+        podspec::default_pod_template(defaulted.pointer_mut("/spec/template").unwrap());
+        let mut same = old.clone();
+        same["metadata"] = json!({});
+        DaemonSetStrategy.prepare_for_update(&mut same, &defaulted);
+        assert_eq!(same["metadata"]["annotations"][TEMPLATE_GENERATION], "3");
+        let mut changed = old.clone();
+        changed["spec"]["template"]["spec"]["containers"][0]["image"] = json!("i:2");
+        DaemonSetStrategy.prepare_for_update(&mut changed, &defaulted);
+        assert_eq!(changed["metadata"]["annotations"][TEMPLATE_GENERATION], "4");
     }
 }

@@ -233,22 +233,10 @@ impl Strategy for DaemonSetStrategy {
                 "NodeSelector is a selector which must be true for the pod to fit on a node. Selector which must match a node's labels for the pod to be scheduled on that node.",
             ),
             Column::age(),
-            Column::wide(
-                "Containers",
-                "string",
-                "Names of each container in the template.",
-            ),
-            Column::wide(
-                "Images",
-                "string",
-                "Images referenced by each container in the template.",
-            ),
-            Column::wide(
-                "Selector",
-                "string",
-                "A label query over pods that are managed by the daemon set. Must match in order to be controlled.",
-            ),
         ]
+        .into_iter()
+        .chain(podspec::template_columns("A label query over pods that are managed by the daemon set. Must match in order to be controlled."))
+        .collect()
     }
 
     fn cells(&self, obj: &Value, now: DateTime<Utc>) -> Vec<Value> {

@@ -128,22 +128,10 @@ impl Strategy for DeploymentStrategy {
                 "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment.",
             ),
             Column::age(),
-            Column::wide(
-                "Containers",
-                "string",
-                "Names of each container in the template.",
-            ),
-            Column::wide(
-                "Images",
-                "string",
-                "Images referenced by each container in the template.",
-            ),
-            Column::wide(
-                "Selector",
-                "string",
-                "Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment.",
-            ),
         ]
+        .into_iter()
+        .chain(podspec::template_columns("Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment."))
+        .collect()
     }
 
     fn cells(&self, obj: &Value, now: DateTime<Utc>) -> Vec<Value> {

@@ -13,6 +13,7 @@ use std::fmt::Display;
 
 use serde_json::{json, Map, Value};
 
+use super::table::Column;
 use super::validation::{self, Cause};
 
 /// Whether a PodSpec belongs to a Pod or sits inside another object's template; a few
@@ -2575,6 +2576,24 @@ pub(crate) fn normalized(v: &Value) -> Option<Value> {
 /// Equality after [`normalized`].
 pub(crate) fn semantically_equal(a: Option<&Value>, b: Option<&Value>) -> bool {
     a.and_then(normalized) == b.and_then(normalized)
+}
+
+/// The `-o wide` columns every workload kind shares: its template's containers and
+/// images, and its selector (`selector` is the kind's own description of it).
+pub(crate) fn template_columns(selector: &'static str) -> [Column; 3] {
+    [
+        Column::wide(
+            "Containers",
+            "string",
+            "Names of each container in the template.",
+        ),
+        Column::wide(
+            "Images",
+            "string",
+            "Images referenced by each container in the template.",
+        ),
+        Column::wide("Selector", "string", selector),
+    ]
 }
 
 #[cfg(test)]

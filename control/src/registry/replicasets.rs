@@ -99,22 +99,10 @@ impl Strategy for ReplicaSetStrategy {
                 "The number of non-terminating pods targeted by this ReplicaSet with a Ready Condition.",
             ),
             Column::age(),
-            Column::wide(
-                "Containers",
-                "string",
-                "Names of each container in the template.",
-            ),
-            Column::wide(
-                "Images",
-                "string",
-                "Images referenced by each container in the template.",
-            ),
-            Column::wide(
-                "Selector",
-                "string",
-                "Selector is a label query over pods that should match the replica count.",
-            ),
         ]
+        .into_iter()
+        .chain(podspec::template_columns("Selector is a label query over pods that should match the replica count."))
+        .collect()
     }
 
     fn cells(&self, obj: &Value, now: DateTime<Utc>) -> Vec<Value> {

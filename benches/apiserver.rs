@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use kube::api::{
     DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
@@ -882,6 +882,16 @@ async fn measure(
         .create(&PostParams::default(), &ns)
         .await
         .context("create the bench namespace")?;
+    // The server runs without controllers, so nobody creates the namespace's `default`
+    // ServiceAccount, which pod admission requires (as in Kubernetes).
+    let accounts = Api::<ServiceAccount>::namespaced(client.clone(), NAMESPACE);
+    let sa: ServiceAccount = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}
+    }))?;
+    accounts
+        .create(&PostParams::default(), &sa)
+        .await
+        .context("create the bench namespace's default ServiceAccount")?;
     let rss_idle = server.rss_mib()?.0;
 
     // The raw baseline writes values as large as a stored pod: store one and look.

@@ -294,6 +294,37 @@ impl Pki {
         Ok((pem_encode("CERTIFICATE", &der), key.serialize_pem()))
     }
 
+    /// Issues a TLS serving certificate for a node agent, valid for `names` (IP
+    /// addresses or DNS names); returns (certificate PEM, PKCS#8 key PEM).
+    pub fn issue_node_serving_cert(
+        &self,
+        node_name: &str,
+        names: &[String],
+    ) -> Result<(String, String), PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = leaf_params(LEAF_VALIDITY);
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("system:node:{node_name}"));
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let sans: BTreeSet<San> = names
+            .iter()
+            .map(|n| match n.parse::<IpAddr>() {
+                Ok(ip) => San::Ip(ip),
+                Err(_) => San::Dns(n.clone()),
+            })
+            .collect();
+        params.subject_alt_names = sans.iter().map(San::to_rcgen).collect::<Result<_, _>>()?;
+        let cert = params.signed_by(&key, &self.ca)?;
+        tracing::info!(node = node_name, sans = ?names, "issued a node serving certificate");
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
     /// A rustls server configuration presenting the serving certificate, offering
     /// `h2` and `http/1.1`, and accepting clients with or without a certificate; a
     /// certificate that is presented must chain to the cluster CA.

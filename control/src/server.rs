@@ -1,6 +1,7 @@
 //! `wasmkube server`: the control plane process, wired together.
 //!
-//! Start-up order: the PKI under `<data-dir>/pki`, etcd (a managed child when no
+//! Start-up order: the PKI under `<data-dir>/pki` (with the ServiceAccount signing key
+//! `sa.key`, unless `--service-account-signing-key-file` names another), etcd (a managed child when no
 //! `--etcd-servers` are given), the store, the system namespaces, the HTTPS listener,
 //! then `<data-dir>/kubeconfig` — written last, so a file that exists means the server
 //! is serving. The controllers that run inside the control plane are API clients of
@@ -18,8 +19,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::apiserver::allocator::ServiceAllocator;
-use crate::apiserver::authn::Authenticator;
+use crate::apiserver::authn::{Authenticator, ServiceAccountAuthenticator};
+use crate::apiserver::jwt::SigningKey;
 use crate::apiserver::objects::Objects;
+use crate::apiserver::tokens::TokenIssuer;
 use crate::apiserver::{self, ApiState};
 use crate::controllers;
 use crate::etcd_process::ManagedEtcd;
@@ -29,6 +32,9 @@ use crate::pki::Pki;
 use crate::registry::Registry;
 use crate::scheduler;
 use crate::storage::{compactor, EtcdStore, Store};
+
+/// The ServiceAccount signing key's file in the PKI directory (kubeadm's name).
+const SERVICE_ACCOUNT_KEY_FILE: &str = "sa.key";
 
 /// How long shutdown waits for the leader-elected tasks to release their Leases.
 const LEADER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -48,6 +54,11 @@ pub struct ServerOptions {
     pub node_port_range: (u16, u16),
     /// A Kubernetes static token file (`token,user,uid,"groups"`).
     pub token_auth_file: Option<PathBuf>,
+    /// The `iss` of ServiceAccount tokens (and the API's audience).
+    pub service_account_issuer: String,
+    /// The ServiceAccount signing key (PKCS#8 PEM P-256), created if missing; default
+    /// `<data-dir>/pki/sa.key`. Control planes sharing one etcd should share this key.
+    pub service_account_signing_key_file: Option<PathBuf>,
     pub compaction_interval: Duration,
     pub bookmark_interval: Duration,
     /// Run the controllers in this process.
@@ -70,6 +81,8 @@ impl ServerOptions {
             service_cidr: "127.96.0.0/16".parse().expect("valid default CIDR"),
             node_port_range: (30000, 32767),
             token_auth_file: None,
+            service_account_issuer: crate::apiserver::tokens::DEFAULT_ISSUER.to_string(),
+            service_account_signing_key_file: None,
             compaction_interval: Duration::from_secs(300),
             bookmark_interval: Duration::from_secs(60),
             run_controllers: true,
@@ -85,6 +98,8 @@ pub struct Server {
     pub url: String,
     pub kubeconfig: PathBuf,
     pub addr: SocketAddr,
+    /// The token node agents join with (also in `<data-dir>/join-token`).
+    pub join_token: String,
     shutdown: watch::Sender<bool>,
     /// Stops the leader-elected scheduler and controllers, which release their Leases.
     leader_stop: watch::Sender<bool>,
@@ -98,8 +113,20 @@ impl Server {
     pub async fn start(opts: ServerOptions) -> Result<Server> {
         std::fs::create_dir_all(&opts.data_dir)
             .with_context(|| format!("creating data dir {}", opts.data_dir.display()))?;
-        let pki = Pki::load_or_create(&opts.data_dir.join("pki"), &opts.tls_sans)
-            .context("preparing the cluster PKI")?;
+        let pki = Arc::new(
+            Pki::load_or_create(&opts.data_dir.join("pki"), &opts.tls_sans)
+                .context("preparing the cluster PKI")?,
+        );
+        let sa_key_path = opts
+            .service_account_signing_key_file
+            .clone()
+            .unwrap_or_else(|| pki.dir().join(SERVICE_ACCOUNT_KEY_FILE));
+        let sa_key = SigningKey::load_or_create(&sa_key_path)
+            .context("preparing the service account signing key")?;
+        let tokens = Arc::new(TokenIssuer::new(
+            Arc::new(sa_key),
+            opts.service_account_issuer.clone(),
+        ));
 
         let (etcd, endpoints) = if opts.etcd_servers.is_empty() {
             let etcd = ManagedEtcd::start(&opts.data_dir.join("etcd"))
@@ -126,14 +153,22 @@ impl Server {
             .await
             .map_err(|e| anyhow::anyhow!("creating the system namespaces: {}", e.message))?;
         repair_allocations(&objects).await;
+        ensure_default_runtime_class(&objects).await;
         let namespace_map = objects.spawn_background();
 
-        let authenticator = Arc::new(Authenticator::new());
+        let authenticator = Arc::new(Authenticator::new().with_service_accounts(
+            ServiceAccountAuthenticator::new(tokens.clone(), objects.clone()),
+        ));
         if let Some(path) = &opts.token_auth_file {
             let n = authenticator
                 .load_token_file(path)
                 .with_context(|| format!("loading token file {}", path.display()))?;
             tracing::info!(tokens = n, file = %path.display(), "loaded static tokens");
+        }
+        let join_token = crate::apiserver::join::load_or_create_token(&opts.data_dir)
+            .context("preparing the node join token")?;
+        if let Some(user) = crate::apiserver::join::token_user(&join_token) {
+            authenticator.add_token(&join_token, user);
         }
 
         let listener = TcpListener::bind((opts.bind_address, opts.secure_port))
@@ -152,6 +187,8 @@ impl Server {
             authenticator: authenticator.clone(),
             server_address: format!("{host}:{}", addr.port()),
             bookmark_interval: opts.bookmark_interval,
+            pki: pki.clone(),
+            tokens: tokens.clone(),
         });
         let tls = pki
             .server_tls_config()
@@ -207,7 +244,9 @@ impl Server {
             .await?;
             let config = leader::Config::new(leader::CONTROLLER_MANAGER_LEASE);
             let work_client = client.clone();
-            let controller_options = opts.controllers.clone();
+            let mut controller_options = opts.controllers.clone();
+            controller_options.root_ca_pem = pki.ca_cert_pem().to_string();
+            controller_options.service_account_tokens = Some(tokens.clone());
             leader_tasks.push(tokio::spawn(leader::run_while_leader(
                 client,
                 config,
@@ -245,6 +284,7 @@ impl Server {
             url,
             kubeconfig: kubeconfig_path,
             addr,
+            join_token,
             shutdown,
             leader_stop,
             leader_tasks,
@@ -288,5 +328,36 @@ async fn repair_allocations(objects: &Objects) {
             Err(e) => tracing::warn!(error = %e, "service allocation repair failed"),
         },
         Err(e) => tracing::warn!(error = %e.message, "listing services for repair failed"),
+    }
+}
+
+/// The RuntimeClass `wasmtime`, selecting the nodes whose agent offers wasmtime (every
+/// wasmkube agent labels its node so). Created once; an operator's edits are kept.
+async fn ensure_default_runtime_class(objects: &Objects) {
+    let Some(def) = objects
+        .registry
+        .lookup("node.k8s.io", "v1", "runtimeclasses")
+    else {
+        return;
+    };
+    let obj = serde_json::json!({
+        "apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
+        "metadata": {"name": "wasmtime"},
+        "handler": "wasmtime",
+        "scheduling": {"nodeSelector": {"runtime.wasmkube.io/wasmtime": "true"}},
+    });
+    match objects
+        .create(
+            &def,
+            None,
+            obj,
+            false,
+            crate::apiserver::objects::Ownership::Update("wasmkube"),
+        )
+        .await
+    {
+        Ok(_) => tracing::info!("created the default RuntimeClass wasmtime"),
+        Err(e) if e.reason == "AlreadyExists" => {}
+        Err(e) => tracing::warn!(error = %e.message, "creating the default RuntimeClass"),
     }
 }

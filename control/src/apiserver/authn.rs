@@ -1,22 +1,39 @@
 //! Authentication of API requests: who is calling.
 //!
-//! Two credentials are understood, as in Kubernetes:
+//! Three credentials are understood, as in Kubernetes:
 //! - a client certificate, already verified against the cluster CA during the TLS
 //!   handshake: the subject's CN is the user name and each O is a group;
 //! - a bearer token (`Authorization: Bearer <token>`) known to the [`Authenticator`],
-//!   added at run time or read from a static token file in Kubernetes' format.
+//!   added at run time or read from a static token file in Kubernetes' format;
+//! - a bearer token that is a ServiceAccount JWT we signed
+//!   ([`ServiceAccountAuthenticator`]): user `system:serviceaccount:NS:NAME` in the
+//!   groups `system:serviceaccounts` and `system:serviceaccounts:NS`, valid only while
+//!   the ServiceAccount (and the pod or Secret the token is bound to, or the Secret a
+//!   legacy token is stored in) still exists with the uid the token names.
 //!
 //! Like kube-apiserver's union authenticator, a request is accepted if any credential
-//! it carries authenticates it; the certificate is tried first. Every authenticated
-//! user is also in the group `system:authenticated`.
+//! it carries authenticates it; the certificate is tried first, then static tokens, then
+//! ServiceAccount tokens. Every authenticated user is also in the group
+//! `system:authenticated`.
+//!
+//! `POST /apis/authentication.k8s.io/v1/selfsubjectreviews` ([`self_subject_review`],
+//! `kubectl auth whoami`) tells callers who they are.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
+use axum::extract::Request;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use rustls::pki_types::CertificateDer;
+use serde_json::{json, Value};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
+
+use super::objects::Objects;
+use super::tokens::TokenIssuer;
 
 /// The group every authenticated user belongs to.
 pub const AUTHENTICATED_GROUP: &str = "system:authenticated";
@@ -41,6 +58,10 @@ pub enum AuthnError {
     /// The bearer token is not known.
     #[error("invalid bearer token")]
     InvalidToken,
+    /// The bearer token is a ServiceAccount token of ours that is no longer (or never
+    /// was) valid.
+    #[error("invalid service account token: {0}")]
+    InvalidServiceAccountToken(String),
     /// The client certificate could not be read.
     #[error("invalid client certificate: {0}")]
     InvalidCertificate(String),
@@ -65,6 +86,18 @@ pub enum AuthnError {
     },
 }
 
+/// Extra attributes of a user (`authentication.kubernetes.io/pod-name`, …), attached to
+/// a request next to its [`UserInfo`] when there are any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserExtra(pub BTreeMap<String, Vec<String>>);
+
+/// Who a request comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticated {
+    pub user: UserInfo,
+    pub extra: UserExtra,
+}
+
 /// Checks request credentials. Shared by all connections (`Send + Sync`); tokens can be
 /// added while serving.
 #[derive(Debug, Default)]
@@ -73,12 +106,50 @@ pub struct Authenticator {
     /// so response timing does not tell how much of a guessed token was right. The
     /// number of static tokens is small; a lock, because tokens are added at run time.
     tokens: RwLock<Vec<(Vec<u8>, UserInfo)>>,
+    /// ServiceAccount tokens, when the server signs any.
+    service_accounts: Option<ServiceAccountAuthenticator>,
 }
 
 impl Authenticator {
     /// An authenticator knowing no tokens (client certificates still work).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Also accepts the ServiceAccount tokens `service_accounts` checks.
+    pub fn with_service_accounts(mut self, service_accounts: ServiceAccountAuthenticator) -> Self {
+        self.service_accounts = Some(service_accounts);
+        self
+    }
+
+    /// Authenticates a request by every credential kind: [`Authenticator::authenticate`]
+    /// first, then, for a bearer token it does not know, ServiceAccount tokens.
+    pub async fn authenticate_request(
+        &self,
+        client_cert: Option<&CertificateDer<'_>>,
+        authorization: Option<&str>,
+    ) -> Result<Authenticated, AuthnError> {
+        match self.authenticate(client_cert, authorization) {
+            Ok(user) => Ok(Authenticated {
+                user,
+                extra: UserExtra::default(),
+            }),
+            Err(AuthnError::InvalidToken) => {
+                let (Some(sa), Some(token)) =
+                    (&self.service_accounts, authorization.and_then(bearer_token))
+                else {
+                    return Err(AuthnError::InvalidToken);
+                };
+                match sa.authenticate(token).await? {
+                    Some(mut found) => {
+                        found.user = with_authenticated_group(found.user);
+                        Ok(found)
+                    }
+                    None => Err(AuthnError::InvalidToken),
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Accepts `token` as `user` from now on, replacing an earlier user of that token.
@@ -310,6 +381,177 @@ fn split_csv_record(line: &str) -> Result<Vec<String>, String> {
     }
 }
 
+// --- ServiceAccount tokens ------------------------------------------------------------
+
+/// Extra keys Kubernetes attaches to ServiceAccount users.
+const EXTRA_POD_NAME: &str = "authentication.kubernetes.io/pod-name";
+const EXTRA_POD_UID: &str = "authentication.kubernetes.io/pod-uid";
+const EXTRA_CREDENTIAL_ID: &str = "authentication.kubernetes.io/credential-id";
+
+/// Authenticates ServiceAccount tokens: the [`TokenIssuer`] checks signature, times and
+/// audience; this adds the lookups that make a token die with its objects. The
+/// ServiceAccount comes from the in-memory lister (etcd on a miss), pods and Secrets
+/// from etcd.
+pub struct ServiceAccountAuthenticator {
+    tokens: Arc<TokenIssuer>,
+    objects: Arc<Objects>,
+}
+
+impl std::fmt::Debug for ServiceAccountAuthenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceAccountAuthenticator")
+            .field("tokens", &self.tokens)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServiceAccountAuthenticator {
+    pub fn new(tokens: Arc<TokenIssuer>, objects: Arc<Objects>) -> Self {
+        ServiceAccountAuthenticator { tokens, objects }
+    }
+
+    /// `Ok(None)` when `token` is not a ServiceAccount token of ours; `Err` when it is
+    /// but is invalid or its objects are gone.
+    pub async fn authenticate(&self, token: &str) -> Result<Option<Authenticated>, AuthnError> {
+        let invalid = |reason: String| AuthnError::InvalidServiceAccountToken(reason);
+        let now = chrono::Utc::now().timestamp();
+        let Some(claims) = self
+            .tokens
+            .validate(token, now)
+            .map_err(|e| invalid(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        let ns = claims.namespace.as_str();
+        let sa = &claims.service_account;
+        let account = super::admission::service_account(&self.objects, ns, &sa.name)
+            .await
+            .map_err(|e| invalid(e.message))?
+            .ok_or_else(|| invalid(format!("service account {ns}/{} has been deleted", sa.name)))?;
+        check_live(&account, &sa.uid, now)
+            .map_err(|why| invalid(format!("service account {ns}/{}: {why}", sa.name)))?;
+
+        let mut extra = BTreeMap::new();
+        if let Some(secret_name) = &claims.legacy_secret {
+            let secret = self.live("secrets", ns, secret_name).await?;
+            if is_deleting_since(&secret, now) {
+                return Err(invalid(format!(
+                    "token secret {ns}/{secret_name} has been invalidated"
+                )));
+            }
+            let stored = secret
+                .pointer("/data/token")
+                .and_then(Value::as_str)
+                .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok());
+            if stored.as_deref() != Some(token.as_bytes()) {
+                return Err(invalid(format!(
+                    "token does not match the copy in secret {ns}/{secret_name}"
+                )));
+            }
+        }
+        if let Some(pod) = &claims.pod {
+            let live = self.live("pods", ns, &pod.name).await?;
+            check_live(&live, &pod.uid, now)
+                .map_err(|why| invalid(format!("pod {ns}/{}: {why}", pod.name)))?;
+            extra.insert(EXTRA_POD_NAME.to_string(), vec![pod.name.clone()]);
+            extra.insert(EXTRA_POD_UID.to_string(), vec![pod.uid.clone()]);
+        }
+        if let Some(secret) = &claims.secret {
+            let live = self.live("secrets", ns, &secret.name).await?;
+            check_live(&live, &secret.uid, now)
+                .map_err(|why| invalid(format!("secret {ns}/{}: {why}", secret.name)))?;
+        }
+        if let Some(id) = &claims.id {
+            extra.insert(EXTRA_CREDENTIAL_ID.to_string(), vec![format!("JTI={id}")]);
+        }
+        if claims.warn_after.is_some_and(|w| w < now) {
+            tracing::debug!(namespace = ns, serviceaccount = %sa.name,
+                "a stale projected token was used after its refresh time");
+        }
+        Ok(Some(Authenticated {
+            user: UserInfo {
+                name: super::tokens::user_name(ns, &sa.name),
+                uid: sa.uid.clone(),
+                groups: super::tokens::groups(ns),
+            },
+            extra: UserExtra(extra),
+        }))
+    }
+
+    /// A pod or Secret, read from etcd; its absence invalidates the token.
+    async fn live(&self, plural: &str, ns: &str, name: &str) -> Result<Value, AuthnError> {
+        let invalid = |reason: String| AuthnError::InvalidServiceAccountToken(reason);
+        let def = self
+            .objects
+            .registry
+            .lookup("", "v1", plural)
+            .ok_or_else(|| invalid(format!("{plural} are not registered")))?;
+        match self.objects.get(&def, Some(ns), name).await {
+            Ok(obj) => Ok(obj),
+            Err(e) if e.code == 404 => {
+                Err(invalid(format!("{plural} {ns}/{name} has been deleted")))
+            }
+            Err(e) => Err(invalid(e.message)),
+        }
+    }
+}
+
+/// The object still is the one the token names: same uid, not deleted for longer than
+/// the leeway.
+fn check_live(obj: &Value, uid: &str, now: i64) -> Result<(), String> {
+    let actual = obj
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if actual != uid {
+        return Err(format!("uid ({actual}) does not match the token's ({uid})"));
+    }
+    if is_deleting_since(obj, now) {
+        return Err("it is being deleted".to_string());
+    }
+    Ok(())
+}
+
+/// Whether the object's deletion started more than the leeway ago (upstream's grace for
+/// requests racing a deletion).
+fn is_deleting_since(obj: &Value, now: i64) -> bool {
+    obj.pointer("/metadata/deletionTimestamp")
+        .and_then(Value::as_str)
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .is_some_and(|t| t.timestamp() < now - super::tokens::LEEWAY_SECONDS)
+}
+
+/// `POST /apis/authentication.k8s.io/v1/selfsubjectreviews`: the caller's own identity.
+pub async fn self_subject_review(req: Request) -> Response {
+    let Some(user) = req.extensions().get::<UserInfo>().cloned() else {
+        return super::status::ApiError::unauthorized().into_response();
+    };
+    let extra = req
+        .extensions()
+        .get::<UserExtra>()
+        .cloned()
+        .unwrap_or_default();
+    let mut info = json!({"username": user.name, "groups": user.groups});
+    if !user.uid.is_empty() {
+        info["uid"] = json!(user.uid);
+    }
+    if !extra.0.is_empty() {
+        info["extra"] = json!(extra.0);
+    }
+    let review = json!({
+        "kind": "SelfSubjectReview",
+        "apiVersion": "authentication.k8s.io/v1",
+        "metadata": {"creationTimestamp": null},
+        "status": {"userInfo": info},
+    });
+    (
+        StatusCode::CREATED,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(&review).unwrap_or_default(),
+    )
+        .into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -517,5 +759,149 @@ mod tests {
     fn authenticator_is_shareable() {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<Authenticator>();
+    }
+}
+
+#[cfg(test)]
+mod service_account_tests {
+    use super::*;
+    use crate::apiserver::admission::tests::{create, delete, test_objects};
+    use crate::apiserver::jwt::SigningKey;
+    use crate::apiserver::tokens::{BoundTokenRequest, ObjectRef, DEFAULT_ISSUER};
+
+    fn bearer(token: &str) -> String {
+        format!("Bearer {token}")
+    }
+
+    fn request(sa_uid: &str, pod: Option<ObjectRef>) -> BoundTokenRequest {
+        BoundTokenRequest {
+            namespace: "default".into(),
+            service_account: ObjectRef {
+                name: "robot".into(),
+                uid: sa_uid.into(),
+            },
+            pod,
+            secret: None,
+            audiences: vec![DEFAULT_ISSUER.into()],
+            expiration_seconds: 3600,
+            warn_after_seconds: None,
+            now: chrono::Utc::now().timestamp(),
+        }
+    }
+
+    fn uid(obj: &Value) -> String {
+        obj["metadata"]["uid"].as_str().expect("uid").to_string()
+    }
+
+    #[tokio::test]
+    async fn service_account_tokens_live_as_long_as_their_objects() {
+        let t = test_objects().await;
+        let objects = t.objects.clone();
+        let tokens = Arc::new(TokenIssuer::new(
+            Arc::new(SigningKey::generate().expect("key")),
+            DEFAULT_ISSUER,
+        ));
+        let authn = Authenticator::new().with_service_accounts(ServiceAccountAuthenticator::new(
+            tokens.clone(),
+            objects.clone(),
+        ));
+        let sa = create(
+            &objects,
+            "serviceaccounts",
+            json!({"metadata": {"name": "robot"}}),
+        )
+        .await
+        .expect("account");
+        let pod = json!({"metadata": {"name": "p"}, "spec": {"serviceAccountName": "robot",
+            "containers": [{"name": "c", "image": "app.wasm"}]}});
+        let pod = create(&objects, "pods", pod).await.expect("pod");
+
+        // A plain token: the account's user and groups.
+        let (token, _) = tokens.bound_token(&request(&uid(&sa), None)).expect("sign");
+        let got = authn
+            .authenticate_request(None, Some(&bearer(&token)))
+            .await
+            .expect("valid token");
+        assert_eq!(got.user.name, "system:serviceaccount:default:robot");
+        assert_eq!(got.user.uid, uid(&sa));
+        assert_eq!(
+            got.user.groups,
+            [
+                "system:serviceaccounts",
+                "system:serviceaccounts:default",
+                AUTHENTICATED_GROUP
+            ]
+        );
+
+        // A token naming another uid of the account is refused.
+        let (stale, _) = tokens.bound_token(&request("old-uid", None)).expect("sign");
+        assert!(matches!(
+            authn
+                .authenticate_request(None, Some(&bearer(&stale)))
+                .await,
+            Err(AuthnError::InvalidServiceAccountToken(_))
+        ));
+
+        // Pod-bound: extra names the pod; gone with the pod.
+        let bound_pod = ObjectRef {
+            name: "p".into(),
+            uid: uid(&pod),
+        };
+        let (bound, id) = tokens
+            .bound_token(&request(&uid(&sa), Some(bound_pod)))
+            .expect("sign");
+        let got = authn
+            .authenticate_request(None, Some(&bearer(&bound)))
+            .await
+            .expect("bound token");
+        assert_eq!(got.extra.0[EXTRA_POD_NAME], ["p"]);
+        assert_eq!(got.extra.0[EXTRA_CREDENTIAL_ID], [format!("JTI={id}")]);
+        delete(&objects, "pods", "p").await;
+        assert!(authn
+            .authenticate_request(None, Some(&bearer(&bound)))
+            .await
+            .is_err());
+
+        // Legacy: valid while its Secret holds exactly it.
+        let legacy = tokens
+            .legacy_token("default", "robot", &uid(&sa), "robot-token")
+            .expect("sign");
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&legacy);
+        let secret = json!({"metadata": {"name": "robot-token", "annotations": {
+                "kubernetes.io/service-account.name": "robot"}},
+            "type": "kubernetes.io/service-account-token", "data": {"token": encoded}});
+        create(&objects, "secrets", secret).await.expect("secret");
+        assert!(authn
+            .authenticate_request(None, Some(&bearer(&legacy)))
+            .await
+            .is_ok());
+        delete(&objects, "secrets", "robot-token").await;
+        assert!(authn
+            .authenticate_request(None, Some(&bearer(&legacy)))
+            .await
+            .is_err());
+
+        // Deleting the account ends its tokens (the lister may lag; etcd decides then).
+        delete(&objects, "serviceaccounts", "robot").await;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match authn
+                .authenticate_request(None, Some(&bearer(&token)))
+                .await
+            {
+                Err(AuthnError::InvalidServiceAccountToken(_)) => break,
+                other => assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "still accepted: {other:?}"
+                ),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+
+        // Tokens that are not JWTs of ours stay unknown bearer tokens.
+        assert!(matches!(
+            authn.authenticate_request(None, Some("Bearer abc")).await,
+            Err(AuthnError::InvalidToken)
+        ));
     }
 }

@@ -44,13 +44,18 @@ const VERBS: &[&str] = &[
     "watch",
 ];
 
-/// Subresources that are served today; the others (log, exec, portforward) arrive with
-/// the node agent and are not advertised before then.
+/// Subresources that are served today; the others (exec, portforward) arrive with the
+/// node agent's exec support and are not advertised before then.
 fn served_subresources(def: &ResourceDef) -> impl Iterator<Item = Subresource> + '_ {
     def.subresources.iter().copied().filter(|s| {
         matches!(
             s,
-            Subresource::Status | Subresource::Scale | Subresource::Binding | Subresource::Finalize
+            Subresource::Status
+                | Subresource::Scale
+                | Subresource::Binding
+                | Subresource::Finalize
+                | Subresource::Log
+                | Subresource::Token
         )
     })
 }
@@ -92,6 +97,12 @@ fn subresource_kind(
             "v1".into(),
             "PodPortForwardOptions".into(),
             vec!["create", "get"],
+        ),
+        Subresource::Token => (
+            "authentication.k8s.io".into(),
+            "v1".into(),
+            "TokenRequest".into(),
+            vec!["create"],
         ),
     }
 }

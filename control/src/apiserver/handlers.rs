@@ -943,6 +943,10 @@ async fn subresource(
             let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201});
             Ok(json_response(StatusCode::CREATED, &status))
         }
+        (Subresource::Token, Method::POST) => {
+            super::tokens::token_request(&state, def, ns, name, req, q, dry).await
+        }
+        (Subresource::Log, Method::GET) => super::pod_proxy::log(&state, ns, name, q).await,
         (_, m) => Err(ApiError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource ({m})"
         ))),

@@ -15,25 +15,35 @@
 //! - [`protobuf`]: protobuf request bodies (what kubectl's `create` generators send).
 //! - [`allocator`]: Service ClusterIPs and NodePorts.
 //! - [`namespace_lifecycle`]: which namespaces accept new objects, kept in memory.
-//! - [`authn`]: bearer tokens and client certificates.
+//! - [`authn`]: bearer tokens, ServiceAccount tokens and client certificates.
+//! - [`jwt`]: ES256 JSON Web Tokens and the ServiceAccount signing key.
+//! - [`tokens`]: ServiceAccount token claims and the TokenRequest API.
+//! - [`admission`]: mutating admission on create (the ServiceAccount plugin for pods).
+//! - [`lister`]: in-memory copies of a resource (ServiceAccounts) from its watch cache.
 //! - [`status`]: errors as Kubernetes Status objects.
 //! - [`serve`]: the TLS listener.
 
+pub mod admission;
 pub mod allocator;
 pub mod authn;
 pub mod discovery;
 pub mod duplicates;
 pub mod fieldmanager;
 pub mod handlers;
+pub mod join;
+pub mod jwt;
+pub mod lister;
 pub mod namespace_lifecycle;
 pub mod objects;
 pub mod openapi;
 pub mod output;
 pub mod patch;
+pub mod pod_proxy;
 pub mod protobuf;
 pub mod request;
 pub mod serve;
 pub mod status;
+pub mod tokens;
 pub mod watch;
 
 use std::sync::Arc;
@@ -58,6 +68,11 @@ pub struct ApiState {
     pub server_address: String,
     /// How often watches that asked for bookmarks get one.
     pub bookmark_interval: Duration,
+    /// The cluster PKI: signs what the API server hands out and authenticates it to
+    /// node agents.
+    pub pki: Arc<crate::pki::Pki>,
+    /// Signs ServiceAccount tokens (TokenRequest) and checks them.
+    pub tokens: Arc<tokens::TokenIssuer>,
 }
 
 /// The client certificate a TLS connection presented, attached to each of its requests.
@@ -91,10 +106,14 @@ async fn authenticate(
         .map(String::from);
     match state
         .authenticator
-        .authenticate(cert.as_ref(), authz.as_deref())
+        .authenticate_request(cert.as_ref(), authz.as_deref())
+        .await
     {
-        Ok(user) => {
+        Ok(authn::Authenticated { user, extra }) => {
             req.extensions_mut().insert(user);
+            if !extra.0.is_empty() {
+                req.extensions_mut().insert(extra);
+            }
             next.run(req).await
         }
         Err(e) => {
@@ -152,6 +171,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/openapi/v3", get(openapi::serve_v3_index))
         .route("/openapi/v3/{*path}", get(openapi::serve_v3_document))
         .route("/openapi/v2", get(openapi::serve_v2))
+        .route(join::JOIN_PATH, axum::routing::post(join::join))
+        .route(
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            axum::routing::post(authn::self_subject_review),
+        )
         .fallback(handlers::api)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)

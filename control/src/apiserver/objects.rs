@@ -43,6 +43,8 @@ pub struct Objects {
     caches: Mutex<HashMap<String, Arc<WatchCache>>>,
     /// Which namespaces exist and which are terminating, for creates.
     namespaces: Arc<NamespaceLifecycle>,
+    /// ServiceAccounts in memory, for pod admission and token authentication.
+    pub service_accounts: Arc<super::lister::Lister>,
 }
 
 /// What a list reads.
@@ -280,14 +282,20 @@ impl Objects {
             allocator,
             caches: Mutex::new(HashMap::new()),
             namespaces: Arc::new(NamespaceLifecycle::default()),
+            service_accounts: Arc::new(super::lister::Lister::new()),
         }
     }
 
-    /// Starts the background tasks of the object layer (the namespace map).
+    /// Starts the background tasks of the object layer (the namespace map, the
+    /// ServiceAccount lister).
     pub fn spawn_background(&self) -> tokio::task::JoinHandle<()> {
         let def = self.namespaces();
         let cache = self.cache(&def);
-        tokio::spawn(self.namespaces.clone().run(self.store.clone(), cache, def))
+        let namespaces = self.namespaces.clone().run(self.store.clone(), cache, def);
+        let accounts = super::admission::run_service_account_lister(self);
+        tokio::spawn(async move {
+            tokio::join!(namespaces, accounts);
+        })
     }
 
     /// The watch cache of a resource.
@@ -560,6 +568,7 @@ impl Objects {
             .decode(&obj)
             .map_err(|e| decode_error(def, &name, &e))?;
         def.strategy.default(&mut obj);
+        super::admission::admit_create(self, def, ns, &mut obj).await?;
         def.strategy.prepare_for_create(&mut obj);
         let mut causes = Vec::new();
         if let Some(msg) = def.strategy.validate_name(&name) {
@@ -611,7 +620,12 @@ impl Objects {
         }
     }
 
-    async fn check_namespace_open(&self, def: &ResourceDef, ns: &str, name: &str) -> ApiResult<()> {
+    pub(crate) async fn check_namespace_open(
+        &self,
+        def: &ResourceDef,
+        ns: &str,
+        name: &str,
+    ) -> ApiResult<()> {
         let state = match self.namespaces.lookup(ns) {
             Some(state) => Some(state),
             None => {

@@ -169,6 +169,8 @@ fn schema_for(api_version: &str, kind: &str) -> Option<&'static Msg> {
         ("v1", "Service") => &SERVICE,
         ("v1", "ServiceAccount") => &SERVICE_ACCOUNT,
         ("apps/v1", "Deployment") => &DEPLOYMENT,
+        // `kubectl drain` (and client-go's typed deletes) send their options as protobuf.
+        ("v1", "DeleteOptions") | ("meta.k8s.io/v1", "DeleteOptions") => &DELETE_OPTIONS,
         _ => return None,
     })
 }
@@ -896,6 +898,27 @@ static OBJECT_REFERENCE: Msg = Msg {
         opt(6, "resourceVersion", Ty::Str),
         opt(7, "fieldPath", Ty::Str),
     ],
+};
+
+static DELETE_OPTIONS: Msg = Msg {
+    name: "DeleteOptions",
+    fields: &[
+        keep(1, "gracePeriodSeconds", Ty::Int64),
+        opt(2, "preconditions", Ty::Msg(&PRECONDITIONS)),
+        keep(3, "orphanDependents", Ty::Bool),
+        keep(4, "propagationPolicy", Ty::Str),
+        rep(5, "dryRun", Ty::Str),
+        keep(
+            6,
+            "ignoreStoreReadErrorWithClusterBreakingPotential",
+            Ty::Bool,
+        ),
+    ],
+};
+
+static PRECONDITIONS: Msg = Msg {
+    name: "Preconditions",
+    fields: &[keep(1, "uid", Ty::Str), keep(2, "resourceVersion", Ty::Str)],
 };
 
 static LOCAL_OBJECT_REFERENCE: Msg = Msg {
@@ -2608,6 +2631,25 @@ mod tests {
         let port = m(1, &[v(3, 80), m(4, &[v(1, 7)])]);
         let err = decode(&body("v1", "Service", &[m(2, &[port])])).expect_err("intstr");
         assert_eq!(err, ProtobufError::InvalidIntOrString(7));
+    }
+
+    #[test]
+    fn delete_options_from_kubectl_drain() {
+        use enc::*;
+        let body = body(
+            "v1",
+            "DeleteOptions",
+            &[v(1, 0), m(2, &[s(1, "u-1")]), s(4, "Background")],
+        );
+        assert_eq!(
+            decoded(&body),
+            json!({
+                "kind": "DeleteOptions", "apiVersion": "v1",
+                "gracePeriodSeconds": 0,
+                "preconditions": {"uid": "u-1"},
+                "propagationPolicy": "Background",
+            })
+        );
     }
 
     #[test]

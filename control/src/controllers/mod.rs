@@ -9,6 +9,9 @@
 //! - [`endpoints`]: Endpoints (ready and not-ready pod addresses) for selector Services.
 //! - [`endpointslices`]: EndpointSlices for the same Services.
 //! - [`serviceaccounts`]: a `default` ServiceAccount in every namespace.
+//! - [`rootcacert`]: the `kube-root-ca.crt` ConfigMap (the cluster CA) in every namespace.
+//! - [`tokens`]: legacy ServiceAccount token Secrets get their token, CA and namespace,
+//!   and die with their ServiceAccount.
 //! - [`nodelifecycle`]: marks nodes that stopped heartbeating and evicts their pods.
 //! - [`nodeipam`]: a `spec.podCIDR` for every node.
 //! - [`garbagecollector`]: ownerReference cascades (background, foreground, orphan).
@@ -23,9 +26,12 @@ pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod replicaset;
+pub mod rootcacert;
 pub mod serviceaccounts;
+pub mod tokens;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use futures::FutureExt;
@@ -46,6 +52,10 @@ pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client> {
 pub struct Options {
     pub node_lifecycle: nodelifecycle::Config,
     pub node_ipam: nodeipam::Config,
+    /// The cluster CA (PEM) published in every namespace; empty: not published.
+    pub root_ca_pem: String,
+    /// Signs legacy ServiceAccount tokens; `None`: the token controller does not run.
+    pub service_account_tokens: Option<Arc<crate::apiserver::tokens::TokenIssuer>>,
 }
 
 /// Every controller as one future, for a caller that decides when they run (the
@@ -62,6 +72,31 @@ pub async fn controllers(client: kube::Client, options: Options) {
         garbagecollector::run(client.clone()).boxed(),
         nodelifecycle::run(client.clone(), options.node_lifecycle).boxed(),
         nodeipam::run(client.clone(), options.node_ipam).boxed(),
+        root_ca_publisher(client.clone(), options.root_ca_pem.clone()).boxed(),
+        token_controller(
+            client.clone(),
+            options.service_account_tokens,
+            options.root_ca_pem,
+        )
+        .boxed(),
     ]);
     controllers.await;
+}
+
+async fn root_ca_publisher(client: kube::Client, root_ca: String) {
+    if root_ca.is_empty() {
+        return futures::future::pending().await;
+    }
+    rootcacert::run(client, root_ca).await
+}
+
+async fn token_controller(
+    client: kube::Client,
+    tokens: Option<Arc<crate::apiserver::tokens::TokenIssuer>>,
+    root_ca: String,
+) {
+    match tokens {
+        Some(tokens) => tokens::run(client, tokens, root_ca).await,
+        None => futures::future::pending().await,
+    }
 }

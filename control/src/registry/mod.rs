@@ -57,6 +57,8 @@ pub enum Subresource {
     Exec,
     /// `pods/portforward`.
     PortForward,
+    /// `serviceaccounts/token`: the TokenRequest API.
+    Token,
 }
 
 impl Subresource {
@@ -69,6 +71,7 @@ impl Subresource {
             Subresource::Log => "log",
             Subresource::Exec => "exec",
             Subresource::PortForward => "portforward",
+            Subresource::Token => "token",
         }
     }
 
@@ -81,6 +84,7 @@ impl Subresource {
             Subresource::Log,
             Subresource::Exec,
             Subresource::PortForward,
+            Subresource::Token,
         ]
         .into_iter()
         .find(|r| r.name() == s)

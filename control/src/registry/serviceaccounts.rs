@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use super::table::{self, Column};
-use super::{decode_as, ResourceDef, Strategy};
+use super::{decode_as, ResourceDef, Strategy, Subresource};
 
 struct ServiceAccountStrategy;
 
@@ -44,7 +44,7 @@ pub(super) fn def() -> ResourceDef {
         namespaced: true,
         short_names: &["sa"],
         categories: &[],
-        subresources: &[],
+        subresources: &[Subresource::Token],
         strategy: Box::new(ServiceAccountStrategy),
     }
 }

@@ -8,6 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use wasmkube_control::server::{Server, ServerOptions};
+use wasmkube_runtime::agent::{Agent, AgentOptions};
+use wasmkube_runtime::fetch::RegistryAuth;
 
 /// mimalloc instead of glibc malloc: a long-running server that serves big lists now and
 /// then kept hundreds of MiB of freed memory in glibc's per-thread arenas (measured by
@@ -20,7 +22,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     name = "wasmkube",
     version,
     about = "A Kubernetes-compatible orchestrator for WebAssembly pods",
-    long_about = "wasmkube runs a Kubernetes-compatible control plane on etcd that the stock kubectl drives.\n\nQuick start: `wasmkube up`, then `kubectl --kubeconfig ~/.wasmkube/kubeconfig get ns`."
+    long_about = "wasmkube runs a Kubernetes-compatible control plane on etcd that the stock kubectl drives, and node agents that run pods as WASI modules in wasmtime.\n\nQuick start: `wasmkube up`, then `kubectl --kubeconfig ~/.wasmkube/kubeconfig get nodes`."
 )]
 struct Cli {
     /// Log format.
@@ -35,9 +37,14 @@ enum Command {
     /// Run the control plane: the API server on etcd (a managed etcd child unless
     /// --etcd-servers is given), the scheduler and the controllers.
     Server(ServerArgs),
-    /// Run a single-node cluster in one process (today: the control plane) and write
-    /// DATA_DIR/kubeconfig.
+    /// Run a single-node cluster in one process (the control plane and a node agent)
+    /// and write DATA_DIR/kubeconfig.
     Up(UpArgs),
+    /// Run a node agent: join the cluster, register this node and run the pods bound
+    /// to it as WASI modules.
+    Agent(AgentArgs),
+    /// Push a WebAssembly module to an OCI registry as a Wasm OCI artifact.
+    Push(PushArgs),
     /// Print the version.
     Version,
 }
@@ -71,8 +78,68 @@ struct UpArgs {
     /// Address to serve the API on.
     #[arg(long, default_value = "127.0.0.1")]
     bind_address: IpAddr,
+    /// The node's name (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Pods the node takes.
+    #[arg(long, default_value_t = 1000)]
+    max_pods: u32,
     #[command(flatten)]
     common: CommonArgs,
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    /// The API server URL, e.g. https://127.0.0.1:6443.
+    #[arg(long)]
+    server: String,
+    /// The cluster's join token (the server's DATA_DIR/join-token); needed until the
+    /// node has its own credential.
+    #[arg(long, env = "WASMKUBE_JOIN_TOKEN")]
+    token: Option<String>,
+    /// The cluster CA certificate (the server's DATA_DIR/pki/ca.crt), to verify the
+    /// server while joining.
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+    /// The node's name (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Directory for the node's credentials, modules, pod volumes and logs.
+    #[arg(long, default_value_os_t = default_data_dir().join("agent"))]
+    data_dir: PathBuf,
+    /// The node's address: published as its InternalIP; the agent's HTTPS endpoint
+    /// listens there.
+    #[arg(long, default_value = "127.0.0.1")]
+    node_ip: IpAddr,
+    /// Port of the agent's HTTPS endpoint (0 picks a free one).
+    #[arg(long, default_value_t = 10250)]
+    kubelet_port: u16,
+    /// Pods the node takes.
+    #[arg(long, default_value_t = 1000)]
+    max_pods: u32,
+    /// Extra node labels, as key=value[,key=value…].
+    #[arg(long, value_delimiter = ',')]
+    node_labels: Vec<String>,
+    /// A registry (host[:port]) reached over plain HTTP; loopback ones always are.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+}
+
+#[derive(Args)]
+struct PushArgs {
+    /// The module (.wasm) to push.
+    file: PathBuf,
+    /// Where to push it: registry/repository:tag.
+    reference: String,
+    /// Registry user name.
+    #[arg(long, env = "WASMKUBE_REGISTRY_USERNAME")]
+    username: Option<String>,
+    /// Registry password.
+    #[arg(long, env = "WASMKUBE_REGISTRY_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// A registry (host[:port]) reached over plain HTTP; loopback ones always are.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
 }
 
 #[derive(Args)]
@@ -89,6 +156,13 @@ struct CommonArgs {
     /// Static token file: CSV lines `token,user,uid,"group1,group2"`.
     #[arg(long)]
     token_auth_file: Option<PathBuf>,
+    /// The issuer (`iss`) of ServiceAccount tokens, also the API's token audience.
+    #[arg(long, default_value = wasmkube_control::apiserver::tokens::DEFAULT_ISSUER)]
+    service_account_issuer: String,
+    /// PKCS#8 PEM P-256 key that signs ServiceAccount tokens, created if missing
+    /// (default: DATA_DIR/pki/sa.key). Control planes sharing one etcd should share it.
+    #[arg(long)]
+    service_account_signing_key_file: Option<PathBuf>,
     /// How often etcd history is compacted, in seconds.
     #[arg(long, default_value_t = 300)]
     compaction_interval_seconds: u64,
@@ -164,6 +238,8 @@ fn options(
     opts.service_cidr = common.service_cidr.0;
     opts.node_port_range = parse_port_range(&common.service_node_port_range)?;
     opts.token_auth_file = common.token_auth_file;
+    opts.service_account_issuer = common.service_account_issuer;
+    opts.service_account_signing_key_file = common.service_account_signing_key_file;
     opts.compaction_interval = Duration::from_secs(common.compaction_interval_seconds.max(1));
     opts.run_controllers = !common.disable_controllers;
     opts.run_scheduler = !common.disable_scheduler;
@@ -209,6 +285,86 @@ async fn run_until_signal(opts: ServerOptions) -> Result<()> {
     Ok(())
 }
 
+/// `up`: the control plane, then one agent joined to it with the server's own token.
+async fn run_cluster(opts: ServerOptions, node_name: String, max_pods: u32) -> Result<()> {
+    let data_dir = opts.data_dir.clone();
+    let server = Server::start(opts).await?;
+    let mut agent_opts = AgentOptions::new(server.url.clone(), node_name, data_dir.join("agent"));
+    agent_opts.join_token = Some(server.join_token.clone());
+    agent_opts.ca_cert = Some(data_dir.join("pki").join("ca.crt"));
+    agent_opts.max_pods = max_pods;
+    let agent = match Agent::start(agent_opts).await {
+        Ok(a) => a,
+        Err(e) => {
+            server.shutdown().await;
+            return Err(e.context("starting the node agent"));
+        }
+    };
+    eprintln!(
+        "wasmkube is serving at {}\n  kubectl --kubeconfig {} get nodes",
+        server.url,
+        server.kubeconfig.display()
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    agent.shutdown().await;
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn run_agent(a: AgentArgs) -> Result<()> {
+    let node_name = a.node_name.unwrap_or_else(host_name);
+    let mut opts = AgentOptions::new(a.server, node_name, a.data_dir);
+    opts.join_token = a.token;
+    opts.ca_cert = a.ca_cert;
+    opts.node_ip = a.node_ip;
+    opts.kubelet_port = a.kubelet_port;
+    opts.max_pods = a.max_pods;
+    opts.insecure_registries = a.insecure_registries;
+    for l in a.node_labels.iter().filter(|l| !l.is_empty()) {
+        let (k, v) = l
+            .split_once('=')
+            .with_context(|| format!("--node-labels {l:?}: expected key=value"))?;
+        opts.labels.insert(k.to_string(), v.to_string());
+    }
+    let agent = Agent::start(opts).await?;
+    eprintln!("wasmkube agent is up (HTTPS endpoint {})", agent.addr);
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    agent.shutdown().await;
+    Ok(())
+}
+
+async fn run_push(a: PushArgs) -> Result<()> {
+    let auth = match (a.username, a.password) {
+        (Some(username), Some(password)) => Some(RegistryAuth {
+            registry: String::new(),
+            username,
+            password,
+        }),
+        (None, None) => None,
+        _ => anyhow::bail!("--username and --password go together"),
+    };
+    let digest =
+        wasmkube_runtime::fetch::push(&a.file, &a.reference, auth.as_ref(), &a.insecure_registries)
+            .await
+            .with_context(|| format!("pushing {} to {}", a.file.display(), a.reference))?;
+    println!(
+        "{}@{digest}",
+        a.reference.split('@').next().unwrap_or(&a.reference)
+    );
+    Ok(())
+}
+
+/// The host name, lowercased, as the kubelet names its node by default.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_lowercase())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -246,8 +402,13 @@ fn main() -> std::process::ExitCode {
                 opts.etcd_servers = a.etcd_servers;
                 runtime()?.block_on(run_until_signal(opts))
             }),
-        Command::Up(a) => options(a.data_dir, a.bind_address, a.port, a.common)
-            .and_then(|opts| runtime()?.block_on(run_until_signal(opts))),
+        Command::Up(a) => {
+            let node_name = a.node_name.clone().unwrap_or_else(host_name);
+            options(a.data_dir, a.bind_address, a.port, a.common)
+                .and_then(|opts| runtime()?.block_on(run_cluster(opts, node_name, a.max_pods)))
+        }
+        Command::Agent(a) => runtime().and_then(|rt| rt.block_on(run_agent(a))),
+        Command::Push(a) => runtime().and_then(|rt| rt.block_on(run_push(a))),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

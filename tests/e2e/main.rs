@@ -8,6 +8,7 @@
 //! Run with `cargo test --test e2e -- --test-threads=4`. Needs `etcd` (etcd-server),
 //! `kubectl`, `curl` and, for the Python scenario, `pip install kubernetes`.
 
+mod agents;
 mod harness;
 mod hollow;
 
@@ -30,5 +31,7 @@ mod python_client;
 mod replicaset;
 mod restart;
 mod scheduler;
+mod serviceaccounts;
 mod tables;
+mod wasm_pods;
 mod watch;

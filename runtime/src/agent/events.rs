@@ -1,0 +1,160 @@
+//! Events the agent records on pods (Pulling, Pulled, Created, Started, Killing,
+//! BackOff, Failed …), as the kubelet does: source component `kubelet`, the node as
+//! host, and repeats of one event folded into its `count`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use chrono::{SecondsFormat, Utc};
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+/// Normal or Warning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+impl EventType {
+    fn as_str(self) -> &'static str {
+        match self {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        }
+    }
+}
+
+/// Folding cache entries beyond this are forgotten (the next repeat starts a new event).
+const MAX_REMEMBERED: usize = 4096;
+
+/// What identifies a repeat: (namespace, uid, fieldPath, reason, message).
+type EventKey = (String, String, String, String, String);
+
+/// Records Events; cheap to share.
+pub struct Recorder {
+    client: Client,
+    node: String,
+    /// Each event recorded → (its name, its count).
+    seen: Mutex<HashMap<EventKey, (String, i32)>>,
+}
+
+impl Recorder {
+    pub fn new(client: Client, node: &str) -> Recorder {
+        Recorder {
+            client,
+            node: node.to_string(),
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records an event about `pod` (and, with `container`, about that container). A
+    /// failure to record is logged, never returned: events are best effort.
+    pub async fn pod(
+        &self,
+        pod: &Pod,
+        container: Option<&str>,
+        kind: EventType,
+        reason: &str,
+        message: &str,
+    ) {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let field_path = container
+            .map(|c| {
+                let init = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.init_containers.as_ref())
+                    .is_some_and(|ics| ics.iter().any(|i| i.name == c));
+                if init {
+                    format!("spec.initContainers{{{c}}}")
+                } else {
+                    format!("spec.containers{{{c}}}")
+                }
+            })
+            .unwrap_or_default();
+        let key = (
+            ns.clone(),
+            uid.clone(),
+            field_path.clone(),
+            reason.to_string(),
+            message.to_string(),
+        );
+        let now = Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true);
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
+        let repeat = self.seen.lock().ok().and_then(|mut seen| {
+            let entry = seen.get_mut(&key)?;
+            entry.1 += 1;
+            Some(entry.clone())
+        });
+        if let Some((event_name, count)) = repeat {
+            let patch = json!({"count": count, "lastTimestamp": now});
+            match api
+                .patch(&event_name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => return,
+                // The event expired or was deleted: record it anew.
+                Err(e) => {
+                    tracing::debug!(error = %e, event = %event_name, "event repeat not recorded")
+                }
+            }
+        }
+        let event_name = format!(
+            "{name}.{:x}",
+            Utc::now().timestamp_nanos_opt().unwrap_or_default()
+        );
+        let mut involved = json!({
+            "kind": "Pod", "apiVersion": "v1", "namespace": ns, "name": name, "uid": uid,
+            "resourceVersion": pod.metadata.resource_version,
+        });
+        if !field_path.is_empty() {
+            involved["fieldPath"] = json!(field_path);
+        }
+        let event = json!({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": event_name, "namespace": ns},
+            "involvedObject": involved,
+            "reason": reason,
+            "message": message,
+            "type": kind.as_str(),
+            "source": {"component": "kubelet", "host": self.node},
+            "reportingComponent": "kubelet",
+            "reportingInstance": self.node,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        });
+        let event: Event = match serde_json::from_value(event) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "building an event");
+                return;
+            }
+        };
+        match api.create(&PostParams::default(), &event).await {
+            Ok(_) => {
+                if let Ok(mut seen) = self.seen.lock() {
+                    if seen.len() >= MAX_REMEMBERED {
+                        seen.clear();
+                    }
+                    seen.insert(key, (event_name, 1));
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, namespace = %ns, pod = %name, reason, "event not recorded")
+            }
+        }
+    }
+
+    /// Forgets the folding state of a pod that is gone.
+    pub fn forget(&self, uid: &str) {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.retain(|k, _| k.1 != uid);
+        }
+    }
+}

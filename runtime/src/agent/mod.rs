@@ -1,0 +1,187 @@
+//! The node agent: joins the cluster, registers and heartbeats its Node, serves its
+//! HTTPS endpoint (logs), and runs the pods bound to it.
+//!
+//! - [`bootstrap`]: the node's credentials, from the join token once, then from disk;
+//! - [`node`]: registration, capacity, Lease heartbeat;
+//! - [`pods`]: the watch on this node's pods and one worker per pod;
+//! - [`worker`]: a pod's state machine (fetch → volumes → init containers → containers
+//!   → running → terminating);
+//! - [`status`]: the `PodStatus` derived from what the worker knows;
+//! - [`events`]: Events on pods;
+//! - [`server`]: the HTTPS endpoint only the API server may call.
+//!
+//! Data directory layout: `kubeconfig` and `pki/` (credentials), `modules/` (fetched
+//! modules by digest), `compiled/` (compiled artifacts), `pods/<uid>/` (a pod's
+//! volumes), `logs/` (container logs, as the kubelet's /var/log/pods).
+
+pub mod bootstrap;
+pub mod events;
+pub mod node;
+pub mod pods;
+pub mod server;
+pub mod status;
+pub mod worker;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::fetch::{ModuleStore, StoreOptions};
+use crate::logs::{LogLimits, LogStore};
+use crate::wasm::{EngineOptions, WasmEngine};
+
+/// How the agent is set up (the `wasmkube agent` flags).
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// The API server URL (`https://host:port`).
+    pub server: String,
+    /// The cluster's join token; needed only until the node has its own credential.
+    pub join_token: Option<String>,
+    /// The cluster CA certificate, to verify the server while joining.
+    pub ca_cert: Option<PathBuf>,
+    pub node_name: String,
+    pub data_dir: PathBuf,
+    /// The node's address: published as InternalIP, and where the HTTPS endpoint listens.
+    pub node_ip: IpAddr,
+    /// The HTTPS endpoint's port (0 picks a free one).
+    pub kubelet_port: u16,
+    /// Pods the node takes (capacity `pods`); also sizes the instance pool.
+    pub max_pods: u32,
+    /// Extra node labels.
+    pub labels: BTreeMap<String, String>,
+    /// Registries reached over plain HTTP besides loopback ones.
+    pub insecure_registries: Vec<String>,
+}
+
+impl AgentOptions {
+    /// Defaults for everything but the server, the node name and the data directory.
+    pub fn new(server: String, node_name: String, data_dir: PathBuf) -> AgentOptions {
+        AgentOptions {
+            server,
+            join_token: None,
+            ca_cert: None,
+            node_name,
+            data_dir,
+            node_ip: IpAddr::from([127, 0, 0, 1]),
+            kubelet_port: 0,
+            max_pods: 1000,
+            labels: BTreeMap::new(),
+            insecure_registries: Vec::new(),
+        }
+    }
+}
+
+/// A running agent.
+pub struct Agent {
+    /// Where the HTTPS endpoint listens.
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Agent {
+    /// Joins (if needed), registers the node and starts serving and running pods.
+    pub async fn start(opts: AgentOptions) -> Result<Agent> {
+        // Every TLS user in the process (kube, reqwest, oci-client) shares one provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        std::fs::create_dir_all(&opts.data_dir)
+            .with_context(|| format!("creating {}", opts.data_dir.display()))?;
+        let creds = bootstrap::credentials(
+            &opts.data_dir,
+            &opts.server,
+            &opts.node_name,
+            &[opts.node_ip],
+            opts.join_token.as_deref(),
+            opts.ca_cert.as_deref(),
+        )
+        .await?;
+        let kubeconfig = kube::config::Kubeconfig::read_from(&creds.kubeconfig)
+            .context("reading the node kubeconfig")?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .context("loading the node kubeconfig")?;
+        let client = kube::Client::try_from(config).context("building the API client")?;
+
+        let listener = tokio::net::TcpListener::bind((opts.node_ip, opts.kubelet_port))
+            .await
+            .with_context(|| format!("binding {}:{}", opts.node_ip, opts.kubelet_port))?;
+        let addr = listener.local_addr()?;
+        let tls = server::tls_config(
+            &creds.ca_pem,
+            &creds.serving_cert_pem,
+            &creds.serving_key_pem,
+        )?;
+
+        let spec = node::NodeSpec {
+            name: opts.node_name.clone(),
+            ip: opts.node_ip,
+            kubelet_port: addr.port(),
+            max_pods: opts.max_pods,
+            labels: opts.labels.clone(),
+        };
+        node::register(&client, &spec)
+            .await
+            .with_context(|| format!("registering node {}", opts.node_name))?;
+
+        let engine = WasmEngine::new(EngineOptions {
+            cache_dir: opts.data_dir.join("compiled"),
+            max_instances: opts.max_pods.saturating_mul(2).max(16),
+            ..EngineOptions::default()
+        })
+        .context("setting up wasmtime")?;
+        let modules = ModuleStore::new(
+            opts.data_dir.join("modules"),
+            StoreOptions {
+                insecure_registries: opts.insecure_registries.clone(),
+                ..StoreOptions::default()
+            },
+        )
+        .context("setting up the module store")?;
+        let logs = Arc::new(LogStore::new(
+            opts.data_dir.join("logs"),
+            LogLimits::default(),
+        ));
+
+        let stop = CancellationToken::new();
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(node::heartbeat(
+            client.clone(),
+            spec.clone(),
+            stop.clone(),
+        )));
+        tasks.push(tokio::spawn(server::serve(
+            listener,
+            tls,
+            crate::logs::http::router(logs.clone()),
+            stop.clone(),
+        )));
+        let ctx = Arc::new(pods::Context {
+            client: client.clone(),
+            node_name: opts.node_name.clone(),
+            node_ip: opts.node_ip,
+            engine,
+            modules: Arc::new(modules),
+            logs,
+            recorder: Arc::new(events::Recorder::new(client, &opts.node_name)),
+            pods_dir: opts.data_dir.join("pods"),
+        });
+        tasks.push(tokio::spawn(pods::run(ctx, stop.clone())));
+        tracing::info!(node = %opts.node_name, %addr, "node agent is up");
+        Ok(Agent { addr, stop, tasks })
+    }
+
+    /// Stops every pod instance and the agent's tasks. Pods stay bound to the node: a
+    /// restarted agent runs them again.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    }
+}

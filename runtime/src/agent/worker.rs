@@ -1,0 +1,884 @@
+//! One pod's life on the node, as an explicit state machine:
+//!
+//! ```text
+//! Fetching ──> Volumes ──> Init(i) … ──> Running ──> Finished
+//!    │            │          │             │            │
+//!    └────────────┴──────────┴──── deletion requested ──┴──> Terminating ──> gone
+//! ```
+//!
+//! - **Fetching**: every container's module is fetched and compiled; a failure shows
+//!   as `ErrImagePull` then `ImagePullBackOff` and is retried with back-off.
+//! - **Volumes**: the pod's volumes are laid out; a failure (a missing ConfigMap …)
+//!   is a `FailedMount` event and a retry.
+//! - **Init(i)**: init containers run in order, each to completion.
+//! - **Running**: each container runs under its own loop that applies restartPolicy
+//!   with the kubelet's back-off (10 s doubling to 5 min, reset after 10 min of good
+//!   running), shown as `CrashLoopBackOff`.
+//! - **Finished**: restartPolicy ended every container (Succeeded or Failed); the pod
+//!   stays until deleted.
+//! - **Terminating**: instances are stopped (within the grace period), the pod's files
+//!   removed, then the agent completes the deletion in the API.
+//!
+//! Status is written through `pods/status` by a writer task whenever the state
+//! changes; Events are recorded along the way.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use k8s_openapi::api::core::v1::{Container, Pod, Secret};
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::Api;
+use serde_json::Value;
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::events::EventType;
+use super::pods::Context;
+use super::status::{ContainerState, PodState, RestartPolicy, Terminated};
+use crate::fetch::{Fetched, PullPolicy, RegistryAuth};
+use crate::volumes::PodVolumes;
+use crate::wasm::{Exit, Program, RunSpec};
+
+/// The first back-off after a failure, as the kubelet's.
+const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
+/// The longest back-off.
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// A container that ran this long without failing starts over at the initial back-off.
+const BACKOFF_RESET: Duration = Duration::from_secs(600);
+/// How often configMap/secret/downwardAPI/projected volumes are re-projected.
+const VOLUME_REFRESH: Duration = Duration::from_secs(5);
+
+/// Shared between the worker, its container loops and its status writer.
+struct Shared {
+    ctx: Arc<Context>,
+    state: Mutex<PodState>,
+    changed: Notify,
+    policy: RestartPolicy,
+    /// The current crash back-off per container.
+    backoffs: Mutex<HashMap<String, Duration>>,
+}
+
+impl Shared {
+    fn update(&self, f: impl FnOnce(&mut PodState)) {
+        if let Ok(mut s) = self.state.lock() {
+            f(&mut s);
+        }
+        self.changed.notify_one();
+    }
+}
+
+/// Runs a pod until it is gone from the API (`gone`), its deletion is complete, or the
+/// agent stops (`stop`, which stops instances but keeps the pod and its files).
+pub async fn run(
+    ctx: Arc<Context>,
+    mut pod_rx: watch::Receiver<Pod>,
+    gone: CancellationToken,
+    stop: CancellationToken,
+) {
+    let pod = pod_rx.borrow().clone();
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    // Deletion requested (deletionTimestamp) or the pod gone: both end the run phase.
+    let terminate = CancellationToken::new();
+    let watcher = {
+        let terminate = terminate.clone();
+        let gone = gone.clone();
+        let mut rx = pod_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                if rx.borrow().metadata.deletion_timestamp.is_some() {
+                    terminate.cancel();
+                    return;
+                }
+                tokio::select! {
+                    r = rx.changed() => if r.is_err() { return },
+                    _ = gone.cancelled() => { terminate.cancel(); return }
+                }
+            }
+        })
+    };
+
+    let terminal = matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded") | Some("Failed")
+    );
+    let pod_dir = ctx.pods_dir.join(&uid);
+    let host_ip = ctx.node_ip.to_string();
+    // Pods share the node's address until pod networking assigns their own.
+    let pod_ip = host_ip.clone();
+    let shared = Arc::new(Shared {
+        ctx: ctx.clone(),
+        state: Mutex::new(PodState::new(&pod, &host_ip, &pod_ip, Utc::now())),
+        changed: Notify::new(),
+        policy: RestartPolicy::of(&pod),
+        backoffs: Mutex::new(HashMap::new()),
+    });
+    let writer_stop = CancellationToken::new();
+    let writer = tokio::spawn(write_status(
+        shared.clone(),
+        pod.clone(),
+        writer_stop.clone(),
+    ));
+
+    if !terminal {
+        shared.changed.notify_one();
+        let run_cancel = CancellationToken::new();
+        tokio::select! {
+            _ = run_pod(&shared, &mut pod_rx, &pod_dir, run_cancel.clone()) => {}
+            _ = terminate.cancelled() => {}
+            _ = stop.cancelled() => {}
+        }
+        run_cancel.cancel();
+    }
+    // Finished pods wait here for their deletion.
+    tokio::select! {
+        _ = terminate.cancelled() => {}
+        _ = stop.cancelled() => {}
+    }
+    writer_stop.cancel();
+    let _ = writer.await;
+    watcher.abort();
+    if stop.is_cancelled() && !gone.is_cancelled() && !terminate.is_cancelled() {
+        return;
+    }
+    // Terminating: instances are stopped (run_pod's futures are dropped, which
+    // cancels them); now the files, then the API object.
+    let latest = pod_rx.borrow().clone();
+    if !terminal {
+        ctx.recorder
+            .pod(
+                &latest,
+                None,
+                EventType::Normal,
+                "Killing",
+                "Stopping the pod's containers",
+            )
+            .await;
+    }
+    if let Err(e) = crate::volumes::remove_pod_dir(&pod_dir) {
+        tracing::warn!(namespace = %ns, pod = %name, error = %e, "removing the pod's files");
+    }
+    if let Err(e) = ctx.logs.remove_pod(&uid) {
+        tracing::warn!(namespace = %ns, pod = %name, error = %e, "removing the pod's logs");
+    }
+    if gone.is_cancelled() {
+        return;
+    }
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let params = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(Preconditions {
+            uid: Some(uid.clone()),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(&name, &params).await {
+        Ok(_) => tracing::info!(namespace = %ns, pod = %name, "pod deleted"),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+        Err(e) => {
+            tracing::warn!(namespace = %ns, pod = %name, error = %e, "completing the pod's deletion")
+        }
+    }
+}
+
+/// Fetch → volumes → init containers → containers. Returns when every container has
+/// ended for good (the pod is Succeeded or Failed); cancelled from outside otherwise.
+async fn run_pod(
+    shared: &Arc<Shared>,
+    pod_rx: &mut watch::Receiver<Pod>,
+    pod_dir: &std::path::Path,
+    cancel: CancellationToken,
+) {
+    let ctx = &shared.ctx;
+    let pod = pod_rx.borrow().clone();
+    let spec = pod.spec.clone().unwrap_or_default();
+
+    // Fetching.
+    let all: Vec<Container> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .cloned()
+        .collect();
+    let mut programs: HashMap<String, Program> = HashMap::new();
+    for c in &all {
+        let program = fetch_with_backoff(shared, &pod, c).await;
+        programs.insert(c.name.clone(), program);
+    }
+
+    // Volumes.
+    let mut backoff = Backoff::new();
+    let volumes = loop {
+        match PodVolumes::prepare(&ctx.client, &pod, pod_dir).await {
+            Ok(v) => break v,
+            Err(e) => {
+                let message = format!("MountVolume.SetUp failed: {e}");
+                shared.update(|s| s.pod_problem = Some(("FailedMount".into(), message.clone())));
+                ctx.recorder
+                    .pod(&pod, None, EventType::Warning, "FailedMount", &message)
+                    .await;
+                tokio::time::sleep(backoff.next()).await;
+            }
+        }
+    };
+    shared.update(|s| s.pod_problem = None);
+    let volumes = Arc::new(volumes);
+    let refresher = {
+        let shared = shared.clone();
+        let volumes = volumes.clone();
+        let pod_rx = pod_rx.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(VOLUME_REFRESH) => {}
+                }
+                let pod = pod_rx.borrow().clone();
+                if let Err(e) = volumes.refresh(&shared.ctx.client, &pod).await {
+                    tracing::debug!(error = %e, "refreshing volumes");
+                }
+            }
+        })
+    };
+
+    // Init containers, in order, each to completion.
+    for (i, c) in spec.init_containers.iter().flatten().enumerate() {
+        let program = programs[&c.name].clone();
+        loop {
+            let exit_code = run_once(shared, &pod, c, &program, &volumes, &cancel).await;
+            match exit_code {
+                Some(0) => break,
+                None => return,
+                Some(code) => {
+                    if !shared.policy.restarts(code) {
+                        shared.update(|s| s.finished = true);
+                        refresher.abort();
+                        return;
+                    }
+                    let delay = backoff_for(shared, &c.name);
+                    let msg = format!(
+                        "back-off {} restarting failed container={} pod={}",
+                        human(delay),
+                        c.name,
+                        pod_ref(&pod)
+                    );
+                    shared.update(|s| {
+                        if let Some(r) = s.container_mut(&c.name) {
+                            r.waiting("CrashLoopBackOff", Some(msg.clone()));
+                        }
+                    });
+                    ctx.recorder
+                        .pod(
+                            &pod,
+                            Some(&c.name),
+                            EventType::Warning,
+                            "BackOff",
+                            &format!(
+                                "Back-off restarting failed container {} in pod {}",
+                                c.name,
+                                pod_ref(&pod)
+                            ),
+                        )
+                        .await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = cancel.cancelled() => return,
+                    }
+                    shared.update(|s| {
+                        if let Some(r) = s.container_mut(&c.name) {
+                            r.restart_count += 1;
+                        }
+                    });
+                }
+            }
+        }
+        let next = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .nth(i + 1)
+            .map(|n| n.name.clone());
+        shared.update(|s| {
+            if let Some(n) = next.as_deref().and_then(|n| s.container_mut(n)) {
+                n.waiting("ContainerCreating", None);
+            }
+        });
+    }
+    shared.update(|s| {
+        s.initialized = true;
+        for c in &mut s.containers {
+            if matches!(&c.state, ContainerState::Waiting { reason, .. } if reason == "PodInitializing")
+            {
+                c.waiting("ContainerCreating", None);
+            }
+        }
+    });
+
+    // Containers: each under its own restart loop.
+    let mut loops = tokio::task::JoinSet::new();
+    for c in spec.containers.iter().cloned() {
+        let shared = shared.clone();
+        let pod = pod.clone();
+        let program = programs[&c.name].clone();
+        let volumes = volumes.clone();
+        let cancel = cancel.clone();
+        loops.spawn(
+            async move { container_loop(&shared, &pod, &c, &program, &volumes, &cancel).await },
+        );
+    }
+    while loops.join_next().await.is_some() {}
+    refresher.abort();
+    if !cancel.is_cancelled() {
+        shared.update(|s| s.finished = true);
+    }
+}
+
+/// Runs a container again and again as restartPolicy says, until it should not run
+/// any more or `cancel`.
+async fn container_loop(
+    shared: &Arc<Shared>,
+    pod: &Pod,
+    c: &Container,
+    program: &Program,
+    volumes: &PodVolumes,
+    cancel: &CancellationToken,
+) {
+    loop {
+        let started = Instant::now();
+        let Some(code) = run_once(shared, pod, c, program, volumes, cancel).await else {
+            return;
+        };
+        if !shared.policy.restarts(code) {
+            return;
+        }
+        if started.elapsed() >= BACKOFF_RESET {
+            if let Ok(mut b) = shared.backoffs.lock() {
+                b.remove(&c.name);
+            }
+        }
+        let delay = backoff_for(shared, &c.name);
+        let pod_ref = pod_ref(pod);
+        let msg = format!(
+            "back-off {} restarting failed container={} pod={pod_ref}",
+            human(delay),
+            c.name
+        );
+        shared.update(|s| {
+            if let Some(r) = s.container_mut(&c.name) {
+                r.waiting("CrashLoopBackOff", Some(msg.clone()));
+            }
+        });
+        shared
+            .ctx
+            .recorder
+            .pod(
+                pod,
+                Some(&c.name),
+                EventType::Warning,
+                "BackOff",
+                &format!(
+                    "Back-off restarting failed container {} in pod {pod_ref}",
+                    c.name
+                ),
+            )
+            .await;
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = cancel.cancelled() => return,
+        }
+        shared.update(|s| {
+            if let Some(r) = s.container_mut(&c.name) {
+                r.restart_count += 1;
+            }
+        });
+    }
+}
+
+/// The next crash back-off for a container of this pod: 10 s, doubling to 5 min.
+fn backoff_for(shared: &Shared, container: &str) -> Duration {
+    let mut map = match shared.backoffs.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    let next = match map.get(container) {
+        None => BACKOFF_INITIAL,
+        Some(d) => (*d * 2).min(BACKOFF_MAX),
+    };
+    map.insert(container.to_string(), next);
+    next
+}
+
+/// Runs one instance of a container to its end. `None` when cancelled (the pod is
+/// terminating or the agent stopping); otherwise the exit code.
+async fn run_once(
+    shared: &Arc<Shared>,
+    pod: &Pod,
+    c: &Container,
+    program: &Program,
+    volumes: &PodVolumes,
+    cancel: &CancellationToken,
+) -> Option<i32> {
+    let ctx = &shared.ctx;
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    // The container's configuration: a problem here is CreateContainerConfigError,
+    // retried (the missing ConfigMap may appear).
+    let mut backoff = Backoff::new();
+    let (env, preopens) = loop {
+        let (host_ip, pod_ip) = shared
+            .state
+            .lock()
+            .map(|s| (s.host_ip.clone(), s.pod_ip.clone()))
+            .unwrap_or_default();
+        let facts = crate::env::NodeFacts {
+            node_name: ctx.node_name.clone(),
+            host_ip,
+            pod_ip,
+        };
+        let env = crate::env::container_env(&ctx.client, pod, c, &facts, &[]).await;
+        let result = env.map_err(|e| e.to_string()).and_then(|env| {
+            volumes
+                .preopens(c, &env)
+                .map(|p| (env, p))
+                .map_err(|e| e.to_string())
+        });
+        match result {
+            Ok(ok) => break ok,
+            Err(message) => {
+                shared.update(|s| {
+                    if let Some(r) = s.container_mut(&c.name) {
+                        r.waiting("CreateContainerConfigError", Some(message.clone()));
+                    }
+                });
+                ctx.recorder
+                    .pod(
+                        pod,
+                        Some(&c.name),
+                        EventType::Warning,
+                        "Failed",
+                        &format!("Error: {message}"),
+                    )
+                    .await;
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next()) => {}
+                    _ = cancel.cancelled() => return None,
+                }
+            }
+        }
+    };
+    let argv = argv(c, &env);
+    let restart = shared
+        .state
+        .lock()
+        .ok()
+        .and_then(|mut s| s.container_mut(&c.name).map(|r| r.restart_count))
+        .unwrap_or(0);
+    let log = match ctx
+        .logs
+        .open(&ns, &name, &uid, &c.name, restart.max(0) as u32)
+    {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(namespace = %ns, pod = %name, container = %c.name, error = %e, "opening the container log");
+            return Some(1);
+        }
+    };
+    let memory_limit = c
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.as_ref())
+        .and_then(|l| l.get("memory"))
+        .and_then(|q| parse_bytes(&q.0));
+    let spec = RunSpec {
+        argv,
+        env,
+        preopens,
+        stdout: log.stdout(),
+        stderr: log.stderr(),
+        stdin: None,
+        memory_limit,
+        network: true,
+    };
+    let started_at = Utc::now();
+    shared.update(|s| {
+        if let Some(r) = s.container_mut(&c.name) {
+            r.container_id = format!("wasmtime://{uid}/{}/{restart}", c.name);
+            r.running(started_at);
+            // Without a readiness probe a running container is ready.
+            r.ready = c.readiness_probe.is_none();
+        }
+    });
+    ctx.recorder
+        .pod(
+            pod,
+            Some(&c.name),
+            EventType::Normal,
+            "Created",
+            &format!("Created container {}", c.name),
+        )
+        .await;
+    ctx.recorder
+        .pod(
+            pod,
+            Some(&c.name),
+            EventType::Normal,
+            "Started",
+            &format!("Started container {}", c.name),
+        )
+        .await;
+    let exit = program.run(spec, cancel.child_token()).await;
+    drop(log);
+    let finished_at = Utc::now();
+    if exit == Exit::Cancelled {
+        return None;
+    }
+    // A trap is reported like a container killed by SIGABRT (134), running out of
+    // memory like the OOM killer's SIGKILL (137).
+    let (code, reason, message) = (
+        exit.exit_code(),
+        exit.reason(),
+        exit.message().map(str::to_string),
+    );
+    if cancel.is_cancelled() {
+        return None;
+    }
+    tracing::info!(namespace = %ns, pod = %name, container = %c.name, exit_code = code, reason, "container exited");
+    if let Some(m) = &message {
+        ctx.recorder
+            .pod(
+                pod,
+                Some(&c.name),
+                EventType::Warning,
+                "Failed",
+                &format!("Error: {m}"),
+            )
+            .await;
+    }
+    shared.update(|s| {
+        if let Some(r) = s.container_mut(&c.name) {
+            r.terminated(Terminated {
+                exit_code: code,
+                reason: reason.to_string(),
+                message: message.clone(),
+                started_at: Some(started_at),
+                finished_at,
+            });
+        }
+    });
+    Some(code)
+}
+
+/// A container's argv: `command` (or the container's name as argv[0]) then `args`,
+/// with `$(VAR)` references expanded as Kubernetes does.
+fn argv(c: &Container, env: &[(String, String)]) -> Vec<String> {
+    let mut argv: Vec<String> = match &c.command {
+        Some(cmd) if !cmd.is_empty() => cmd.iter().map(|s| crate::env::expand(s, env)).collect(),
+        _ => vec![c.name.clone()],
+    };
+    argv.extend(c.args.iter().flatten().map(|s| crate::env::expand(s, env)));
+    argv
+}
+
+/// Fetches and compiles a container's module, retrying with back-off until it works.
+async fn fetch_with_backoff(shared: &Arc<Shared>, pod: &Pod, c: &Container) -> Program {
+    let ctx = &shared.ctx;
+    let image = c.image.clone().unwrap_or_default();
+    let policy = PullPolicy::from_k8s(c.image_pull_policy.as_deref(), &image);
+    let mut backoff = Backoff::new();
+    loop {
+        let auths = pull_secrets(ctx, pod).await;
+        let result = fetch_and_load(ctx, pod, c, &image, policy, &auths).await;
+        match result {
+            Ok((fetched, program)) => {
+                shared.update(|s| {
+                    if let Some(r) = s.container_mut(&c.name) {
+                        r.image_id = fetched.image_id.clone();
+                    }
+                });
+                return program;
+            }
+            Err((reason, message)) => {
+                shared.update(|s| {
+                    if let Some(r) = s.container_mut(&c.name) {
+                        r.waiting(reason, Some(message.clone()));
+                    }
+                });
+                ctx.recorder
+                    .pod(pod, Some(&c.name), EventType::Warning, "Failed", &message)
+                    .await;
+                let delay = backoff.next();
+                if reason == "ErrImagePull" {
+                    let back = format!("Back-off pulling image {image:?}");
+                    shared.update(|s| {
+                        if let Some(r) = s.container_mut(&c.name) {
+                            r.waiting("ImagePullBackOff", Some(back.clone()));
+                        }
+                    });
+                    ctx.recorder
+                        .pod(pod, Some(&c.name), EventType::Normal, "BackOff", &back)
+                        .await;
+                }
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+async fn fetch_and_load(
+    ctx: &Context,
+    pod: &Pod,
+    c: &Container,
+    image: &str,
+    policy: PullPolicy,
+    auths: &[RegistryAuth],
+) -> Result<(Fetched, Program), (&'static str, String)> {
+    if policy != PullPolicy::Never {
+        ctx.recorder
+            .pod(
+                pod,
+                Some(&c.name),
+                EventType::Normal,
+                "Pulling",
+                &format!("Pulling image {image:?}"),
+            )
+            .await;
+    }
+    let started = Instant::now();
+    let fetched = ctx
+        .modules
+        .fetch(image, policy, auths)
+        .await
+        .map_err(|e| (e.reason(), format!("Failed to pull image {image:?}: {e}")))?;
+    let pulled_msg = if fetched.pulled {
+        format!(
+            "Successfully pulled image {image:?} in {:?}. Image size: {} bytes.",
+            started.elapsed(),
+            fetched.size
+        )
+    } else {
+        format!("Container image {image:?} already present on machine")
+    };
+    ctx.recorder
+        .pod(pod, Some(&c.name), EventType::Normal, "Pulled", &pulled_msg)
+        .await;
+    let program = ctx
+        .engine
+        .load(&fetched.digest, &fetched.path)
+        .await
+        .map_err(|e| ("CreateContainerError", format!("Error: {e}")))?;
+    Ok((fetched, program))
+}
+
+/// Registry credentials from the pod's imagePullSecrets (missing ones are skipped, as
+/// the kubelet does).
+async fn pull_secrets(ctx: &Context, pod: &Pod) -> Vec<RegistryAuth> {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut auths = Vec::new();
+    let refs = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.image_pull_secrets.clone())
+        .unwrap_or_default();
+    for r in refs {
+        let Ok(Some(secret)) = api.get_opt(&r.name).await else {
+            continue;
+        };
+        let data = secret.data.unwrap_or_default();
+        let Some(bytes) = data
+            .get(".dockerconfigjson")
+            .or_else(|| data.get(".dockercfg"))
+        else {
+            continue;
+        };
+        match crate::fetch::auths_from_docker_config(&bytes.0) {
+            Ok(a) => auths.extend(a),
+            Err(e) => tracing::warn!(secret = %r.name, error = %e, "unreadable imagePullSecret"),
+        }
+    }
+    auths
+}
+
+/// Writes the pod's status whenever it changes, keeping each condition's
+/// lastTransitionTime until its status really changes.
+async fn write_status(shared: Arc<Shared>, pod: Pod, stop: CancellationToken) {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(shared.ctx.client.clone(), &ns);
+    let mut last: Option<Value> = None;
+    let mut transitions: HashMap<String, (String, Value)> = HashMap::new();
+    if let Some(conds) = pod.status.as_ref().and_then(|s| s.conditions.as_ref()) {
+        for c in conds {
+            if let Some(t) = &c.last_transition_time {
+                transitions.insert(
+                    c.type_.clone(),
+                    (
+                        c.status.clone(),
+                        serde_json::to_value(t).unwrap_or(Value::Null),
+                    ),
+                );
+            }
+        }
+    }
+    let mut backoff = Backoff::new();
+    loop {
+        let stopping = tokio::select! {
+            _ = shared.changed.notified() => false,
+            _ = stop.cancelled() => true,
+        };
+        let mut status = match shared.state.lock() {
+            Ok(s) => s.to_status(shared.policy, Utc::now()),
+            Err(_) => return,
+        };
+        if let Some(conds) = status["conditions"].as_array_mut() {
+            for c in conds {
+                let type_ = c["type"].as_str().unwrap_or_default().to_string();
+                let st = c["status"].as_str().unwrap_or_default().to_string();
+                match transitions.get(&type_) {
+                    Some((old, t)) if *old == st => c["lastTransitionTime"] = t.clone(),
+                    _ => {
+                        transitions.insert(type_, (st, c["lastTransitionTime"].clone()));
+                    }
+                }
+            }
+        }
+        if last.as_ref() != Some(&status) {
+            let patch = serde_json::json!({"status": status});
+            match api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    last = Some(status);
+                    backoff = Backoff::new();
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 => return,
+                Err(e) => {
+                    tracing::warn!(namespace = %ns, pod = %name, error = %e, "writing the pod status");
+                    // Try again: the state is re-read then.
+                    shared.changed.notify_one();
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff.next_short()) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// Back-off for retries: 10 s doubling to 5 min.
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff {
+            next: BACKOFF_INITIAL,
+        }
+    }
+
+    fn next(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        d
+    }
+
+    /// For API write retries: 100 ms doubling to 5 s.
+    fn next_short(&mut self) -> Duration {
+        self.next(); // keep the doubling
+        (self.next / 100).clamp(Duration::from_millis(100), Duration::from_secs(5))
+    }
+}
+
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 60 && s.is_multiple_of(60) {
+        format!("{}m0s", s / 60)
+    } else if s >= 60 {
+        format!("{}m{}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+fn pod_ref(pod: &Pod) -> String {
+    format!(
+        "{}_{}({})",
+        pod.metadata.name.as_deref().unwrap_or_default(),
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.uid.as_deref().unwrap_or_default()
+    )
+}
+
+/// A memory quantity in bytes (`64Mi`, `1G`, `1000000`).
+fn parse_bytes(q: &str) -> Option<u64> {
+    let q = q.trim();
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
+    let (num, suffix) = q.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let mult: f64 = match suffix {
+        "" => 1.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024f64.powi(4),
+        "m" => 1e-3,
+        _ => return None,
+    };
+    Some((n * mult).ceil() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn back_off_doubles_to_five_minutes() {
+        let mut b = Backoff::new();
+        let seq: Vec<u64> = (0..7).map(|_| b.next().as_secs()).collect();
+        assert_eq!(seq, vec![10, 20, 40, 80, 160, 300, 300]);
+        assert_eq!(human(Duration::from_secs(300)), "5m0s");
+        assert_eq!(human(Duration::from_secs(20)), "20s");
+    }
+
+    #[test]
+    fn memory_quantities_parse_to_bytes() {
+        assert_eq!(parse_bytes("64Mi"), Some(64 << 20));
+        assert_eq!(parse_bytes("1G"), Some(1_000_000_000));
+        assert_eq!(parse_bytes("1500"), Some(1500));
+        assert_eq!(parse_bytes("lots"), None);
+    }
+
+    #[test]
+    fn argv_is_command_then_args_with_expansion() {
+        let c: Container = serde_json::from_value(serde_json::json!({
+            "name": "app", "args": ["--name", "$(WHO)"]
+        }))
+        .unwrap();
+        let env = vec![("WHO".to_string(), "world".to_string())];
+        assert_eq!(argv(&c, &env), vec!["app", "--name", "world"]);
+        let c: Container = serde_json::from_value(serde_json::json!({
+            "name": "app", "command": ["tool", "x"], "args": ["y"]
+        }))
+        .unwrap();
+        assert_eq!(argv(&c, &env), vec!["tool", "x", "y"]);
+    }
+}

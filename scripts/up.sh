@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 
 bash scripts/deps.sh
 cargo build --bin wasmkube
+# The sample modules; the manifests name them under /opt/wasmkube/samples, which needs
+# root to write, so the demo is applied with the paths of the fresh build instead.
+WASMKUBE_SAMPLES_INSTALL= bash scripts/build-samples.sh >/dev/null
+samples="$(pwd)/samples/target/modules"
 
 DATA_DIR=${DATA_DIR:-$HOME/.wasmkube}
 mkdir -p "$DATA_DIR"
@@ -23,8 +27,9 @@ done
 [ -f "$DATA_DIR/kubeconfig" ] || { echo "wasmkube did not come up; see $DATA_DIR/wasmkube.log" >&2; exit 1; }
 
 export KUBECONFIG="$DATA_DIR/kubeconfig"
-kubectl apply -f samples/demo/demo.yaml
-kubectl get namespaces
+sed "s|file:///opt/wasmkube/samples/|file://$samples/|" samples/demo/demo.yaml | kubectl apply -f -
+kubectl get nodes
+kubectl -n demo rollout status deployment/echo --timeout=60s || true
 kubectl -n demo get all,configmaps
 echo
 echo "The cluster is running. In another shell:"

@@ -27,6 +27,7 @@ mod modify;
 mod namespaces;
 mod nodes;
 mod operations;
+mod pod_network;
 mod python_client;
 mod replicaset;
 mod restart;

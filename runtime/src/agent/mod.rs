@@ -17,6 +17,7 @@
 pub mod bootstrap;
 pub mod events;
 pub mod node;
+pub mod podnet;
 pub mod pods;
 pub mod server;
 pub mod status;

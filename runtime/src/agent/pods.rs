@@ -50,6 +50,8 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
     let api: Api<Pod> = Api::all(ctx.client.clone());
     let config = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.node_name));
     let mut stream = watcher(api, config).boxed();
+    // Pod IPs, set up when the first worker needs one.
+    let pod_net = Arc::new(super::podnet::NodePodNet::new());
     let mut workers: HashMap<String, Worker> = HashMap::new();
     // uids seen during the current (re)list, to find pods deleted meanwhile.
     let mut listing: Option<HashSet<String>> = None;
@@ -65,7 +67,7 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
                 if let (Some(uids), Some(uid)) = (listing.as_mut(), pod.metadata.uid.clone()) {
                     uids.insert(uid);
                 }
-                apply(&ctx, &mut workers, pod, &stop);
+                apply(&ctx, &pod_net, &mut workers, pod, &stop);
             }
             Ok(watcher::Event::InitDone) => {
                 let live = listing.take().unwrap_or_default();
@@ -81,7 +83,7 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
                 }
                 remove_orphan_dirs(&ctx, &live);
             }
-            Ok(watcher::Event::Apply(pod)) => apply(&ctx, &mut workers, pod, &stop),
+            Ok(watcher::Event::Apply(pod)) => apply(&ctx, &pod_net, &mut workers, pod, &stop),
             Ok(watcher::Event::Delete(pod)) => {
                 if let Some(uid) = pod.metadata.uid.as_deref() {
                     if let Some(w) = workers.remove(uid) {
@@ -105,6 +107,7 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
 
 fn apply(
     ctx: &Arc<Context>,
+    pod_net: &Arc<super::podnet::NodePodNet>,
     workers: &mut HashMap<String, Worker>,
     pod: Pod,
     stop: &CancellationToken,
@@ -122,6 +125,7 @@ fn apply(
     let gone = CancellationToken::new();
     let task = tokio::spawn(super::worker::run(
         ctx.clone(),
+        pod_net.clone(),
         rx,
         gone.clone(),
         stop.clone(),

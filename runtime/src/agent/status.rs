@@ -473,6 +473,7 @@ mod tests {
     #[test]
     fn crash_loop_shows_last_state_and_restart_count() {
         let mut s = PodState::new(&pod("Always", false), "h", "p", Utc::now());
+        s.container_mut("b").unwrap().running(Utc::now());
         let a = s.container_mut("a").unwrap();
         a.running(Utc::now());
         a.terminated(exit(3));

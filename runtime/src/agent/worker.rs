@@ -73,6 +73,7 @@ impl Shared {
 /// agent stops (`stop`, which stops instances but keeps the pod and its files).
 pub async fn run(
     ctx: Arc<Context>,
+    pod_net: Arc<super::podnet::NodePodNet>,
     mut pod_rx: watch::Receiver<Pod>,
     gone: CancellationToken,
     stop: CancellationToken,
@@ -94,7 +95,9 @@ pub async fn run(
                     return;
                 }
                 tokio::select! {
-                    r = rx.changed() => if r.is_err() { return },
+                    // The sender goes when the worker is dropped: on deletion `gone` was
+                    // cancelled first (a race with the arm below), at shutdown it was not.
+                    r = rx.changed() => if r.is_err() { if gone.is_cancelled() { terminate.cancel() } return },
                     _ = gone.cancelled() => { terminate.cancel(); return }
                 }
             }
@@ -107,8 +110,25 @@ pub async fn run(
     );
     let pod_dir = ctx.pods_dir.join(&uid);
     let host_ip = ctx.node_ip.to_string();
-    // Pods share the node's address until pod networking assigns their own.
-    let pod_ip = host_ip.clone();
+    let recorded_ip = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.as_deref())
+        .and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
+    let pod_ip = if terminal {
+        // A finished pod runs nothing: it keeps showing the address it had.
+        recorded_ip.map(|ip| ip.to_string()).unwrap_or_default()
+    } else {
+        let net = pod_net.get(&ctx.client, &ctx.node_name).await;
+        match net.claim(&uid, recorded_ip) {
+            Ok(ip) => ip.to_string(),
+            Err(e) => {
+                // Better a pod on the node's address than no pod at all.
+                tracing::warn!(namespace = %ns, pod = %name, error = %e, "no pod IP; the pod shares the node's address");
+                host_ip.clone()
+            }
+        }
+    };
     let shared = Arc::new(Shared {
         ctx: ctx.clone(),
         state: Mutex::new(PodState::new(&pod, &host_ip, &pod_ip, Utc::now())),
@@ -144,6 +164,8 @@ pub async fn run(
     if stop.is_cancelled() && !gone.is_cancelled() && !terminate.is_cancelled() {
         return;
     }
+    // The pod is going away: its address may go to another pod.
+    pod_net.get(&ctx.client, &ctx.node_name).await.release(&uid);
     // Terminating: instances are stopped (run_pod's futures are dropped, which
     // cancels them); now the files, then the API object.
     let latest = pod_rx.borrow().clone();
@@ -496,6 +518,13 @@ async fn run_once(
         .and_then(|r| r.limits.as_ref())
         .and_then(|l| l.get("memory"))
         .and_then(|q| parse_bytes(&q.0));
+    // The node's own address means the pod got none of its own (see `run`).
+    let pod_ip = shared
+        .state
+        .lock()
+        .ok()
+        .and_then(|s| s.pod_ip.parse::<std::net::IpAddr>().ok())
+        .filter(|ip| *ip != ctx.node_ip);
     let spec = RunSpec {
         argv,
         env,
@@ -505,6 +534,7 @@ async fn run_once(
         stdin: None,
         memory_limit,
         network: true,
+        pod_ip,
     };
     let started_at = Utc::now();
     shared.update(|s| {
@@ -575,15 +605,36 @@ async fn run_once(
     Some(code)
 }
 
-/// A container's argv: `command` (or the container's name as argv[0]) then `args`,
-/// with `$(VAR)` references expanded as Kubernetes does.
+/// A container's argv: `command` (or the module's name as argv[0], as a container's
+/// entrypoint is its program) then `args`, with `$(VAR)` references expanded as
+/// Kubernetes does. Not the container's name: a program may act on its argv[0] (the
+/// samples run their built-in `echo` or `cat` when called so).
 fn argv(c: &Container, env: &[(String, String)]) -> Vec<String> {
     let mut argv: Vec<String> = match &c.command {
         Some(cmd) if !cmd.is_empty() => cmd.iter().map(|s| crate::env::expand(s, env)).collect(),
-        _ => vec![c.name.clone()],
+        _ => vec![module_name(c.image.as_deref().unwrap_or_default(), &c.name)],
     };
     argv.extend(c.args.iter().flatten().map(|s| crate::env::expand(s, env)));
     argv
+}
+
+/// The program name an image stands for: the last path segment without digest, tag
+/// or `.wasm` (`file:///opt/m/http-echo.wasm` and `reg:5000/x/http-echo:v1` both give
+/// `http-echo`).
+fn module_name(image: &str, fallback: &str) -> String {
+    let without_digest = image.split('@').next().unwrap_or(image);
+    let last = without_digest.rsplit('/').next().unwrap_or(without_digest);
+    let last = if image.contains("://") {
+        last
+    } else {
+        last.split(':').next().unwrap_or(last)
+    };
+    let name = last.strip_suffix(".wasm").unwrap_or(last);
+    if name.is_empty() {
+        fallback.to_string()
+    } else {
+        name.to_string()
+    }
 }
 
 /// Fetches and compiles a container's module, retrying with back-off until it works.
@@ -868,6 +919,20 @@ mod tests {
     }
 
     #[test]
+    fn module_names_come_from_images() {
+        for (image, want) in [
+            ("file:///opt/m/http-echo.wasm", "http-echo"),
+            ("https://h:8443/x/hello.wasm@sha256:abcd", "hello"),
+            ("127.0.0.1:5000/samples/hello:v1", "hello"),
+            ("127.0.0.1:5000/samples/hello@sha256:abcd", "hello"),
+            ("ghcr.io/org/app", "app"),
+            ("", "fallback"),
+        ] {
+            assert_eq!(module_name(image, "fallback"), want, "{image}");
+        }
+    }
+
+    #[test]
     fn argv_is_command_then_args_with_expansion() {
         let c: Container = serde_json::from_value(serde_json::json!({
             "name": "app", "args": ["--name", "$(WHO)"]
@@ -875,6 +940,11 @@ mod tests {
         .unwrap();
         let env = vec![("WHO".to_string(), "world".to_string())];
         assert_eq!(argv(&c, &env), vec!["app", "--name", "world"]);
+        let c: Container = serde_json::from_value(serde_json::json!({
+            "name": "echo", "image": "file:///opt/m/http-echo.wasm", "args": ["-v"]
+        }))
+        .unwrap();
+        assert_eq!(argv(&c, &env), vec!["http-echo", "-v"]);
         let c: Container = serde_json::from_value(serde_json::json!({
             "name": "app", "command": ["tool", "x"], "args": ["y"]
         }))

@@ -204,6 +204,8 @@ impl WasmEngine {
         let mut p2_linker = ComponentLinker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut p2_linker)
             .map_err(|e| WasmError::Engine(format!("{e:#}")))?;
+        super::net::shadow_socket_functions(&mut p2_linker)
+            .map_err(|e| WasmError::Engine(format!("{e:#}")))?;
 
         let cache = ArtifactCache::open(&options.cache_dir, &engine)?;
         spawn_ticker(&engine, options.epoch_tick.max(Duration::from_millis(1)));

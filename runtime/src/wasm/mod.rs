@@ -13,6 +13,9 @@
 //! - `limits.rs`: the per-instance memory limiter that tells an out-of-memory death from
 //!   any other trap;
 //! - `stdio.rs`: guest stdout/stderr delivered to an [`OutputSink`].
+//! - `net.rs`: pod IPs for preview 2 guests — wasmtime-wasi's `start-bind` and
+//!   `start-connect` shadowed so that binds to `0.0.0.0`/`127.0.0.1` land on
+//!   [`RunSpec::pod_ip`], and the socket policy that goes with it.
 //!
 //! # Usage
 //!
@@ -37,6 +40,7 @@
 mod cache;
 mod engine;
 mod limits;
+mod net;
 mod program;
 mod stdio;
 

@@ -6,6 +6,7 @@
 //! pool), and runs the command to its end, to a trap, or until cancelled.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -82,6 +83,11 @@ pub struct RunSpec {
     /// Allow TCP, UDP and name lookup to any address (finer policy comes with the pod
     /// network); `false` denies all sockets.
     pub network: bool,
+    /// The pod's own address. With it (and `network`), a preview 2 guest's binds to
+    /// `0.0.0.0` or `127.0.0.1` land on this address, binds elsewhere are refused, and
+    /// connects reach loopback addresses only; `None` leaves the network as `network`
+    /// says.
+    pub pod_ip: Option<IpAddr>,
 }
 
 impl RunSpec {
@@ -101,6 +107,7 @@ impl RunSpec {
             stdin: None,
             memory_limit: None,
             network: false,
+            pod_ip: None,
         }
     }
 }
@@ -115,6 +122,7 @@ impl fmt::Debug for RunSpec {
             .field("stdin", &self.stdin.is_some())
             .field("memory_limit", &self.memory_limit)
             .field("network", &self.network)
+            .field("pod_ip", &self.pod_ip)
             .finish()
     }
 }
@@ -181,6 +189,8 @@ pub(crate) struct P2State {
     ctx: WasiCtx,
     table: ResourceTable,
     limiter: MemoryLimiter,
+    /// Where this instance's binds land (see `net.rs`).
+    pub(crate) pod_ip: Option<IpAddr>,
 }
 
 impl WasiView for P2State {
@@ -243,6 +253,7 @@ impl Program {
         let started = Instant::now();
         let digest = self.inner.digest.as_str();
         let limit = self.memory_limit(spec.memory_limit);
+        let pod_ip = spec.pod_ip.filter(|_| spec.network);
         let builder = match wasi_builder(spec) {
             Ok(builder) => builder,
             Err(message) => {
@@ -254,7 +265,7 @@ impl Program {
             match &self.inner.pre {
                 Pre::Core(pre) => self.run_core(pre, builder, limit, &cancel, started).await,
                 Pre::Component(pre) => {
-                    self.run_component(pre, builder, limit, &cancel, started)
+                    self.run_component(pre, builder, pod_ip, limit, &cancel, started)
                         .await
                 }
             }
@@ -306,6 +317,7 @@ impl Program {
         &self,
         pre: &CommandPre<P2State>,
         mut builder: WasiCtxBuilder,
+        pod_ip: Option<IpAddr>,
         limit: u64,
         cancel: &CancellationToken,
         started: Instant,
@@ -314,6 +326,7 @@ impl Program {
             ctx: builder.build(),
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(Some(limit)),
+            pod_ip,
         };
         let mut store = self.store(state, cancel);
         let result = async {
@@ -377,6 +390,7 @@ fn wasi_builder(spec: RunSpec) -> Result<WasiCtxBuilder, String> {
         stdin,
         memory_limit: _,
         network,
+        pod_ip,
     } = spec;
     let mut builder = WasiCtxBuilder::new();
     builder
@@ -409,6 +423,15 @@ fn wasi_builder(spec: RunSpec) -> Result<WasiCtxBuilder, String> {
             .allow_udp(true)
             .allow_ip_name_lookup(true)
             .inherit_network();
+        if let Some(pod_ip) = pod_ip {
+            builder.socket_addr_check(move |addr, use_| {
+                let ok = super::net::allowed(pod_ip, addr, use_);
+                if !ok {
+                    tracing::debug!(%pod_ip, %addr, ?use_, "socket operation denied");
+                }
+                Box::pin(std::future::ready(ok))
+            });
+        }
     } else {
         builder
             .allow_tcp(false)

@@ -802,6 +802,16 @@ fn main() {
             Ok(_) => println!("bind ok"),
             Err(e) => println!("bind failed: {:?}", e.kind()),
         },
+        Some("serve") => {
+            let listener = std::net::TcpListener::bind(args[2].as_str()).expect("bind");
+            println!("listening on {}", listener.local_addr().expect("local_addr"));
+            let (mut conn, peer) = listener.accept().expect("accept");
+            write!(conn, "served on {} to {peer}", listener.local_addr().unwrap()).expect("write");
+        }
+        Some("connect") => match std::net::TcpStream::connect(args[2].as_str()) {
+            Ok(s) => println!("connected from {}", s.local_addr().expect("local_addr")),
+            Err(e) => println!("connect failed: {:?}", e.kind()),
+        },
         _ => {}
     }
 }
@@ -1132,4 +1142,100 @@ async fn the_sample_modules_behave_as_documented() {
     cancel.cancel();
     assert_eq!(task.await.unwrap(), Exit::Cancelled);
     assert!(cancelled_at.elapsed() < Duration::from_secs(1));
+}
+
+/// A pod IP: the guest's bind to 0.0.0.0 lands on it, binds elsewhere and connects
+/// outside loopback are refused inside the guest, and outgoing connections come from it.
+#[tokio::test]
+async fn binds_land_on_the_pod_ip() {
+    use std::io::Read as _;
+    let guests = rust_guests();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine_in(dir.path());
+    let program = engine.load("sha256:rust-p2", &guests.p2).await.unwrap();
+    let pod_ip: std::net::IpAddr = "127.131.7.9".parse().unwrap();
+    // A free port on the pod IP.
+    let port = std::net::TcpListener::bind((pod_ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+
+    let mut run = run_spec(&["net", "serve", &format!("0.0.0.0:{port}")]);
+    run.spec.network = true;
+    run.spec.pod_ip = Some(pod_ip);
+    let stdout = run.stdout.clone();
+    let stderr = run.stderr.clone();
+    let server = tokio::spawn({
+        let program = program.clone();
+        async move { program.run(run.spec, CancellationToken::new()).await }
+    });
+    wait_for("the guest to listen", Duration::from_secs(20), || {
+        stdout.text().contains("listening")
+    })
+    .await;
+    assert!(
+        stdout
+            .text()
+            .contains(&format!("listening on {pod_ip}:{port}")),
+        "{} {}",
+        stdout.text(),
+        stderr.text()
+    );
+    let reply = tokio::task::spawn_blocking(move || {
+        let mut conn = std::net::TcpStream::connect((pod_ip, port)).unwrap();
+        let mut reply = String::new();
+        conn.read_to_string(&mut reply).unwrap();
+        reply
+    })
+    .await
+    .unwrap();
+    assert!(
+        reply.starts_with(&format!("served on {pod_ip}:{port}")),
+        "{reply}"
+    );
+    assert_eq!(server.await.unwrap(), Exit::Exited(0));
+
+    // Elsewhere than the pod IP: refused, as a permission error inside the guest.
+    let mut run = run_spec(&["net", "serve", "127.0.0.2:0"]);
+    run.spec.network = true;
+    run.spec.pod_ip = Some(pod_ip);
+    let exit = program.run(run.spec, CancellationToken::new()).await;
+    assert_ne!(exit, Exit::Exited(0));
+    assert!(
+        run.stderr.text().contains("PermissionDenied") || run.stderr.text().contains("ermission"),
+        "{}",
+        run.stderr.text()
+    );
+
+    // Connects: from the pod IP to loopback; nowhere else.
+    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut run = run_spec(&["net", "connect", &target.local_addr().unwrap().to_string()]);
+    run.spec.network = true;
+    run.spec.pod_ip = Some(pod_ip);
+    assert_eq!(
+        program.run(run.spec, CancellationToken::new()).await,
+        Exit::Exited(0)
+    );
+    assert!(
+        run.stdout
+            .text()
+            .contains(&format!("connected from {pod_ip}:")),
+        "{}",
+        run.stdout.text()
+    );
+    let mut run = run_spec(&["net", "connect", "192.0.2.1:80"]);
+    run.spec.network = true;
+    run.spec.pod_ip = Some(pod_ip);
+    assert_eq!(
+        program.run(run.spec, CancellationToken::new()).await,
+        Exit::Exited(0)
+    );
+    assert!(
+        run.stdout
+            .text()
+            .contains("connect failed: PermissionDenied"),
+        "{}",
+        run.stdout.text()
+    );
 }

@@ -1,0 +1,139 @@
+//! Issue 6's pod network: each pod gets an address of its own from the node's podCIDR,
+//! and a module binding `0.0.0.0:8080` serves on that address, so two pods on one node
+//! both serve 8080.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::agents::{sample_image, up_node};
+use crate::harness::{eventually, Cluster, DEADLINE};
+
+fn echo_pod(name: &str, node: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+spec:
+  nodeName: {node}
+  # Not `echo`: argv[0] is the container name, and http-echo's toolbox would run its
+  # `echo` tool instead of the server.
+  containers:
+  - name: web
+    image: {image}
+    env:
+    - name: POD_NAME
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.name
+"#,
+        image = sample_image("http-echo")
+    )
+}
+
+/// `a.b.c.d/n` → (network, prefix).
+fn parse_cidr(cidr: &str) -> (Ipv4Addr, u32) {
+    let (ip, prefix) = cidr.split_once('/').expect("a CIDR");
+    (
+        ip.parse().expect("an IPv4 network"),
+        prefix.parse().expect("a prefix"),
+    )
+}
+
+fn in_cidr(ip: Ipv4Addr, (net, prefix): (Ipv4Addr, u32)) -> bool {
+    let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
+    u32::from(ip) & mask == u32::from(net) & mask
+}
+
+/// One HTTP/1.0 GET of `/` at `ip:8080`; the whole response.
+async fn http_get(ip: IpAddr) -> Result<String, String> {
+    let get = async {
+        let mut stream = tokio::net::TcpStream::connect((ip, 8080))
+            .await
+            .map_err(|e| format!("connect {ip}:8080: {e}"))?;
+        stream
+            .write_all(b"GET / HTTP/1.0\r\nHost: test\r\nConnection: close\r\n\r\n")
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut response = Vec::new();
+        stream
+            .read_to_end(&mut response)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        Ok(String::from_utf8_lossy(&response).into_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(5), get)
+        .await
+        .map_err(|_| format!("GET {ip}:8080 timed out"))?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_echo_pods_serve_port_8080_on_their_own_ips() {
+    let cluster = Cluster::builder().up().start().await;
+    let node = up_node(&cluster).await;
+    let cidr = eventually("the node to get a podCIDR", DEADLINE, async || {
+        let n = cluster.get_json(&["node", &node]).await;
+        n["spec"]["podCIDR"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| format!("spec: {}", n["spec"]))
+    })
+    .await;
+    let range = parse_cidr(&cidr);
+
+    for name in ["echo-a", "echo-b"] {
+        cluster.create_stdin(&echo_pod(name, &node)).await;
+    }
+    let mut ips = Vec::new();
+    for name in ["echo-a", "echo-b"] {
+        let pod: Value = eventually(&format!("{name} to run"), DEADLINE, async || {
+            let pod = cluster.get_json(&["pod", name]).await;
+            let running = pod["status"]["phase"] == "Running"
+                && pod["status"]["containerStatuses"][0]["state"]["running"].is_object();
+            if running {
+                Ok(pod)
+            } else {
+                Err(format!("status: {}", pod["status"]))
+            }
+        })
+        .await;
+        let ip: Ipv4Addr = pod["status"]["podIP"]
+            .as_str()
+            .and_then(|ip| ip.parse().ok())
+            .unwrap_or_else(|| panic!("{name} has no IPv4 podIP: {}", pod["status"]));
+        assert!(in_cidr(ip, range), "{name}'s IP {ip} is outside {cidr}");
+        assert_eq!(pod["status"]["podIPs"][0]["ip"], ip.to_string());
+        assert_ne!(pod["status"]["hostIP"], ip.to_string());
+        ips.push((name, ip));
+    }
+    assert_ne!(ips[0].1, ips[1].1, "both pods got the same IP");
+
+    for (name, ip) in ips {
+        let response = eventually(
+            &format!("{name} to answer on {ip}:8080"),
+            DEADLINE,
+            async || {
+                let response = http_get(IpAddr::V4(ip)).await?;
+                if response.starts_with("HTTP/1.") {
+                    Ok(response)
+                } else {
+                    Err(format!("response: {response:?}"))
+                }
+            },
+        )
+        .await;
+        assert!(response.contains(" 200 "), "{response}");
+        assert!(
+            response.contains(name),
+            "{ip} did not answer as {name}: {response}"
+        );
+        let other = if name == "echo-a" { "echo-b" } else { "echo-a" };
+        assert!(
+            !response.contains(other),
+            "{ip} answered as {other}: {response}"
+        );
+    }
+}

@@ -3,7 +3,7 @@
 //! host, and repeats of one event folded into its `count`.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use chrono::{SecondsFormat, Utc};
 use k8s_openapi::api::core::v1::{Event, Pod};
@@ -50,9 +50,31 @@ impl Recorder {
         }
     }
 
-    /// Records an event about `pod` (and, with `container`, about that container). A
-    /// failure to record is logged, never returned: events are best effort.
-    pub async fn pod(
+    /// Records an event about `pod` (and, with `container`, about that container) in the
+    /// background, as the kubelet's event broadcaster does: a pod's start does not wait
+    /// for its events. A failure to record is logged, never returned.
+    pub fn pod(
+        self: &Arc<Self>,
+        pod: &Pod,
+        container: Option<&str>,
+        kind: EventType,
+        reason: &str,
+        message: &str,
+    ) {
+        let this = self.clone();
+        let (pod, container, reason, message) = (
+            pod.clone(),
+            container.map(str::to_string),
+            reason.to_string(),
+            message.to_string(),
+        );
+        tokio::spawn(async move {
+            this.record(&pod, container.as_deref(), kind, &reason, &message)
+                .await
+        });
+    }
+
+    async fn record(
         &self,
         pod: &Pod,
         container: Option<&str>,

@@ -48,7 +48,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// A container that ran this long without failing starts over at the initial back-off.
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
 /// How often configMap/secret/downwardAPI/projected volumes are re-projected.
-const VOLUME_REFRESH: Duration = Duration::from_secs(5);
+const VOLUME_REFRESH: Duration = Duration::from_secs(10);
 
 /// Shared between the worker, its container loops and its status writer.
 struct Shared {
@@ -170,15 +170,13 @@ pub async fn run(
     // cancels them); now the files, then the API object.
     let latest = pod_rx.borrow().clone();
     if !terminal {
-        ctx.recorder
-            .pod(
-                &latest,
-                None,
-                EventType::Normal,
-                "Killing",
-                "Stopping the pod's containers",
-            )
-            .await;
+        ctx.recorder.pod(
+            &latest,
+            None,
+            EventType::Normal,
+            "Killing",
+            "Stopping the pod's containers",
+        );
     }
     if let Err(e) = crate::volumes::remove_pod_dir(&pod_dir) {
         tracing::warn!(namespace = %ns, pod = %name, error = %e, "removing the pod's files");
@@ -242,8 +240,7 @@ async fn run_pod(
                 let message = format!("MountVolume.SetUp failed: {e}");
                 shared.update(|s| s.pod_problem = Some(("FailedMount".into(), message.clone())));
                 ctx.recorder
-                    .pod(&pod, None, EventType::Warning, "FailedMount", &message)
-                    .await;
+                    .pod(&pod, None, EventType::Warning, "FailedMount", &message);
                 tokio::time::sleep(backoff.next()).await;
             }
         }
@@ -295,19 +292,17 @@ async fn run_pod(
                             r.waiting("CrashLoopBackOff", Some(msg.clone()));
                         }
                     });
-                    ctx.recorder
-                        .pod(
-                            &pod,
-                            Some(&c.name),
-                            EventType::Warning,
-                            "BackOff",
-                            &format!(
-                                "Back-off restarting failed container {} in pod {}",
-                                c.name,
-                                pod_ref(&pod)
-                            ),
-                        )
-                        .await;
+                    ctx.recorder.pod(
+                        &pod,
+                        Some(&c.name),
+                        EventType::Warning,
+                        "BackOff",
+                        &format!(
+                            "Back-off restarting failed container {} in pod {}",
+                            c.name,
+                            pod_ref(&pod)
+                        ),
+                    );
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = cancel.cancelled() => return,
@@ -396,20 +391,16 @@ async fn container_loop(
                 r.waiting("CrashLoopBackOff", Some(msg.clone()));
             }
         });
-        shared
-            .ctx
-            .recorder
-            .pod(
-                pod,
-                Some(&c.name),
-                EventType::Warning,
-                "BackOff",
-                &format!(
-                    "Back-off restarting failed container {} in pod {pod_ref}",
-                    c.name
-                ),
-            )
-            .await;
+        shared.ctx.recorder.pod(
+            pod,
+            Some(&c.name),
+            EventType::Warning,
+            "BackOff",
+            &format!(
+                "Back-off restarting failed container {} in pod {pod_ref}",
+                c.name
+            ),
+        );
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = cancel.cancelled() => return,
@@ -479,15 +470,13 @@ async fn run_once(
                         r.waiting("CreateContainerConfigError", Some(message.clone()));
                     }
                 });
-                ctx.recorder
-                    .pod(
-                        pod,
-                        Some(&c.name),
-                        EventType::Warning,
-                        "Failed",
-                        &format!("Error: {message}"),
-                    )
-                    .await;
+                ctx.recorder.pod(
+                    pod,
+                    Some(&c.name),
+                    EventType::Warning,
+                    "Failed",
+                    &format!("Error: {message}"),
+                );
                 tokio::select! {
                     _ = tokio::time::sleep(backoff.next()) => {}
                     _ = cancel.cancelled() => return None,
@@ -545,24 +534,20 @@ async fn run_once(
             r.ready = c.readiness_probe.is_none();
         }
     });
-    ctx.recorder
-        .pod(
-            pod,
-            Some(&c.name),
-            EventType::Normal,
-            "Created",
-            &format!("Created container {}", c.name),
-        )
-        .await;
-    ctx.recorder
-        .pod(
-            pod,
-            Some(&c.name),
-            EventType::Normal,
-            "Started",
-            &format!("Started container {}", c.name),
-        )
-        .await;
+    ctx.recorder.pod(
+        pod,
+        Some(&c.name),
+        EventType::Normal,
+        "Created",
+        &format!("Created container {}", c.name),
+    );
+    ctx.recorder.pod(
+        pod,
+        Some(&c.name),
+        EventType::Normal,
+        "Started",
+        &format!("Started container {}", c.name),
+    );
     let exit = program.run(spec, cancel.child_token()).await;
     drop(log);
     let finished_at = Utc::now();
@@ -581,15 +566,13 @@ async fn run_once(
     }
     tracing::info!(namespace = %ns, pod = %name, container = %c.name, exit_code = code, reason, "container exited");
     if let Some(m) = &message {
-        ctx.recorder
-            .pod(
-                pod,
-                Some(&c.name),
-                EventType::Warning,
-                "Failed",
-                &format!("Error: {m}"),
-            )
-            .await;
+        ctx.recorder.pod(
+            pod,
+            Some(&c.name),
+            EventType::Warning,
+            "Failed",
+            &format!("Error: {m}"),
+        );
     }
     shared.update(|s| {
         if let Some(r) = s.container_mut(&c.name) {
@@ -662,8 +645,7 @@ async fn fetch_with_backoff(shared: &Arc<Shared>, pod: &Pod, c: &Container) -> P
                     }
                 });
                 ctx.recorder
-                    .pod(pod, Some(&c.name), EventType::Warning, "Failed", &message)
-                    .await;
+                    .pod(pod, Some(&c.name), EventType::Warning, "Failed", &message);
                 let delay = backoff.next();
                 if reason == "ErrImagePull" {
                     let back = format!("Back-off pulling image {image:?}");
@@ -673,8 +655,7 @@ async fn fetch_with_backoff(shared: &Arc<Shared>, pod: &Pod, c: &Container) -> P
                         }
                     });
                     ctx.recorder
-                        .pod(pod, Some(&c.name), EventType::Normal, "BackOff", &back)
-                        .await;
+                        .pod(pod, Some(&c.name), EventType::Normal, "BackOff", &back);
                 }
                 tokio::time::sleep(delay).await;
             }
@@ -690,23 +671,23 @@ async fn fetch_and_load(
     policy: PullPolicy,
     auths: &[RegistryAuth],
 ) -> Result<(Fetched, Program), (&'static str, String)> {
-    if policy != PullPolicy::Never {
-        ctx.recorder
-            .pod(
-                pod,
-                Some(&c.name),
-                EventType::Normal,
-                "Pulling",
-                &format!("Pulling image {image:?}"),
-            )
-            .await;
-    }
     let started = Instant::now();
     let fetched = ctx
         .modules
         .fetch(image, policy, auths)
         .await
         .map_err(|e| (e.reason(), format!("Failed to pull image {image:?}: {e}")))?;
+    if fetched.pulled {
+        // Recorded once the fetch is done, so a module already on the node costs one
+        // event, as the kubelet's "already present on machine".
+        ctx.recorder.pod(
+            pod,
+            Some(&c.name),
+            EventType::Normal,
+            "Pulling",
+            &format!("Pulling image {image:?}"),
+        );
+    }
     let pulled_msg = if fetched.pulled {
         format!(
             "Successfully pulled image {image:?} in {:?}. Image size: {} bytes.",
@@ -717,8 +698,7 @@ async fn fetch_and_load(
         format!("Container image {image:?} already present on machine")
     };
     ctx.recorder
-        .pod(pod, Some(&c.name), EventType::Normal, "Pulled", &pulled_msg)
-        .await;
+        .pod(pod, Some(&c.name), EventType::Normal, "Pulled", &pulled_msg);
     let program = ctx
         .engine
         .load(&fetched.digest, &fetched.path)

@@ -1,0 +1,1992 @@
+//! Node agent benchmark (issue 5, "Speed and size"): not a test, it prints figures next
+//! to the goals and what they are compared with, and never fails on them.
+//!
+//! Three parts, each of which can be run alone (`WASMKUBE_BENCH_SECTIONS`):
+//! 1. **burst**: the real `wasmkube up` binary (control plane + one agent, with its
+//!    managed etcd). The module is cached by a warm-up pod first. Then, as the baseline,
+//!    N creates of pods nobody schedules (the API round trip alone); then a burst of N
+//!    long-running hello pods (`HELLO_SLEEP=inf`, restartPolicy Always) left to the
+//!    scheduler, and another with `spec.nodeName` preset (no scheduling). Each pod's
+//!    times come from this client's clock: request sent, create returned, first seen by
+//!    a watch, first seen bound, first seen Running with its container running and
+//!    Ready. The server's own request counters (/metrics) give the API calls per pod.
+//! 2. **instance**: in this process through `wasmkube_runtime::wasm`: the first compile
+//!    of a module, a load from the on-disk artifact by a new engine, and N instance
+//!    runs (start to exit) of a module whose `_start` returns at once and of hello;
+//!    then N sleeping hello instances at once (their start time and RSS: the wasm
+//!    layer's share of a pod).
+//! 3. **rss**: a `wasmkube server` (on an etcd this process manages) and a separate
+//!    `wasmkube agent` process: VmRSS idle after registration, and after N hello pods
+//!    run on it, with the memory regions (/proc/PID/smaps) that grew.
+//!
+//! `cargo bench --bench agent` runs the full sizes in release mode; for a debug build
+//! (which builds the debug `wasmkube` binary too),
+//! `WASMKUBE_BENCH_PODS=20 cargo test --bench agent`.
+//!
+//! Environment knobs:
+//! - `WASMKUBE_BENCH_PODS` (500): pods per burst and for the RSS figure;
+//! - `WASMKUBE_BENCH_CLIENTS` (16): concurrent creating clients;
+//! - `WASMKUBE_BENCH_INSTANCE_RUNS` (1000): timed instance runs per module;
+//! - `WASMKUBE_BENCH_SECTIONS` (`instance,burst,rss`): which parts run;
+//! - `WASMKUBE_BENCH_TIMEOUT_SECS` (300): how long a burst may take to be all Running;
+//! - `WASMKUBE_BENCH_IDLE_SECS` (5): how long the agent idles before its RSS is read;
+//! - `WASMKUBE_BENCH_STEADY_SECS` (10): how long the running pods are watched for the
+//!   API requests and CPU they cost while nothing changes;
+//! - `WASMKUBE_BENCH_KEEP` (unset): keep the temp dir (process logs).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::watcher;
+use kube::{Api, Client, Config};
+use tokio::process::{Child, Command};
+use wasmkube_control::etcd_process::ManagedEtcd;
+use wasmkube_runtime::fetch::{ModuleStore, PullPolicy, StoreOptions};
+use wasmkube_runtime::wasm::{EngineOptions, Exit, OutputSink, Program, RunSpec, WasmEngine};
+
+/// The namespace every benchmark pod lives in.
+const NAMESPACE: &str = "agent-bench";
+/// The node of `wasmkube up`.
+const UP_NODE: &str = "bench-node";
+/// The node of the separate agent process.
+const AGENT_NODE: &str = "bench-agent";
+/// A scheduler nobody runs: the API baseline's pods stay unbound, so nothing but the
+/// API server and etcd works on them.
+const NO_SCHEDULER: &str = "bench-nobody";
+/// How long a process gets to start serving (a debug build starts slowly).
+const START_DEADLINE: Duration = Duration::from_secs(120);
+/// How long deleting a run's pods (and the agent removing their files) may take.
+const TEARDOWN_DEADLINE: Duration = Duration::from_secs(180);
+/// How long a stopped process gets to exit after SIGTERM before it is killed.
+const STOP_DEADLINE: Duration = Duration::from_secs(30);
+/// Untimed instance runs before the timed ones (first touches of pool memory).
+const INSTANCE_WARMUP_RUNS: usize = 20;
+/// The engine's instance capacity, as the agent sizes it (`max_pods` 1000, × 2).
+const ENGINE_INSTANCES: u32 = 2000;
+/// RSS of k3s' agent, the figure the issue compares with.
+const K3S_AGENT_RSS_MB: f64 = 275.0;
+
+/// The smallest WASI command: a core module with no imports whose `_start` returns.
+/// (type section: `() -> ()`; one function; export `_start`; body: `end`.)
+const EXIT_AT_ONCE_WASM: &[u8] = &[
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version 1
+    0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // type section
+    0x03, 0x02, 0x01, 0x00, // function section
+    0x07, 0x0a, 0x01, 0x06, b'_', b's', b't', b'a', b'r', b't', 0x00, 0x00, // exports
+    0x0a, 0x04, 0x01, 0x02, 0x00, 0x0b, // code section
+];
+
+// ---------------------------------------------------------------------------------
+// Options
+
+/// Sizes and switches from the environment.
+#[derive(Debug, Clone)]
+struct Opts {
+    pods: usize,
+    clients: usize,
+    instance_runs: usize,
+    burst: bool,
+    instance: bool,
+    rss: bool,
+    timeout: Duration,
+    idle: Duration,
+    steady: Duration,
+    keep: bool,
+}
+
+impl Opts {
+    fn from_env() -> Result<Opts> {
+        fn num(name: &str, default: usize) -> Result<usize> {
+            match std::env::var(name) {
+                Ok(v) if !v.trim().is_empty() => v
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("{name}={v:?} is not a number")),
+                _ => Ok(default),
+            }
+        }
+        let sections = std::env::var("WASMKUBE_BENCH_SECTIONS")
+            .unwrap_or_else(|_| "instance,burst,rss".into());
+        let has = |s: &str| sections.split(',').any(|x| x.trim() == s);
+        let opts = Opts {
+            pods: num("WASMKUBE_BENCH_PODS", 500)?,
+            clients: num("WASMKUBE_BENCH_CLIENTS", 16)?,
+            instance_runs: num("WASMKUBE_BENCH_INSTANCE_RUNS", 1000)?,
+            burst: has("burst"),
+            instance: has("instance"),
+            rss: has("rss"),
+            timeout: Duration::from_secs(num("WASMKUBE_BENCH_TIMEOUT_SECS", 300)? as u64),
+            idle: Duration::from_secs(num("WASMKUBE_BENCH_IDLE_SECS", 5)? as u64),
+            steady: Duration::from_secs(num("WASMKUBE_BENCH_STEADY_SECS", 10)? as u64),
+            keep: std::env::var_os("WASMKUBE_BENCH_KEEP").is_some_and(|v| !v.is_empty()),
+        };
+        if opts.pods == 0 || opts.clients == 0 || opts.instance_runs == 0 {
+            bail!("WASMKUBE_BENCH_PODS, _CLIENTS and _INSTANCE_RUNS must be at least 1");
+        }
+        Ok(opts)
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Figures
+
+/// Latency figures of one set of samples.
+#[derive(Debug, Clone, Copy, Default)]
+struct Stats {
+    count: usize,
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+impl Stats {
+    fn of(samples: &mut [Duration]) -> Stats {
+        if samples.is_empty() {
+            return Stats::default();
+        }
+        samples.sort_unstable();
+        let at = |q: f64| {
+            let idx = ((samples.len() as f64 * q).ceil() as usize).saturating_sub(1);
+            samples[idx.min(samples.len() - 1)]
+        };
+        Stats {
+            count: samples.len(),
+            p50: at(0.50),
+            p99: at(0.99),
+            max: samples[samples.len() - 1],
+        }
+    }
+
+    fn ms(&self) -> String {
+        format!(
+            "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (n={})",
+            ms(self.p50),
+            ms(self.p99),
+            ms(self.max),
+            self.count
+        )
+    }
+
+    fn us(&self) -> String {
+        format!(
+            "p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs (n={})",
+            us(self.p50),
+            us(self.p99),
+            us(self.max),
+            self.count
+        )
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+// ---------------------------------------------------------------------------------
+// /proc readings
+
+/// CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat.
+fn cpu_seconds(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    // utime and stime are fields 14 and 15 of the line: 11 and 12 after the name.
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // USER_HZ is 100 on every Linux configuration we run on.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The 1-minute load average: other work on this shared 2-core machine skews figures.
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().and_then(|f| f.parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// A `/proc/<pid>/status` field given in kB (`VmRSS:`, `VmHWM:`), in MiB.
+fn status_mib(pid: u32, field: &str) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("read /proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))?;
+    let kb: f64 = line
+        .split_whitespace()
+        .nth(1)
+        .with_context(|| format!("malformed {field} line"))?
+        .parse()
+        .with_context(|| format!("malformed {field} value"))?;
+    Ok(kb / 1024.0)
+}
+
+/// (VmRSS, VmHWM) in MiB.
+fn rss_mib(pid: u32) -> Result<(f64, f64)> {
+    Ok((status_mib(pid, "VmRSS:")?, status_mib(pid, "VmHWM:")?))
+}
+
+/// A run of adjacent mappings of one process, anonymous or of one file. wasmtime's
+/// pools (linear memories, tables, fiber stacks) are each one reservation that
+/// permission changes split into many mappings; merged, each shows as one region.
+#[derive(Debug, Clone)]
+struct Region {
+    start: u64,
+    end: u64,
+    rss_kib: u64,
+    /// The file, `[heap]`/`[stack]`…, or empty for anonymous memory.
+    name: String,
+}
+
+impl Region {
+    fn describe(&self) -> String {
+        let virt = (self.end - self.start) as f64;
+        let size = if virt >= (1u64 << 40) as f64 {
+            format!("{:.1} TiB", virt / (1u64 << 40) as f64)
+        } else if virt >= (1u64 << 30) as f64 {
+            format!("{:.1} GiB", virt / (1u64 << 30) as f64)
+        } else {
+            format!("{:.1} MiB", virt / (1u64 << 20) as f64)
+        };
+        let name = if self.name.is_empty() {
+            "anonymous"
+        } else {
+            self.name.rsplit('/').next().unwrap_or(&self.name)
+        };
+        format!("{name} {size} at {:#x}", self.start)
+    }
+}
+
+/// The process's memory as [`Region`]s, from /proc/<pid>/smaps.
+fn regions(pid: u32) -> Result<Vec<Region>> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
+        .with_context(|| format!("read /proc/{pid}/smaps"))?;
+    let mut out: Vec<Region> = Vec::new();
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or_default();
+        if let Some((a, b)) = first.split_once('-') {
+            let (Ok(start), Ok(end)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16))
+            else {
+                continue;
+            };
+            // perms, offset, dev, inode, then the name (which may contain spaces).
+            let name = words.skip(4).collect::<Vec<_>>().join(" ");
+            match out.last_mut() {
+                Some(last) if last.end == start && last.name == name => last.end = end,
+                _ => out.push(Region {
+                    start,
+                    end,
+                    rss_kib: 0,
+                    name,
+                }),
+            }
+        } else if first == "Rss:" {
+            if let (Some(kb), Some(last)) = (
+                words.next().and_then(|w| w.parse::<u64>().ok()),
+                out.last_mut(),
+            ) {
+                last.rss_kib += kb;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The regions whose RSS grew most from `before` to `after` (a region matched by its
+/// start address), with their RSS then and now in KiB.
+fn grown_regions(before: &[Region], after: &[Region], n: usize) -> Vec<(Region, u64, u64)> {
+    let mut grown: Vec<(Region, u64, u64)> = after
+        .iter()
+        .map(|r| {
+            let was = before
+                .iter()
+                .find(|b| b.start == r.start && b.name == r.name)
+                .map_or(0, |b| b.rss_kib);
+            (r.clone(), was, r.rss_kib)
+        })
+        .filter(|(_, was, now)| now > was)
+        .collect();
+    grown.sort_by_key(|(_, was, now)| std::cmp::Reverse(now - was));
+    grown.truncate(n);
+    grown
+}
+
+/// RSS in MiB of file-backed and anonymous regions.
+fn rss_split(regions: &[Region]) -> (f64, f64) {
+    let file: u64 = regions
+        .iter()
+        .filter(|r| r.name.starts_with('/'))
+        .map(|r| r.rss_kib)
+        .sum();
+    let all: u64 = regions.iter().map(|r| r.rss_kib).sum();
+    (file as f64 / 1024.0, (all - file) as f64 / 1024.0)
+}
+
+/// Whether a process with `pid` exists and has not exited (zombies have).
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// The direct children of `pid` (from every thread's `children` list).
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Sends a signal (`TERM`, `KILL`) with the `kill` program (no libc dependency here).
+fn signal(pid: u32, name: &str) {
+    let _ = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// CPU used by the measured processes and this benchmark during one phase.
+#[derive(Debug, Clone, Default)]
+struct PhaseCpu {
+    /// (name, CPU seconds) per measured process.
+    processes: Vec<(String, f64)>,
+    bench: f64,
+    load_before: f64,
+    load_after: f64,
+}
+
+impl PhaseCpu {
+    fn describe(&self, per: usize) -> String {
+        let per = per.max(1) as f64;
+        let mut parts: Vec<String> = self
+            .processes
+            .iter()
+            .map(|(n, s)| format!("{n} {s:.2} s ({:.2} ms/pod)", s * 1e3 / per))
+            .collect();
+        parts.push(format!(
+            "this client {:.2} s ({:.2} ms/pod)",
+            self.bench,
+            self.bench * 1e3 / per
+        ));
+        format!(
+            "{}; load {:.2} → {:.2}",
+            parts.join(", "),
+            self.load_before,
+            self.load_after
+        )
+    }
+}
+
+/// Takes CPU readings at the start of a phase; [`CpuMeter::finish`] gives the phase's use.
+#[derive(Clone)]
+struct CpuMeter {
+    processes: Vec<(String, u32, f64)>,
+    bench: f64,
+    load: f64,
+}
+
+impl CpuMeter {
+    fn start(processes: &[(String, u32)]) -> CpuMeter {
+        CpuMeter {
+            processes: processes
+                .iter()
+                .map(|(n, p)| (n.clone(), *p, cpu_seconds(&p.to_string())))
+                .collect(),
+            bench: cpu_seconds("self"),
+            load: load_average(),
+        }
+    }
+
+    fn finish(&self) -> PhaseCpu {
+        PhaseCpu {
+            processes: self
+                .processes
+                .iter()
+                .map(|(n, p, s)| (n.clone(), cpu_seconds(&p.to_string()) - s))
+                .collect(),
+            bench: cpu_seconds("self") - self.bench,
+            load_before: self.load,
+            load_after: load_average(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Processes
+
+/// A child process of the benchmark with its log; stopped (TERM, then KILL, then any
+/// children it left, such as the managed etcd of `wasmkube up`) when dropped.
+struct Proc {
+    name: String,
+    child: Option<Child>,
+    pid: u32,
+    log: PathBuf,
+    /// Children found once it served (the managed etcd of `up`/`server`).
+    descendants: Vec<u32>,
+}
+
+impl Proc {
+    fn spawn(name: &str, args: &[String], log: &Path) -> Result<Proc> {
+        let file = std::fs::File::create(log)
+            .with_context(|| format!("create the {name} log {}", log.display()))?;
+        let file_err = file.try_clone().context("clone the log handle")?;
+        let child = Command::new(env!("CARGO_BIN_EXE_wasmkube"))
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(file))
+            .stderr(Stdio::from(file_err))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("start {name}"))?;
+        let pid = child.id().with_context(|| format!("{name} has no pid"))?;
+        Ok(Proc {
+            name: name.to_string(),
+            child: Some(child),
+            pid,
+            log: log.to_path_buf(),
+            descendants: Vec::new(),
+        })
+    }
+
+    /// Fails with the log's tail if the process has exited.
+    fn check_alive(&mut self) -> Result<()> {
+        if let Some(child) = self.child.as_mut() {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "{} exited ({status}); last log lines:\n{}",
+                    self.name,
+                    tail(&self.log, 40)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn note_descendants(&mut self) {
+        self.descendants = children_of(self.pid);
+    }
+
+    /// SIGTERM, then SIGKILL after [`STOP_DEADLINE`]; then any recorded child still alive.
+    async fn stop(mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(self.pid, "TERM");
+            if tokio::time::timeout(STOP_DEADLINE, child.wait())
+                .await
+                .is_err()
+            {
+                eprintln!(
+                    "  {} ignored SIGTERM for {STOP_DEADLINE:?}; killing it",
+                    self.name
+                );
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+            }
+        }
+        self.kill_descendants();
+    }
+
+    fn kill_descendants(&self) {
+        for pid in &self.descendants {
+            if process_alive(*pid) {
+                signal(*pid, "KILL");
+            }
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if matches!(child.try_wait(), Ok(None)) {
+            // Not stopped explicitly (an error path): ask politely, so that the process
+            // stops its own children, then make sure.
+            signal(self.pid, "TERM");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while process_alive(self.pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.start_kill();
+        }
+        self.kill_descendants();
+    }
+}
+
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Waits until `kubeconfig` is complete (the server writes it last), while `proc` runs.
+async fn wait_kubeconfig(proc: &mut Proc, kubeconfig: &Path) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        if std::fs::read_to_string(kubeconfig).is_ok_and(|t| t.contains("current-context")) {
+            return Ok(());
+        }
+        proc.check_alive()?;
+        if started.elapsed() > START_DEADLINE {
+            bail!(
+                "{} wrote no {} within {START_DEADLINE:?}; see {}",
+                proc.name,
+                kubeconfig.display(),
+                proc.log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn kube_config(kubeconfig: &Path) -> Result<Config> {
+    let kc = Kubeconfig::read_from(kubeconfig).context("read the kubeconfig")?;
+    Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .context("load the kubeconfig")
+}
+
+/// Polls until node `name` is Ready; returns how long that took.
+async fn wait_node_ready(client: &Client, name: &str, proc: &mut Proc) -> Result<Duration> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let started = Instant::now();
+    loop {
+        if let Ok(Some(node)) = nodes.get_opt(name).await {
+            let ready = node
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            if ready {
+                return Ok(started.elapsed());
+            }
+        }
+        proc.check_alive()?;
+        if started.elapsed() > START_DEADLINE {
+            bail!("node {name} was not Ready within {START_DEADLINE:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Creates the bench namespace and waits for its `default` ServiceAccount (made by the
+/// controllers), which pod creates need.
+async fn prepare_namespace(client: &Client) -> Result<()> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}
+    }))?;
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .context("create the bench namespace")?;
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), NAMESPACE);
+    let started = Instant::now();
+    while accounts.get_opt("default").await?.is_none() {
+        if started.elapsed() > START_DEADLINE {
+            bail!("no default ServiceAccount in {NAMESPACE} within {START_DEADLINE:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// Sample modules
+
+/// The path of a sample module, building the samples if it is missing.
+fn sample(name: &str) -> Result<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let path = root.join(format!("samples/target/modules/{name}.wasm"));
+    if path.exists() {
+        return Ok(path);
+    }
+    println!("building the sample modules (scripts/build-samples.sh)…");
+    let out = std::process::Command::new("bash")
+        .arg(root.join("scripts/build-samples.sh"))
+        .env("WASMKUBE_SAMPLES_INSTALL", "")
+        .current_dir(root)
+        .output()
+        .context("run scripts/build-samples.sh")?;
+    if !out.status.success() {
+        bail!(
+            "scripts/build-samples.sh failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    if !path.exists() {
+        bail!("no sample module {}", path.display());
+    }
+    Ok(path)
+}
+
+// ---------------------------------------------------------------------------------
+// Part 2: instance starts in process
+
+/// Guest output, counted and dropped.
+#[derive(Default)]
+struct CountingSink(AtomicUsize);
+
+impl OutputSink for CountingSink {
+    fn write(&self, bytes: &[u8]) {
+        self.0.fetch_add(bytes.len(), Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug, Default)]
+struct InstanceModule {
+    name: String,
+    size: u64,
+    compile: Duration,
+    from_disk: Duration,
+    from_memory: Duration,
+    runs: Stats,
+    output_bytes_per_run: f64,
+    failures: usize,
+}
+
+#[derive(Debug, Default)]
+struct InstanceFigures {
+    engine_new: Duration,
+    pooling: bool,
+    modules: Vec<InstanceModule>,
+    sleeping: Option<SleepingFigures>,
+}
+
+/// Many long-running hello instances at once in this process.
+#[derive(Debug, Default)]
+struct SleepingFigures {
+    instances: usize,
+    /// Spawned → every instance has written its greeting.
+    all_started: Duration,
+    rss_before: f64,
+    rss_running: f64,
+    rss_after: f64,
+}
+
+/// Counts write calls: hello writes its greeting in one.
+#[derive(Default)]
+struct WriteCounter(AtomicUsize);
+
+impl OutputSink for WriteCounter {
+    fn write(&self, _bytes: &[u8]) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Starts `n` hello instances with `HELLO_SLEEP=inf` at once, waits until each has
+/// printed, reads this process's RSS, then drops them all.
+async fn sleeping_instances(hello: &Program, n: usize) -> Result<SleepingFigures> {
+    let rss_before = status_mib(std::process::id(), "VmRSS:")?;
+    let writes = Arc::new(WriteCounter::default());
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let program = hello.clone();
+        let writes = writes.clone();
+        tasks.spawn(async move {
+            let mut spec = RunSpec::new(vec![format!("hello-{i}")], writes.clone(), writes);
+            spec.env = vec![("HELLO_SLEEP".into(), "inf".into())];
+            program.run(spec, Default::default()).await
+        });
+    }
+    let deadline = Instant::now() + START_DEADLINE;
+    while writes.0.load(Ordering::Relaxed) < n {
+        if let Some(Ok(exit)) = tasks.try_join_next() {
+            bail!("a sleeping hello instance ended: {exit:?}");
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "only {} of {n} sleeping instances printed within {START_DEADLINE:?}",
+                writes.0.load(Ordering::Relaxed)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let all_started = started.elapsed();
+    let rss_running = status_mib(std::process::id(), "VmRSS:")?;
+    tasks.shutdown().await;
+    let rss_after = status_mib(std::process::id(), "VmRSS:")?;
+    Ok(SleepingFigures {
+        instances: n,
+        all_started,
+        rss_before,
+        rss_running,
+        rss_after,
+    })
+}
+
+async fn instance_section(opts: &Opts, dir: &Path, hello: &Path) -> Result<InstanceFigures> {
+    let empty_path = dir.join("exit-at-once.wasm");
+    std::fs::write(&empty_path, EXIT_AT_ONCE_WASM).context("write the exit-at-once module")?;
+    // The agent's own fetcher: it gives each module its real digest.
+    let store = ModuleStore::new(dir.join("modules"), StoreOptions::default())
+        .context("open a module store")?;
+    let cache = dir.join("compiled");
+    let mut figures = InstanceFigures::default();
+
+    let started = Instant::now();
+    let engine = WasmEngine::new(EngineOptions::new(&cache, ENGINE_INSTANCES))?;
+    figures.engine_new = started.elapsed();
+    figures.pooling = engine.pooling();
+    let mut fetched = Vec::new();
+    for (name, path) in [("exit-at-once", empty_path.as_path()), ("hello", hello)] {
+        let image = format!("file://{}", path.display());
+        let f = store
+            .fetch(&image, PullPolicy::IfNotPresent, &[])
+            .await
+            .with_context(|| format!("fetch {image}"))?;
+        let t = Instant::now();
+        engine
+            .load(&f.digest, &f.path)
+            .await
+            .with_context(|| format!("compile {name}"))?;
+        let compile = t.elapsed();
+        figures.modules.push(InstanceModule {
+            name: name.to_string(),
+            size: f.size,
+            compile,
+            ..InstanceModule::default()
+        });
+        fetched.push(f);
+    }
+    let stats = engine.stats();
+    if stats.compiled != 2 {
+        eprintln!(
+            "  warning: the first engine compiled {} modules, not 2: {stats:?}",
+            stats.compiled
+        );
+    }
+    drop(engine);
+
+    // A new engine with the same cache dir: what an agent restart sees.
+    let engine = WasmEngine::new(EngineOptions::new(&cache, ENGINE_INSTANCES))?;
+    let mut programs: Vec<Program> = Vec::new();
+    for (m, f) in figures.modules.iter_mut().zip(&fetched) {
+        let t = Instant::now();
+        let program = engine.load(&f.digest, &f.path).await?;
+        m.from_disk = t.elapsed();
+        let t = Instant::now();
+        engine.load(&f.digest, &f.path).await?;
+        m.from_memory = t.elapsed();
+        programs.push(program);
+    }
+    let stats = engine.stats();
+    if stats.from_disk != 2 || stats.compiled != 0 {
+        eprintln!("  warning: the second engine did not load both modules from disk: {stats:?}");
+    }
+
+    for (m, program) in figures.modules.iter_mut().zip(&programs) {
+        let sink = Arc::new(CountingSink::default());
+        let run = |sink: &Arc<CountingSink>| {
+            let spec = RunSpec::new(vec![m.name.clone()], sink.clone(), sink.clone());
+            // `Default` is a fresh CancellationToken (this crate does not name tokio-util).
+            program.run(spec, Default::default())
+        };
+        for _ in 0..INSTANCE_WARMUP_RUNS {
+            let exit = run(&sink).await;
+            if exit != Exit::Exited(0) {
+                bail!("{} did not exit 0 in a warm-up run: {exit:?}", m.name);
+            }
+        }
+        sink.0.store(0, Ordering::Relaxed);
+        let mut samples = Vec::with_capacity(opts.instance_runs);
+        for _ in 0..opts.instance_runs {
+            let t = Instant::now();
+            let exit = run(&sink).await;
+            let took = t.elapsed();
+            if exit == Exit::Exited(0) {
+                samples.push(took);
+            } else {
+                m.failures += 1;
+            }
+        }
+        m.output_bytes_per_run = sink.0.load(Ordering::Relaxed) as f64 / opts.instance_runs as f64;
+        m.runs = Stats::of(&mut samples);
+        println!(
+            "  {}: compile {:.1} ms, from disk {:.2} ms, from memory {:.0} µs; run {}",
+            m.name,
+            ms(m.compile),
+            ms(m.from_disk),
+            us(m.from_memory),
+            m.runs.us()
+        );
+    }
+    if let Some(hello) = programs.get(1) {
+        let sleeping = sleeping_instances(hello, opts.pods).await?;
+        println!(
+            "  {} sleeping hello instances at once: all printed after {:.0} ms; RSS {:.1} → {:.1} MiB",
+            sleeping.instances,
+            ms(sleeping.all_started),
+            sleeping.rss_before,
+            sleeping.rss_running
+        );
+        figures.sleeping = Some(sleeping);
+    }
+    Ok(figures)
+}
+
+// ---------------------------------------------------------------------------------
+// Bursts of pods
+
+/// Where a burst's pods go.
+#[derive(Debug, Clone)]
+enum Placement {
+    /// `spec.nodeName` unset: the scheduler binds them.
+    Scheduler,
+    /// `spec.nodeName` preset: no scheduling.
+    Node(String),
+    /// A scheduler nobody runs: the pods stay Pending and unbound (the API baseline).
+    Nobody,
+}
+
+fn hello_pod(name: &str, run: &str, image: &str, placement: &Placement) -> Result<Pod> {
+    let mut spec = serde_json::json!({
+        "restartPolicy": "Always",
+        "containers": [{
+            "name": "hello",
+            "image": image,
+            "env": [{"name": "HELLO_SLEEP", "value": "inf"}]
+        }]
+    });
+    match placement {
+        Placement::Scheduler => {}
+        Placement::Node(node) => spec["nodeName"] = serde_json::json!(node),
+        Placement::Nobody => spec["schedulerName"] = serde_json::json!(NO_SCHEDULER),
+    }
+    let value = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"bench-run": run}},
+        "spec": spec
+    });
+    serde_json::from_value(value).context("build a hello pod")
+}
+
+/// Client-clock instants of one pod.
+#[derive(Debug, Clone, Copy, Default)]
+struct PodTimes {
+    sent: Option<Instant>,
+    created: Option<Instant>,
+    seen: Option<Instant>,
+    bound: Option<Instant>,
+    running: Option<Instant>,
+}
+
+/// Running, with its container running and ready, and the Ready condition True.
+fn is_running(pod: &Pod) -> bool {
+    let Some(status) = pod.status.as_ref() else {
+        return false;
+    };
+    status.phase.as_deref() == Some("Running")
+        && status.container_statuses.as_ref().is_some_and(|cs| {
+            !cs.is_empty()
+                && cs
+                    .iter()
+                    .all(|c| c.ready && c.state.as_ref().is_some_and(|s| s.running.is_some()))
+        })
+        && status
+            .conditions
+            .as_ref()
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// What one burst measured.
+#[derive(Debug, Clone, Default)]
+struct BurstFigures {
+    title: String,
+    pods: usize,
+    clients: usize,
+    created: usize,
+    create_errors: usize,
+    running: usize,
+    /// Request sent → create returned.
+    create_latency: Stats,
+    /// Create returned → first seen Running.
+    to_running: Stats,
+    /// Request sent → first seen Running.
+    sent_to_running: Stats,
+    /// Create returned → first seen bound (scheduler runs only).
+    to_bound: Option<Stats>,
+    /// First seen bound → first seen Running (scheduler runs only).
+    bound_to_running: Option<Stats>,
+    /// Pods seen Running before their create call returned (counted as 0 ms).
+    running_before_created: usize,
+    /// First request sent → last create returned.
+    create_wall: Duration,
+    /// First request sent → last pod Running.
+    burst_wall: Duration,
+    cpu: PhaseCpu,
+    /// API requests the server served during the burst: (verb, resource, count, mean).
+    api_calls: Vec<(String, String, f64, Duration)>,
+}
+
+impl BurstFigures {
+    fn print(&self, goal: bool) {
+        println!("  {}:", self.title);
+        println!(
+            "    {} pods from {} concurrent clients: {} created ({} errors), {} Running",
+            self.pods, self.clients, self.created, self.create_errors, self.running
+        );
+        if self.running > 0 {
+            println!(
+                "    creation→Running: {}{}",
+                self.to_running.ms(),
+                if goal {
+                    " — goal p50 ≤ 50 ms, p99 ≤ 250 ms"
+                } else {
+                    ""
+                }
+            );
+            println!(
+                "      (creation = when this client's create call returned; Running = first watch event with phase Running, the container running and ready, and Ready=True{})",
+                if self.running_before_created > 0 {
+                    format!(
+                        "; {} pods were seen Running before their create returned, counted as 0",
+                        self.running_before_created
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            println!("    request sent→Running: {}", self.sent_to_running.ms());
+            if let (Some(b), Some(r)) = (&self.to_bound, &self.bound_to_running) {
+                println!("    of which creation→bound (scheduler): {}", b.ms());
+                println!("            bound→Running (agent):       {}", r.ms());
+            }
+            println!(
+                "    whole burst: {:.2} s from the first create sent to the last pod Running = {:.0} pods/s (the creates alone took {:.2} s = {:.0} creates/s)",
+                self.burst_wall.as_secs_f64(),
+                self.running as f64 / self.burst_wall.as_secs_f64().max(1e-9),
+                self.create_wall.as_secs_f64(),
+                self.created as f64 / self.create_wall.as_secs_f64().max(1e-9),
+            );
+        } else {
+            println!(
+                "    creates alone: {:.2} s = {:.0} creates/s",
+                self.create_wall.as_secs_f64(),
+                self.created as f64 / self.create_wall.as_secs_f64().max(1e-9)
+            );
+        }
+        println!(
+            "    API round trip of these creates (sent→returned): {}",
+            self.create_latency.ms()
+        );
+        println!("    CPU: {}", self.cpu.describe(self.pods));
+        if !self.api_calls.is_empty() {
+            println!(
+                "    API requests served during the burst, per pod (everyone's: this client, scheduler, agent, controllers):"
+            );
+            println!("      {}", describe_calls(&self.api_calls, self.pods));
+        }
+    }
+}
+
+/// "create events 4.00/pod (mean 3.1 ms); …", most frequent first.
+fn describe_calls(calls: &[(String, String, f64, Duration)], pods: usize) -> String {
+    let mut calls: Vec<&(String, String, f64, Duration)> = calls.iter().collect();
+    calls.sort_by(|a, b| b.2.total_cmp(&a.2));
+    calls
+        .iter()
+        .map(|(verb, resource, n, mean)| {
+            format!(
+                "{verb} {resource} {:.2}/pod (mean {:.1} ms)",
+                n / pods.max(1) as f64,
+                ms(*mean)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The server's request counters: (verb, resource) → (count, seconds in total), from
+/// `apiserver_request_duration_seconds` in /metrics. Empty if /metrics cannot be read.
+async fn request_counters(client: &Client) -> HashMap<(String, String), (f64, f64)> {
+    let mut out: HashMap<(String, String), (f64, f64)> = HashMap::new();
+    let Ok(req) = http::Request::get("/metrics").body(Vec::new()) else {
+        return out;
+    };
+    let Ok(text) = client.request_text(req).await else {
+        return out;
+    };
+    for line in text.lines() {
+        for (suffix, is_count) in [("_count{", true), ("_sum{", false)] {
+            let Some(rest) =
+                line.strip_prefix(&format!("apiserver_request_duration_seconds{suffix}"))
+            else {
+                continue;
+            };
+            let Some((labels, value)) = rest.rsplit_once(' ') else {
+                continue;
+            };
+            let label = |name: &str| {
+                labels
+                    .split(',')
+                    .find_map(|kv| kv.trim_end_matches('}').strip_prefix(&format!("{name}=")))
+                    .map(|v| v.trim_matches('"').to_string())
+                    .unwrap_or_default()
+            };
+            let value: f64 = value.parse().unwrap_or(0.0);
+            let entry = out.entry((label("verb"), label("resource"))).or_default();
+            if is_count {
+                entry.0 = value;
+            } else {
+                entry.1 = value;
+            }
+        }
+    }
+    out
+}
+
+/// What happened between two [`request_counters`] readings, leaving out watches.
+fn calls_between(
+    before: &HashMap<(String, String), (f64, f64)>,
+    after: &HashMap<(String, String), (f64, f64)>,
+) -> Vec<(String, String, f64, Duration)> {
+    after
+        .iter()
+        .filter(|((verb, _), _)| verb != "watch")
+        .filter_map(|((verb, resource), (n, sum))| {
+            let (n0, s0) = before
+                .get(&(verb.clone(), resource.clone()))
+                .copied()
+                .unwrap_or((0.0, 0.0));
+            let count = n - n0;
+            (count > 0.0).then(|| {
+                let mean = Duration::from_secs_f64(((sum - s0) / count).max(0.0));
+                (verb.clone(), resource.clone(), count, mean)
+            })
+        })
+        .collect()
+}
+
+/// What a burst talks to.
+struct Target {
+    config: Config,
+    image: String,
+    /// Processes whose CPU each phase reports.
+    cpu_of: Vec<(String, u32)>,
+    /// How long a burst may take to be all Running.
+    timeout: Duration,
+}
+
+/// Creates `pods` hello pods labelled `bench-run=<run>` from `clients` concurrent
+/// clients while a watch records when each is seen, bound and Running; with
+/// `wait_running`, waits (up to the target's timeout) until all are Running.
+async fn burst(
+    target: &Target,
+    title: &str,
+    run: &str,
+    placement: Placement,
+    pods: usize,
+    clients: usize,
+    wait_running: bool,
+) -> Result<BurstFigures> {
+    let timeout = target.timeout;
+    let names: Vec<String> = (0..pods).map(|i| format!("{run}-{i:05}")).collect();
+    let times: Arc<Mutex<HashMap<String, PodTimes>>> = Arc::new(Mutex::new(
+        names
+            .iter()
+            .map(|n| (n.clone(), PodTimes::default()))
+            .collect(),
+    ));
+
+    // The watch first: it must be open before the first create.
+    let watch_client = Client::try_from(target.config.clone()).context("build a kube client")?;
+    let api: Api<Pod> = Api::namespaced(watch_client, NAMESPACE);
+    let cfg = watcher::Config::default().labels(&format!("bench-run={run}"));
+    let (running_tx, mut running_rx) = tokio::sync::watch::channel(0usize);
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+    let watch_times = times.clone();
+    let watch_task = tokio::spawn(async move {
+        let mut stream = watcher(api, cfg).boxed();
+        let mut ready_tx = Some(ready_tx);
+        let mut running = 0usize;
+        while let Some(event) = stream.next().await {
+            let now = Instant::now();
+            let pod = match event {
+                Ok(watcher::Event::Apply(p)) | Ok(watcher::Event::InitApply(p)) => p,
+                Ok(watcher::Event::InitDone) => {
+                    if let Some(tx) = ready_tx.take() {
+                        let _ = tx.send(());
+                    }
+                    continue;
+                }
+                Ok(_) => continue,
+                Err(e) => {
+                    eprintln!("  watch error: {e}");
+                    continue;
+                }
+            };
+            let Some(name) = pod.metadata.name.as_deref() else {
+                continue;
+            };
+            let Ok(mut map) = watch_times.lock() else {
+                return;
+            };
+            let Some(t) = map.get_mut(name) else { continue };
+            t.seen.get_or_insert(now);
+            if pod.spec.as_ref().is_some_and(|s| s.node_name.is_some()) {
+                t.bound.get_or_insert(now);
+            }
+            if t.running.is_none() && is_running(&pod) {
+                t.running = Some(now);
+                running += 1;
+                running_tx.send_replace(running);
+            }
+        }
+    });
+    let _abort_watch = AbortOnDrop(watch_task.abort_handle());
+    tokio::time::timeout(START_DEADLINE, ready_rx)
+        .await
+        .context("the watch did not open")?
+        .context("the watch ended before it opened")?;
+
+    let mut apis = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        let client = Client::try_from(target.config.clone()).context("build a kube client")?;
+        apis.push(Api::<Pod>::namespaced(client, NAMESPACE));
+    }
+    let metrics_client = Client::try_from(target.config.clone()).context("build a kube client")?;
+    let counters_before = request_counters(&metrics_client).await;
+    let meter = CpuMeter::start(&target.cpu_of);
+    let next = Arc::new(AtomicUsize::new(0));
+    let names = Arc::new(names);
+    let mut tasks = Vec::with_capacity(clients);
+    for api in apis {
+        let next = next.clone();
+        let names = names.clone();
+        let times = times.clone();
+        let image = target.image.clone();
+        let placement = placement.clone();
+        let run = run.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut errors = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(name) = names.get(i) else { break };
+                let pod = match hello_pod(name, &run, &image, &placement) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        errors.push(format!("{e:#}"));
+                        continue;
+                    }
+                };
+                let sent = Instant::now();
+                let result = api.create(&PostParams::default(), &pod).await;
+                let created = Instant::now();
+                match result {
+                    Ok(_) => {
+                        if let Ok(mut map) = times.lock() {
+                            if let Some(t) = map.get_mut(name) {
+                                t.sent = Some(sent);
+                                t.created = Some(created);
+                            }
+                        }
+                    }
+                    Err(e) => errors.push(format!("{name}: {e}")),
+                }
+            }
+            errors
+        }));
+    }
+    let mut errors = Vec::new();
+    for task in tasks {
+        match task.await {
+            Ok(e) => errors.extend(e),
+            Err(e) => errors.push(format!("a creating client panicked: {e}")),
+        }
+    }
+    for e in errors.iter().take(5) {
+        eprintln!("  create error: {e}");
+    }
+    let created = pods - errors.len();
+
+    let mut timed_out = false;
+    if wait_running && created > 0 {
+        let waited = tokio::time::timeout(timeout, running_rx.wait_for(|n| *n >= created))
+            .await
+            .is_ok();
+        if !waited {
+            timed_out = true;
+            eprintln!(
+                "  only {} of {created} pods Running after {timeout:?}; reporting those",
+                *running_rx.borrow()
+            );
+        }
+    }
+    let cpu = meter.finish();
+    let api_calls = calls_between(&counters_before, &request_counters(&metrics_client).await);
+
+    let map = times
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the timing table is poisoned"))?
+        .clone();
+    let mut fig = BurstFigures {
+        title: title.to_string(),
+        pods,
+        clients,
+        created,
+        create_errors: errors.len(),
+        cpu,
+        api_calls,
+        ..BurstFigures::default()
+    };
+    let first_sent = map.values().filter_map(|t| t.sent).min();
+    let last_created = map.values().filter_map(|t| t.created).max();
+    let last_running = map.values().filter_map(|t| t.running).max();
+    if let (Some(a), Some(b)) = (first_sent, last_created) {
+        fig.create_wall = b.duration_since(a);
+    }
+    if let (Some(a), Some(b)) = (first_sent, last_running) {
+        fig.burst_wall = b.duration_since(a);
+    }
+    let (mut create_lat, mut to_running, mut sent_to_running, mut to_bound, mut bound_to_running) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for t in map.values() {
+        let (Some(sent), Some(created)) = (t.sent, t.created) else {
+            continue;
+        };
+        create_lat.push(created - sent);
+        if let Some(running) = t.running {
+            fig.running += 1;
+            if running < created {
+                fig.running_before_created += 1;
+            }
+            to_running.push(running.saturating_duration_since(created));
+            sent_to_running.push(running.saturating_duration_since(sent));
+            if let Some(bound) = t.bound {
+                to_bound.push(bound.saturating_duration_since(created));
+                bound_to_running.push(running.saturating_duration_since(bound));
+            }
+        }
+    }
+    fig.create_latency = Stats::of(&mut create_lat);
+    fig.to_running = Stats::of(&mut to_running);
+    fig.sent_to_running = Stats::of(&mut sent_to_running);
+    if matches!(placement, Placement::Scheduler) {
+        fig.to_bound = Some(Stats::of(&mut to_bound));
+        fig.bound_to_running = Some(Stats::of(&mut bound_to_running));
+    }
+    if timed_out {
+        fig.title.push_str(" [TIMED OUT: not all Running]");
+    }
+    Ok(fig)
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Deletes a run's pods (grace period 0) and waits until the API has none left and the
+/// agent has removed every pod directory under `agent_pods_dir`. Returns how long the
+/// agent-side cleanup took after the deletes were sent.
+async fn teardown(
+    config: &Config,
+    run: &str,
+    clients: usize,
+    agent_pods_dir: &Path,
+) -> Result<Duration> {
+    let client = Client::try_from(config.clone()).context("build a kube client")?;
+    let api: Api<Pod> = Api::namespaced(client, NAMESPACE);
+    let selector = format!("bench-run={run}");
+    let names: Vec<String> = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .context("list the run's pods")?
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    let started = Instant::now();
+    let names = Arc::new(names);
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let api = api.clone();
+        let names = names.clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(name) = names.get(i) else { break };
+                if let Err(e) = api
+                    .delete(name, &DeleteParams::default().grace_period(0))
+                    .await
+                {
+                    if !matches!(&e, kube::Error::Api(s) if s.code == 404) {
+                        eprintln!("  delete {name}: {e}");
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    loop {
+        let left = api
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .context("list the run's pods")?
+            .items
+            .len();
+        let dirs = std::fs::read_dir(agent_pods_dir)
+            .map(|d| d.count())
+            .unwrap_or(0);
+        if left == 0 && dirs == 0 {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > TEARDOWN_DEADLINE {
+            bail!(
+                "after {TEARDOWN_DEADLINE:?}, {left} pods of run {run} still exist and the agent still has {dirs} pod directories"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Part 1: bursts on `wasmkube up`
+
+struct BurstSection {
+    warmup_to_running: Duration,
+    api_baseline: BurstFigures,
+    scheduled: BurstFigures,
+    preset: BurstFigures,
+    teardowns: Vec<(String, Duration)>,
+    up_rss_idle: f64,
+    up_rss_running: f64,
+    up_hwm: f64,
+}
+
+async fn burst_section(opts: &Opts, dir: &Path, image: &str) -> Result<BurstSection> {
+    let data_dir = dir.join("up");
+    std::fs::create_dir_all(&data_dir).context("create the up data dir")?;
+    let args: Vec<String> = vec![
+        "up".into(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "--node-name".into(),
+        UP_NODE.into(),
+    ];
+    let mut up = Proc::spawn("wasmkube up", &args, &dir.join("up.log"))?;
+    println!("  wasmkube up: pid {} (log {})", up.pid, up.log.display());
+    let outcome = burst_measure(opts, &mut up, &data_dir, image).await;
+    up.stop().await;
+    outcome
+}
+
+async fn burst_measure(
+    opts: &Opts,
+    up: &mut Proc,
+    data_dir: &Path,
+    image: &str,
+) -> Result<BurstSection> {
+    let started = Instant::now();
+    wait_kubeconfig(up, &data_dir.join("kubeconfig")).await?;
+    up.note_descendants();
+    let config = kube_config(&data_dir.join("kubeconfig")).await?;
+    let client = Client::try_from(config.clone()).context("build a kube client")?;
+    wait_node_ready(&client, UP_NODE, up).await?;
+    println!(
+        "  node {UP_NODE} Ready {:.1} s after start",
+        started.elapsed().as_secs_f64()
+    );
+    prepare_namespace(&client).await?;
+    let mut cpu_of = vec![("wasmkube up".to_string(), up.pid)];
+    for pid in &up.descendants {
+        cpu_of.push((format!("etcd (pid {pid})"), *pid));
+    }
+    let target = Target {
+        config: config.clone(),
+        image: image.to_string(),
+        cpu_of,
+        timeout: opts.timeout,
+    };
+    let agent_pods = data_dir.join("agent/pods");
+    let mut teardowns = Vec::new();
+
+    // Warm-up: the module fetched and compiled, every code path touched once.
+    let warm = burst(
+        &target,
+        "warm-up",
+        "warmup",
+        Placement::Scheduler,
+        1,
+        1,
+        true,
+    )
+    .await?;
+    if warm.running != 1 {
+        bail!(
+            "the warm-up pod did not reach Running; see {}",
+            up.log.display()
+        );
+    }
+    println!(
+        "  warm-up pod Running after {:.0} ms (includes the module's compile)",
+        ms(warm.to_running.max)
+    );
+    teardown(&config, "warmup", 1, &agent_pods).await?;
+    let up_rss_idle = rss_mib(up.pid)?.0;
+
+    println!(
+        "  API baseline: {} creates of pods nobody schedules…",
+        opts.pods
+    );
+    let api_baseline = burst(
+        &target,
+        "API baseline: creates of unbound pods (schedulerName nobody runs)",
+        "api",
+        Placement::Nobody,
+        opts.pods,
+        opts.clients,
+        false,
+    )
+    .await?;
+    api_baseline.print(false);
+    teardowns.push((
+        "API baseline pods".to_string(),
+        teardown(&config, "api", opts.clients, &agent_pods).await?,
+    ));
+
+    println!("  burst with the scheduler: {} pods…", opts.pods);
+    let scheduled = burst(
+        &target,
+        "burst, bare pods bound by the scheduler (nodeName unset)",
+        "sched",
+        Placement::Scheduler,
+        opts.pods,
+        opts.clients,
+        true,
+    )
+    .await?;
+    scheduled.print(true);
+    let up_rss_running = rss_mib(up.pid)?.0;
+    teardowns.push((
+        format!("{} running pods (scheduled)", scheduled.running),
+        teardown(&config, "sched", opts.clients, &agent_pods).await?,
+    ));
+
+    println!("  burst with nodeName preset: {} pods…", opts.pods);
+    let preset = burst(
+        &target,
+        "burst, pods with spec.nodeName preset (no scheduling)",
+        "node",
+        Placement::Node(UP_NODE.to_string()),
+        opts.pods,
+        opts.clients,
+        true,
+    )
+    .await?;
+    preset.print(true);
+    teardowns.push((
+        format!("{} running pods (preset)", preset.running),
+        teardown(&config, "node", opts.clients, &agent_pods).await?,
+    ));
+    let up_hwm = rss_mib(up.pid)?.1;
+
+    Ok(BurstSection {
+        warmup_to_running: warm.to_running.max,
+        api_baseline,
+        scheduled,
+        preset,
+        teardowns,
+        up_rss_idle,
+        up_rss_running,
+        up_hwm,
+    })
+}
+
+// ---------------------------------------------------------------------------------
+// Part 3: RSS of a separate agent
+
+struct RssSection {
+    registered_after: Duration,
+    at_registration: f64,
+    /// VmRSS each second of the idle wait.
+    idle_series: Vec<f64>,
+    idle: f64,
+    idle_wait: Duration,
+    /// (file-backed, anonymous) RSS in MiB, idle and with the pods.
+    idle_split: (f64, f64),
+    pods_split: (f64, f64),
+    /// The regions that grew most with the pods: (region, KiB idle, KiB with pods).
+    grown: Vec<(Region, u64, u64)>,
+    pods: BurstFigures,
+    with_pods: f64,
+    hwm: f64,
+    /// VmRSS once the pods were deleted again.
+    after_delete: Option<f64>,
+    server_rss: f64,
+    /// The steady-state window with the pods running.
+    steady_wall: Duration,
+    steady_cpu: PhaseCpu,
+    steady_calls: Vec<(String, String, f64, Duration)>,
+}
+
+async fn rss_section(opts: &Opts, dir: &Path, image: &str) -> Result<RssSection> {
+    let etcd = ManagedEtcd::start(&dir.join("etcd"))
+        .await
+        .context("start etcd")?;
+    let server_dir = dir.join("server");
+    std::fs::create_dir_all(&server_dir).context("create the server data dir")?;
+    let args: Vec<String> = vec![
+        "server".into(),
+        "--data-dir".into(),
+        server_dir.display().to_string(),
+        "--etcd-servers".into(),
+        etcd.client_url(),
+        "--secure-port".into(),
+        "0".into(),
+        "--bind-address".into(),
+        "127.0.0.1".into(),
+    ];
+    let mut server = Proc::spawn("wasmkube server", &args, &dir.join("server.log"))?;
+    println!(
+        "  wasmkube server: pid {} (log {})",
+        server.pid,
+        server.log.display()
+    );
+    let outcome = rss_measure(opts, dir, &mut server, &server_dir, image).await;
+    server.stop().await;
+    etcd.stop().await;
+    outcome
+}
+
+async fn rss_measure(
+    opts: &Opts,
+    dir: &Path,
+    server: &mut Proc,
+    server_dir: &Path,
+    image: &str,
+) -> Result<RssSection> {
+    let kubeconfig = server_dir.join("kubeconfig");
+    wait_kubeconfig(server, &kubeconfig).await?;
+    let config = kube_config(&kubeconfig).await?;
+    let client = Client::try_from(config.clone()).context("build a kube client")?;
+    let url = config
+        .cluster_url
+        .to_string()
+        .trim_end_matches('/')
+        .to_string();
+    let token = std::fs::read_to_string(server_dir.join("join-token"))
+        .context("read the server's join token")?;
+    let agent_dir = dir.join("agent");
+    let args: Vec<String> = vec![
+        "agent".into(),
+        "--server".into(),
+        url,
+        "--token".into(),
+        token.trim().to_string(),
+        "--ca-cert".into(),
+        server_dir.join("pki/ca.crt").display().to_string(),
+        "--node-name".into(),
+        AGENT_NODE.into(),
+        "--data-dir".into(),
+        agent_dir.display().to_string(),
+        "--kubelet-port".into(),
+        "0".into(),
+    ];
+    let mut agent = Proc::spawn("wasmkube agent", &args, &dir.join("agent.log"))?;
+    println!(
+        "  wasmkube agent: pid {} (log {})",
+        agent.pid,
+        agent.log.display()
+    );
+    let outcome = rss_with_agent(
+        opts, &client, &config, &mut agent, &agent_dir, server, image,
+    )
+    .await;
+    agent.stop().await;
+    outcome
+}
+
+async fn rss_with_agent(
+    opts: &Opts,
+    client: &Client,
+    config: &Config,
+    agent: &mut Proc,
+    agent_dir: &Path,
+    server: &Proc,
+    image: &str,
+) -> Result<RssSection> {
+    let registered_after = wait_node_ready(client, AGENT_NODE, agent).await?;
+    let at_registration = rss_mib(agent.pid)?.0;
+    // Idle: nothing but the heartbeat (its Lease is renewed every 10 s). Sampled each
+    // second to show whether it has settled.
+    let idle_started = Instant::now();
+    let mut idle_series = Vec::new();
+    while idle_started.elapsed() < opts.idle {
+        tokio::time::sleep(Duration::from_secs(1).min(opts.idle)).await;
+        agent.check_alive()?;
+        idle_series.push(rss_mib(agent.pid)?.0);
+    }
+    let idle = rss_mib(agent.pid)?.0;
+    let idle_regions = regions(agent.pid)?;
+    let idle_wait = idle_started.elapsed();
+    println!(
+        "  agent Ready {:.1} s after start; RSS {at_registration:.1} MiB then, {idle:.1} MiB after {:.0} s idle",
+        registered_after.as_secs_f64(),
+        idle_wait.as_secs_f64()
+    );
+
+    prepare_namespace(client).await?;
+    let target = Target {
+        config: config.clone(),
+        image: image.to_string(),
+        cpu_of: vec![
+            ("agent".to_string(), agent.pid),
+            ("server".to_string(), server.pid),
+        ],
+        timeout: opts.timeout,
+    };
+    let pods = burst(
+        &target,
+        "pods on the separate agent (nodeName preset)",
+        "rss",
+        Placement::Node(AGENT_NODE.to_string()),
+        opts.pods,
+        opts.clients,
+        true,
+    )
+    .await?;
+    pods.print(false);
+    // Let the status writes and first log lines settle before reading.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    agent.check_alive()?;
+    let (with_pods, hwm) = rss_mib(agent.pid)?;
+    let pods_regions = regions(agent.pid)?;
+    // Steady state: the pods run and nothing changes; what does that cost?
+    let metrics_client = Client::try_from(config.clone()).context("build a kube client")?;
+    let before = request_counters(&metrics_client).await;
+    let meter = CpuMeter::start(&target.cpu_of);
+    let steady_started = Instant::now();
+    tokio::time::sleep(opts.steady).await;
+    let steady_cpu = meter.finish();
+    let steady_wall = steady_started.elapsed();
+    let steady_calls = calls_between(&before, &request_counters(&metrics_client).await);
+    agent.check_alive()?;
+    let server_rss = rss_mib(server.pid)?.0;
+    let agent_pods = agent_dir.join("pods");
+    let after_delete = match teardown(config, "rss", opts.clients, &agent_pods).await {
+        Ok(_) => {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            rss_mib(agent.pid).ok().map(|r| r.0)
+        }
+        Err(e) => {
+            eprintln!("  teardown: {e:#}");
+            None
+        }
+    };
+    Ok(RssSection {
+        registered_after,
+        at_registration,
+        idle_series,
+        idle,
+        idle_wait,
+        idle_split: rss_split(&idle_regions),
+        pods_split: rss_split(&pods_regions),
+        grown: grown_regions(&idle_regions, &pods_regions, 6),
+        pods,
+        with_pods,
+        hwm,
+        after_delete,
+        server_rss,
+        steady_wall,
+        steady_cpu,
+        steady_calls,
+    })
+}
+
+// ---------------------------------------------------------------------------------
+// Main
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> Result<()> {
+    let opts = Opts::from_env()?;
+    let build = if cfg!(debug_assertions) {
+        "DEBUG"
+    } else {
+        "release"
+    };
+    println!(
+        "wasmkube agent benchmark ({build} build): {} pods per burst, {} concurrent clients, {} instance runs; sections:{}{}{}",
+        opts.pods,
+        opts.clients,
+        opts.instance_runs,
+        if opts.instance { " instance" } else { "" },
+        if opts.burst { " burst" } else { "" },
+        if opts.rss { " rss" } else { "" },
+    );
+    println!(
+        "{} CPUs; 1-minute load average before starting: {:.2}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average()
+    );
+    let dir = tempfile::Builder::new()
+        .prefix("wasmkube-agent-bench-")
+        .tempdir()
+        .context("create a temp dir")?;
+    let result = run(&opts, dir.path()).await;
+    if opts.keep || result.is_err() {
+        let kept = dir.keep();
+        println!("logs kept in {}", kept.display());
+    }
+    result
+}
+
+async fn run(opts: &Opts, dir: &Path) -> Result<()> {
+    let hello = sample("hello")?;
+    let image = format!("file://{}", hello.display());
+
+    let instance = if opts.instance {
+        println!("instance starts in process (wasmkube_runtime::wasm)…");
+        let d = dir.join("instance");
+        std::fs::create_dir_all(&d)?;
+        Some(instance_section(opts, &d, &hello).await?)
+    } else {
+        None
+    };
+    let bursts = if opts.burst {
+        println!("pod start bursts on `wasmkube up`…");
+        let d = dir.join("burst");
+        std::fs::create_dir_all(&d)?;
+        Some(burst_section(opts, &d, &image).await?)
+    } else {
+        None
+    };
+    let rss = if opts.rss {
+        println!("agent RSS (`wasmkube server` + `wasmkube agent`)…");
+        let d = dir.join("rss");
+        std::fs::create_dir_all(&d)?;
+        Some(rss_section(opts, &d, &image).await?)
+    } else {
+        None
+    };
+    print_report(opts, instance.as_ref(), bursts.as_ref(), rss.as_ref());
+    Ok(())
+}
+
+fn print_report(
+    opts: &Opts,
+    instance: Option<&InstanceFigures>,
+    bursts: Option<&BurstSection>,
+    rss: Option<&RssSection>,
+) {
+    let build = if cfg!(debug_assertions) {
+        " [DEBUG build: not representative]"
+    } else {
+        ""
+    };
+    println!();
+    println!("==================== wasmkube agent benchmark{build} ====================");
+    println!(
+        "1-minute load average at the end: {:.2} (2-core machine shared with other work)",
+        load_average()
+    );
+    if let Some(b) = bursts {
+        println!("--- 1. pod start burst: `wasmkube up` (control plane + agent + managed etcd, one node), hello with HELLO_SLEEP=inf, restartPolicy Always, module cached by a warm-up pod ({:.0} ms to Running, compile included)", ms(b.warmup_to_running));
+        for f in [&b.scheduled, &b.preset] {
+            println!(
+                "{}: creation→Running {} — goal p50 ≤ 50 ms, p99 ≤ 250 ms (Kubernetes' SLO: p99 ≤ 5 s)",
+                f.title,
+                f.to_running.ms()
+            );
+            println!(
+                "    {} of {} Running; burst {:.2} s (first create sent → last Running) = {:.0} pods/s; the same creates' API round trip: {}",
+                f.running,
+                f.pods,
+                f.burst_wall.as_secs_f64(),
+                f.running as f64 / f.burst_wall.as_secs_f64().max(1e-9),
+                f.create_latency.ms()
+            );
+            if let (Some(bound), Some(agent)) = (&f.to_bound, &f.bound_to_running) {
+                println!(
+                    "    split: creation→bound p50 {:.1} / p99 {:.1} ms; bound→Running p50 {:.1} / p99 {:.1} ms",
+                    ms(bound.p50),
+                    ms(bound.p99),
+                    ms(agent.p50),
+                    ms(agent.p99)
+                );
+            }
+            println!("    CPU: {}", f.cpu.describe(f.pods));
+            println!(
+                "    API requests per pod: {}",
+                describe_calls(&f.api_calls, f.pods)
+            );
+        }
+        let a = &b.api_baseline;
+        println!(
+            "API round trip alone (baseline; {} creates of pods nobody schedules, same clients): {}; {:.0} creates/s",
+            a.pods,
+            a.create_latency.ms(),
+            a.created as f64 / a.create_wall.as_secs_f64().max(1e-9)
+        );
+        println!("    CPU: {}", a.cpu.describe(a.pods));
+        let teardowns: Vec<String> = b
+            .teardowns
+            .iter()
+            .map(|(what, d)| format!("{what} {:.1} s", d.as_secs_f64()))
+            .collect();
+        println!(
+            "teardown (deletes with grace 0 until the agent removed every pod dir): {}",
+            teardowns.join("; ")
+        );
+        println!(
+            "`up` process RSS (server + agent in one): {:.1} MiB idle, {:.1} MiB with {} pods Running, peak {:.1} MiB",
+            b.up_rss_idle, b.up_rss_running, b.scheduled.running, b.up_hwm
+        );
+    }
+    if let Some(i) = instance {
+        println!("--- 2. instance start from the compiled cache (in process, wasmkube_runtime::wasm; engine sized for {ENGINE_INSTANCES} instances as the agent's, pooling {}; WasmEngine::new {:.1} ms)", i.pooling, ms(i.engine_new));
+        for m in &i.modules {
+            println!(
+                "{} ({} B): run start→exit {} — goal ≤ 1 ms ({} failed runs, {:.0} B output per run)",
+                m.name,
+                m.size,
+                m.runs.us(),
+                m.failures,
+                m.output_bytes_per_run
+            );
+            println!(
+                "    load: first compile {:.1} ms vs new engine from the on-disk artifact {:.2} ms vs in memory {:.0} µs",
+                ms(m.compile),
+                ms(m.from_disk),
+                us(m.from_memory)
+            );
+        }
+        if let Some(sl) = &i.sleeping {
+            println!(
+                "{} long-running hello instances started at once (HELLO_SLEEP=inf): all printed after {:.0} ms = {:.0} starts/s; this process's RSS {:.1} → {:.1} MiB = {:.1} KiB per instance (system allocator; {:.1} MiB once dropped) — the wasm layer's share of a pod",
+                sl.instances,
+                ms(sl.all_started),
+                sl.instances as f64 / sl.all_started.as_secs_f64().max(1e-9),
+                sl.rss_before,
+                sl.rss_running,
+                (sl.rss_running - sl.rss_before) * 1024.0 / sl.instances.max(1) as f64,
+                sl.rss_after
+            );
+        }
+    }
+    if let Some(r) = rss {
+        println!("--- 3. agent RSS (separate `wasmkube agent` process, max-pods 1000)");
+        println!(
+            "idle after registration: {:.1} MiB (after {:.0} s idle; {:.1} MiB when its Node turned Ready, {:.1} s after start) — goal ≤ 40 MB; k3s' agent ~{K3S_AGENT_RSS_MB:.0} MB",
+            r.idle,
+            r.idle_wait.as_secs_f64(),
+            r.at_registration,
+            r.registered_after.as_secs_f64()
+        );
+        let n = r.pods.running.max(1) as f64;
+        println!(
+            "with {} hello pods Running: {:.1} MiB (peak {:.1} MiB) → {:.1} KiB per pod over idle",
+            r.pods.running,
+            r.with_pods,
+            r.hwm,
+            (r.with_pods - r.idle) * 1024.0 / n
+        );
+        let series: Vec<String> = r.idle_series.iter().map(|m| format!("{m:.1}")).collect();
+        println!(
+            "    idle VmRSS each second after Ready: {} MiB; split file-backed / anonymous: idle {:.1} / {:.1} MiB, with pods {:.1} / {:.1} MiB",
+            series.join(" "),
+            r.idle_split.0,
+            r.idle_split.1,
+            r.pods_split.0,
+            r.pods_split.1
+        );
+        println!("    regions that grew most with the pods (RSS idle → with pods):");
+        for (region, was, now) in &r.grown {
+            println!(
+                "      {}: {:.1} → {:.1} MiB ({:.1} KiB per pod)",
+                region.describe(),
+                *was as f64 / 1024.0,
+                *now as f64 / 1024.0,
+                (now - was) as f64 / n
+            );
+        }
+        let secs = r.steady_wall.as_secs_f64().max(1e-9);
+        let total: f64 = r.steady_calls.iter().map(|c| c.2).sum();
+        let mut calls: Vec<&(String, String, f64, Duration)> = r.steady_calls.iter().collect();
+        calls.sort_by(|a, b| b.2.total_cmp(&a.2));
+        let calls: Vec<String> = calls
+            .iter()
+            .map(|(verb, resource, count, _)| format!("{verb} {resource} {:.1}/s", count / secs))
+            .collect();
+        let cpu: Vec<String> = r
+            .steady_cpu
+            .processes
+            .iter()
+            .map(|(name, s)| format!("{name} {:.1}% of a core", s * 100.0 / secs))
+            .collect();
+        println!(
+            "    steady state with {} pods Running ({:.0} s, nothing changing): {:.1} API requests/s ({}); CPU {}",
+            r.pods.running,
+            secs,
+            total / secs,
+            if calls.is_empty() { "none".to_string() } else { calls.join(", ") },
+            cpu.join(", ")
+        );
+        if let Some(after) = r.after_delete {
+            println!("    after deleting the pods again: {after:.1} MiB");
+        }
+        println!(
+            "    those pods: creation→Running {}; the server's RSS then {:.1} MiB",
+            r.pods.to_running.ms(),
+            r.server_rss
+        );
+    }
+    println!(
+        "(knobs: WASMKUBE_BENCH_PODS={}, WASMKUBE_BENCH_CLIENTS={}, WASMKUBE_BENCH_INSTANCE_RUNS={})",
+        opts.pods, opts.clients, opts.instance_runs
+    );
+    println!("{}", "=".repeat(80));
+}

@@ -8,6 +8,7 @@
 //!   → running → terminating);
 //! - [`status`]: the `PodStatus` derived from what the worker knows;
 //! - [`events`]: Events on pods;
+//! - [`objects`]: the ConfigMaps and Secrets pods read, through a short cache;
 //! - [`server`]: the HTTPS endpoint only the API server may call.
 //!
 //! Data directory layout: `kubeconfig` and `pki/` (credentials), `modules/` (fetched
@@ -17,6 +18,7 @@
 pub mod bootstrap;
 pub mod events;
 pub mod node;
+pub mod objects;
 pub mod podnet;
 pub mod pods;
 pub mod server;
@@ -169,6 +171,7 @@ impl Agent {
             engine,
             modules: Arc::new(modules),
             logs,
+            objects: objects::CachedSource::new(client.clone()),
             recorder: Arc::new(events::Recorder::new(client, &opts.node_name)),
             pods_dir: opts.data_dir.join("pods"),
         });

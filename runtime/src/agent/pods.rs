@@ -33,6 +33,8 @@ pub struct Context {
     pub engine: WasmEngine,
     pub modules: Arc<ModuleStore>,
     pub logs: Arc<LogStore>,
+    /// ConfigMaps, Secrets and tokens for volumes and environments.
+    pub objects: super::objects::CachedSource,
     pub recorder: Arc<Recorder>,
     /// `pods/<uid>/` per pod.
     pub pods_dir: PathBuf,

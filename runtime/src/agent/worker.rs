@@ -47,6 +47,8 @@ const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// A container that ran this long without failing starts over at the initial back-off.
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
+/// How long the status writer waits for more changes before writing.
+const STATUS_COALESCE: Duration = Duration::from_millis(15);
 /// How often configMap/secret/downwardAPI/projected volumes are re-projected.
 const VOLUME_REFRESH: Duration = Duration::from_secs(10);
 
@@ -234,7 +236,7 @@ async fn run_pod(
     // Volumes.
     let mut backoff = Backoff::new();
     let volumes = loop {
-        match PodVolumes::prepare(&ctx.client, &pod, pod_dir).await {
+        match PodVolumes::prepare(&ctx.objects, &pod, pod_dir).await {
             Ok(v) => break v,
             Err(e) => {
                 let message = format!("MountVolume.SetUp failed: {e}");
@@ -259,7 +261,7 @@ async fn run_pod(
                     _ = tokio::time::sleep(VOLUME_REFRESH) => {}
                 }
                 let pod = pod_rx.borrow().clone();
-                if let Err(e) = volumes.refresh(&shared.ctx.client, &pod).await {
+                if let Err(e) = volumes.refresh(&shared.ctx.objects, &pod).await {
                     tracing::debug!(error = %e, "refreshing volumes");
                 }
             }
@@ -455,7 +457,7 @@ async fn run_once(
             host_ip,
             pod_ip,
         };
-        let env = crate::env::container_env(&ctx.client, pod, c, &facts, &[]).await;
+        let env = crate::env::container_env(&ctx.objects, pod, c, &facts, &[]).await;
         let result = env.map_err(|e| e.to_string()).and_then(|env| {
             volumes
                 .preopens(c, &env)
@@ -764,6 +766,11 @@ async fn write_status(shared: Arc<Shared>, pod: Pod, stop: CancellationToken) {
             _ = shared.changed.notified() => false,
             _ = stop.cancelled() => true,
         };
+        if !stopping {
+            // Changes that follow each other closely (fetched, then started) become one
+            // write: a pod start costs the API server one PATCH, not three.
+            tokio::time::sleep(STATUS_COALESCE).await;
+        }
         let mut status = match shared.state.lock() {
             Ok(s) => s.to_status(shared.policy, Utc::now()),
             Err(_) => return,

@@ -6,6 +6,12 @@
 //! deletionTimestamp). It runs as a background task until [`HollowNode::shutdown`] or
 //! drop; [`HollowNode::stop_heartbeats`] makes it go silent (no Lease renewals, no
 //! status, no pod work) while staying registered, as an unreachable node does.
+//!
+//! Like a kubelet it polls nothing: one watch of its pods (field selector
+//! `spec.nodeName=<name>`) and one of its own Node (`metadata.name=<name>`, for the
+//! podCIDR and the Ready condition the node lifecycle controller may have changed).
+//! Pods are worked on when their events arrive, several at once; what failed is retried
+//! on the next heartbeat.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -19,7 +25,8 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::{reflector, watcher, WatchStreamExt};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
 use kube::ResourceExt;
 use serde_json::json;
 use tokio::task::JoinHandle;
@@ -28,10 +35,14 @@ use crate::harness::Cluster;
 
 /// The namespace of node heartbeat Leases.
 const LEASE_NAMESPACE: &str = "kube-node-lease";
-/// How often a hollow node heartbeats and looks at its pods.
+/// How often a hollow node heartbeats (and retries pod work that failed).
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// The address hollow nodes (and so their pods' hostIP) report.
 const HOST_IP: &str = "127.0.0.1";
+/// Pod status reports or deletions in flight at once per node.
+const POD_WORK_CONCURRENCY: usize = 16;
+/// The pod capacity of [`HollowNode::start`] (the kubelet's default).
+const DEFAULT_MAX_PODS: u32 = 110;
 
 /// One simulated node; see the module docs.
 pub struct HollowNode {
@@ -45,6 +56,17 @@ impl HollowNode {
     /// Registers node `name` with `cpu`/`memory` capacity (and 110 pods) and starts its
     /// agent.
     pub async fn start(cluster: &Cluster, name: &str, cpu: &str, memory: &str) -> HollowNode {
+        HollowNode::start_with_pods(cluster, name, cpu, memory, DEFAULT_MAX_PODS).await
+    }
+
+    /// [`HollowNode::start`] with room for `max_pods` pods.
+    pub async fn start_with_pods(
+        cluster: &Cluster,
+        name: &str,
+        cpu: &str,
+        memory: &str,
+        max_pods: u32,
+    ) -> HollowNode {
         let client = wasmkube_control::controllers::client_from_kubeconfig(&cluster.kubeconfig)
             .await
             .unwrap_or_else(|e| panic!("a client for hollow node {name}: {e:#}"));
@@ -63,7 +85,7 @@ impl HollowNode {
             .create(&PostParams::default(), &node)
             .await
             .unwrap_or_else(|e| panic!("registering hollow node {name}: {e}"));
-        let resources = json!({"cpu": cpu, "memory": memory, "pods": "110"});
+        let resources = json!({"cpu": cpu, "memory": memory, "pods": max_pods.to_string()});
         let now = Time(Timestamp::now());
         let status = json!({"status": {
             "capacity": resources,
@@ -115,9 +137,12 @@ impl HollowNode {
             name: name.to_string(),
             client: client.clone(),
             heartbeats: heartbeats.clone(),
+            node: None,
             pod_cidr: None,
             ips: HashMap::new(),
+            used_ips: HashSet::new(),
             next_host: 0,
+            pending: HashMap::new(),
             reported: HashSet::new(),
         };
         HollowNode {
@@ -169,30 +194,45 @@ fn ready_condition(now: &Time) -> serde_json::Value {
     })
 }
 
+/// What a hollow node does about one pod.
+enum PodWork {
+    /// Finish a graceful deletion.
+    Delete,
+    /// Report it Running with this address.
+    Start(IpAddr),
+}
+
 /// The background half of a [`HollowNode`].
 struct Agent {
     name: String,
     client: kube::Client,
     heartbeats: Arc<AtomicBool>,
+    /// The Node as its watch last showed it.
+    node: Option<Node>,
     /// The node's podCIDR as (network address, prefix length); IPv4 only.
     pod_cidr: Option<(u32, u32)>,
     /// Pod uid → its address.
     ips: HashMap<String, IpAddr>,
+    used_ips: HashSet<IpAddr>,
     /// The next host number to hand out in the pod CIDR.
     next_host: usize,
-    /// Pods already reported Running (or deleted), by uid.
+    /// Pods with work to do (or to look at), by uid: the latest version seen.
+    pending: HashMap<String, Arc<Pod>>,
+    /// Pods already reported Running, by uid.
     reported: HashSet<String>,
 }
 
 impl Agent {
     async fn run(mut self) {
         let pods: Api<Pod> = Api::all(self.client.clone());
-        let (store, writer) = reflector::store();
         let config = watcher::Config::default().fields(&format!("spec.nodeName={}", self.name));
-        let stream = reflector::reflector(writer, watcher::watcher(pods, config))
-            .default_backoff()
-            .touched_objects();
-        let mut stream = std::pin::pin!(stream);
+        let pod_events = watcher::watcher(pods, config).default_backoff();
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let config = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
+        let node_events = watcher::watcher(nodes, config).default_backoff();
+        let mut pod_events = std::pin::pin!(pod_events);
+        let mut node_events = std::pin::pin!(node_events);
+        let mut relist: Option<HashSet<String>> = None;
         let mut tick = tokio::time::interval(HEARTBEAT);
         loop {
             tokio::select! {
@@ -201,17 +241,68 @@ impl Agent {
                         self.heartbeat().await;
                     }
                 }
-                event = stream.next() => {
-                    if event.is_none() {
-                        return;
-                    }
-                }
+                event = pod_events.next() => match event {
+                    None => return,
+                    Some(Ok(event)) => self.pod_event(event, &mut relist),
+                    Some(Err(e)) => eprintln!("hollow node {}: pod watch: {e}", self.name),
+                },
+                event = node_events.next() => match event {
+                    None => return,
+                    Some(Ok(Event::Apply(node) | Event::InitApply(node))) => self.node_seen(node),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => eprintln!("hollow node {}: node watch: {e}", self.name),
+                },
             }
             if self.heartbeats.load(Ordering::SeqCst) {
-                for pod in store.state() {
-                    self.sync_pod(&pod).await;
+                self.sync_pods().await;
+            }
+        }
+    }
+
+    fn node_seen(&mut self, node: Node) {
+        if self.pod_cidr.is_none() {
+            self.pod_cidr = node
+                .spec
+                .as_ref()
+                .and_then(|s| s.pod_cidr.as_deref())
+                .and_then(parse_v4_cidr);
+        }
+        self.node = Some(node);
+    }
+
+    fn pod_event(&mut self, event: Event<Pod>, relist: &mut Option<HashSet<String>>) {
+        match event {
+            Event::Init => *relist = Some(HashSet::new()),
+            Event::InitApply(pod) | Event::Apply(pod) => {
+                let uid = pod.metadata.uid.clone().unwrap_or_default();
+                if let Some(seen) = relist.as_mut() {
+                    seen.insert(uid.clone());
+                }
+                self.pending.insert(uid, Arc::new(pod));
+            }
+            Event::Delete(pod) => self.forget(pod.metadata.uid.as_deref().unwrap_or_default()),
+            Event::InitDone => {
+                let seen = relist.take().unwrap_or_default();
+                let gone: Vec<String> = self
+                    .ips
+                    .keys()
+                    .chain(self.reported.iter())
+                    .chain(self.pending.keys())
+                    .filter(|uid| !seen.contains(*uid))
+                    .cloned()
+                    .collect();
+                for uid in gone {
+                    self.forget(&uid);
                 }
             }
+        }
+    }
+
+    fn forget(&mut self, uid: &str) {
+        self.pending.remove(uid);
+        self.reported.remove(uid);
+        if let Some(ip) = self.ips.remove(uid) {
+            self.used_ips.remove(&ip);
         }
     }
 
@@ -226,21 +317,10 @@ impl Agent {
         {
             eprintln!("hollow node {}: renewing the lease: {e}", self.name);
         }
-        let nodes: Api<Node> = Api::all(self.client.clone());
-        let node = match nodes.get(&self.name).await {
-            Ok(node) => node,
-            Err(e) => {
-                eprintln!("hollow node {}: reading the node: {e}", self.name);
-                return;
-            }
+        let Some(node) = &self.node else {
+            // The node watch has not shown it yet.
+            return;
         };
-        if self.pod_cidr.is_none() {
-            self.pod_cidr = node
-                .spec
-                .as_ref()
-                .and_then(|s| s.pod_cidr.as_deref())
-                .and_then(parse_v4_cidr);
-        }
         let ready = node
             .status
             .as_ref()
@@ -249,106 +329,68 @@ impl Agent {
         if !ready {
             let now = Time(Timestamp::now());
             let patch = json!({"status": {"conditions": [ready_condition(&now)]}});
-            if let Err(e) = nodes
+            let nodes: Api<Node> = Api::all(self.client.clone());
+            match nodes
                 .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
             {
-                eprintln!("hollow node {}: reporting Ready: {e}", self.name);
+                // Seen as Ready until the watch says otherwise, so that the next
+                // heartbeat does not repeat the patch before the watch catches up.
+                Ok(node) => self.node = Some(node),
+                Err(e) => eprintln!("hollow node {}: reporting Ready: {e}", self.name),
             }
         }
     }
 
-    /// Does what a kubelet would with `pod`: finish its deletion, or start it.
-    async fn sync_pod(&mut self, pod: &Pod) {
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let ns = pod.namespace().unwrap_or_default();
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
-        if pod.metadata.deletion_timestamp.is_some() {
-            let params = DeleteParams {
-                grace_period_seconds: Some(0),
-                preconditions: Some(Preconditions {
-                    uid: Some(uid.clone()),
-                    resource_version: None,
-                }),
-                ..Default::default()
+    /// Does what a kubelet would with each pending pod — finish its deletion, or start
+    /// it — several at once. Pods whose work failed stay pending.
+    async fn sync_pods(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut work = Vec::new();
+        let uids: Vec<String> = self.pending.keys().cloned().collect();
+        for uid in uids {
+            let Some(pod) = self.pending.get(&uid).cloned() else {
+                continue;
             };
-            match api.delete(&pod.name_any(), &params).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-                Err(e) => eprintln!(
-                    "hollow node {}: deleting {}: {e}",
-                    self.name,
-                    pod.name_any()
-                ),
+            if pod.metadata.deletion_timestamp.is_some() {
+                work.push((uid, pod, PodWork::Delete));
+            } else if self.reported.contains(&uid) {
+                self.pending.remove(&uid);
+            } else if let Some(ip) = self.address_for(&uid) {
+                work.push((uid, pod, PodWork::Start(ip)));
             }
-            self.ips.remove(&uid);
-            return;
+            // Otherwise there is no podCIDR yet: the pod waits for the node watch.
         }
-        if self.reported.contains(&uid) {
-            return;
-        }
-        let Some(ip) = self.address_for(&uid) else {
-            // No podCIDR yet: the next heartbeat reads it.
-            return;
-        };
-        let now = Time(Timestamp::now());
-        let conditions: Vec<serde_json::Value> = [
-            "PodReadyToStartContainers",
-            "Initialized",
-            "Ready",
-            "ContainersReady",
-            "PodScheduled",
-        ]
-        .iter()
-        .map(|t| json!({"type": t, "status": "True", "lastTransitionTime": now}))
-        .collect();
-        let containers: Vec<serde_json::Value> = pod
-            .spec
-            .as_ref()
-            .map(|s| s.containers.as_slice())
-            .unwrap_or_default()
-            .iter()
-            .map(|c| {
-                json!({
-                    "name": c.name,
-                    "image": c.image.clone().unwrap_or_default(),
-                    "imageID": "",
-                    "ready": true,
-                    "started": true,
-                    "restartCount": 0,
-                    "state": {"running": {"startedAt": now}},
-                })
+        let client = &self.client;
+        let name = self.name.as_str();
+        let results: Vec<(String, PodWork, bool)> = futures::stream::iter(work)
+            .map(|(uid, pod, what)| async move {
+                let done = match &what {
+                    PodWork::Delete => finish_deletion(client, name, &pod).await,
+                    PodWork::Start(ip) => report_running(client, name, &pod, *ip).await,
+                };
+                (uid, what, done)
             })
-            .collect();
-        let patch = json!({"status": {
-            "phase": "Running",
-            "hostIP": HOST_IP,
-            "hostIPs": [{"ip": HOST_IP}],
-            "podIP": ip.to_string(),
-            "podIPs": [{"ip": ip.to_string()}],
-            "startTime": now,
-            "conditions": conditions,
-            "containerStatuses": containers,
-        }});
-        match api
-            .patch_status(
-                &pod.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-        {
-            Ok(_) => {
-                self.reported.insert(uid);
+            .buffer_unordered(POD_WORK_CONCURRENCY)
+            .collect()
+            .await;
+        for (uid, what, done) in results {
+            if !done {
+                continue;
             }
-            Err(kube::Error::Api(e)) if e.code == 404 => {
-                self.reported.insert(uid);
+            self.pending.remove(&uid);
+            match what {
+                PodWork::Start(_) => {
+                    self.reported.insert(uid);
+                }
+                PodWork::Delete => {
+                    if let Some(ip) = self.ips.remove(&uid) {
+                        self.used_ips.remove(&ip);
+                    }
+                }
             }
-            Err(e) => eprintln!(
-                "hollow node {}: reporting {}: {e}",
-                self.name,
-                pod.name_any()
-            ),
         }
     }
 
@@ -361,14 +403,95 @@ impl Agent {
         // Hosts 2 ..= size-2: not the network, the gateway or the broadcast address.
         let size = 1u64 << (32 - prefix.min(30));
         let hosts = size.saturating_sub(3).max(1);
-        let used: HashSet<IpAddr> = self.ips.values().copied().collect();
         let ip = (0..hosts)
             .map(|i| (self.next_host as u64 + i) % hosts + 2)
             .map(|h| IpAddr::V4(Ipv4Addr::from(network.wrapping_add(h as u32))))
-            .find(|ip| !used.contains(ip))?;
+            .find(|ip| !self.used_ips.contains(ip))?;
         self.next_host += 1;
         self.ips.insert(uid.to_string(), ip);
+        self.used_ips.insert(ip);
         Some(ip)
+    }
+}
+
+/// Deletes a pod that carries a deletionTimestamp with grace 0. Returns whether there
+/// is nothing left to do.
+async fn finish_deletion(client: &kube::Client, node: &str, pod: &Pod) -> bool {
+    let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
+    let params = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(Preconditions {
+            uid: pod.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match api.delete(&pod.name_any(), &params).await {
+        Ok(_) => true,
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => true,
+        Err(e) => {
+            eprintln!("hollow node {node}: deleting {}: {e}", pod.name_any());
+            false
+        }
+    }
+}
+
+/// Reports a pod Running and Ready at `ip`. Returns whether there is nothing left to do.
+async fn report_running(client: &kube::Client, node: &str, pod: &Pod, ip: IpAddr) -> bool {
+    let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
+    let now = Time(Timestamp::now());
+    let conditions: Vec<serde_json::Value> = [
+        "PodReadyToStartContainers",
+        "Initialized",
+        "Ready",
+        "ContainersReady",
+        "PodScheduled",
+    ]
+    .iter()
+    .map(|t| json!({"type": t, "status": "True", "lastTransitionTime": now}))
+    .collect();
+    let containers: Vec<serde_json::Value> = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|c| {
+            json!({
+                "name": c.name,
+                "image": c.image.clone().unwrap_or_default(),
+                "imageID": "",
+                "ready": true,
+                "started": true,
+                "restartCount": 0,
+                "state": {"running": {"startedAt": now}},
+            })
+        })
+        .collect();
+    let patch = json!({"status": {
+        "phase": "Running",
+        "hostIP": HOST_IP,
+        "hostIPs": [{"ip": HOST_IP}],
+        "podIP": ip.to_string(),
+        "podIPs": [{"ip": ip.to_string()}],
+        "startTime": now,
+        "conditions": conditions,
+        "containerStatuses": containers,
+    }});
+    match api
+        .patch_status(
+            &pod.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => true,
+        Err(kube::Error::Api(e)) if e.code == 404 => true,
+        Err(e) => {
+            eprintln!("hollow node {node}: reporting {}: {e}", pod.name_any());
+            false
+        }
     }
 }
 

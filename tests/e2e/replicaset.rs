@@ -1,10 +1,18 @@
 //! Issue 4, ReplicaSet controller: pods follow `spec.replicas`, owned by the
 //! ReplicaSet; a deleted pod is replaced; a matching orphan is adopted; scaling down
-//! removes unscheduled pods first; status counts what exists.
+//! removes unscheduled pods first; status counts what exists. A burst of 1,000 replicas
+//! over three hollow nodes converges (all Running and Ready), and scaling to zero
+//! removes them all.
 
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
 use serde_json::Value;
 
 use crate::harness::{eventually, Cluster, DEADLINE};
+use crate::hollow::HollowNode;
 
 const RS: &str = r#"
 apiVersion: apps/v1
@@ -137,4 +145,119 @@ async fn replicaset_keeps_its_pods() {
             .is_none_or(|r| r.is_empty()),
         "{released:#}"
     );
+}
+
+/// Replicas of the burst scenario.
+const BURST: usize = 1_000;
+/// Patience for the burst: a debug build on a small machine shared with other tests
+/// writes a few thousand objects (pods, bindings, statuses, deletions) here.
+const BURST_DEADLINE: Duration = Duration::from_secs(600);
+
+const BURST_RS: &str = r#"
+apiVersion: apps/v1
+kind: ReplicaSet
+metadata:
+  name: burst
+  namespace: default
+spec:
+  replicas: 1000
+  selector:
+    matchLabels:
+      app: burst
+  template:
+    metadata:
+      labels:
+        app: burst
+    spec:
+      containers:
+      - name: app
+        image: registry.local/burst:v1
+"#;
+
+/// (status.replicas, readyReplicas, availableReplicas) of a ReplicaSet.
+async fn replica_counts(sets: &Api<ReplicaSet>, name: &str) -> Result<(i32, i32, i32), String> {
+    let rs = sets
+        .get(name)
+        .await
+        .map_err(|e| format!("get rs {name}: {e}"))?;
+    let status = rs.status.unwrap_or_default();
+    Ok((
+        status.replicas,
+        status.ready_replicas.unwrap_or(0),
+        status.available_replicas.unwrap_or(0),
+    ))
+}
+
+#[tokio::test]
+async fn a_thousand_replicas_converge_and_scale_to_zero() {
+    // /22 pod CIDRs: a node's ~330 pods need more addresses than a /24 has.
+    let cluster = Cluster::builder()
+        .args(&["--node-cidr-mask-size", "22"])
+        .start()
+        .await;
+    let mut nodes = Vec::new();
+    for name in ["burst-1", "burst-2", "burst-3"] {
+        nodes.push(HollowNode::start_with_pods(&cluster, name, "8", "32Gi", 500).await);
+    }
+    let client = wasmkube_control::controllers::client_from_kubeconfig(&cluster.kubeconfig)
+        .await
+        .expect("a client");
+    let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    let selected = ListParams::default().labels("app=burst");
+
+    cluster.create_stdin(BURST_RS).await;
+    let n = BURST as i32;
+    eventually(
+        "1,000 replicas ready and available",
+        BURST_DEADLINE,
+        async || match replica_counts(&sets, "burst").await? {
+            (r, ready, available) if r == n && ready == n && available == n => Ok(()),
+            counts => Err(format!("(replicas, ready, available) = {counts:?}")),
+        },
+    )
+    .await;
+    let list = pods.list(&selected).await.expect("list the burst pods");
+    let running = list
+        .items
+        .iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .count();
+    assert_eq!(
+        (list.items.len(), running),
+        (BURST, BURST),
+        "(pods, Running pods)"
+    );
+    let mut per_node = std::collections::BTreeMap::<String, usize>::new();
+    for pod in &list.items {
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+        *per_node.entry(node.unwrap_or_default()).or_default() += 1;
+    }
+    assert_eq!(
+        per_node.len(),
+        3,
+        "spread over the three nodes: {per_node:?}"
+    );
+
+    cluster
+        .kubectl_ok(&["scale", "rs", "burst", "--replicas=0"])
+        .await;
+    eventually("every burst pod gone", BURST_DEADLINE, async || {
+        let left = pods
+            .list_metadata(&selected)
+            .await
+            .map_err(|e| format!("list: {e}"))?
+            .items
+            .len();
+        let counts = replica_counts(&sets, "burst").await?;
+        if left == 0 && counts == (0, 0, 0) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{left} pods left; (replicas, ready, available) = {counts:?}"
+            ))
+        }
+    })
+    .await;
+    drop(nodes);
 }

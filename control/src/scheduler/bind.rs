@@ -7,7 +7,8 @@ use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 
-use crate::controllers::events::{reference, EventType, Recorder};
+use super::event_queue::EventQueue;
+use crate::controllers::events::{reference, EventType};
 
 /// The field manager of the scheduler's status patches.
 const FIELD_MANAGER: &str = "default-scheduler";
@@ -59,23 +60,21 @@ pub async fn bind(client: &kube::Client, pod: &Pod, node: &str) -> Result<(), Bi
     }
 }
 
-/// Records the `Scheduled` event of a bound pod.
-pub async fn record_scheduled(recorder: &Recorder, pod: &Pod, node: &str) {
+/// Queues the `Scheduled` event of a bound pod.
+pub fn record_scheduled(events: &EventQueue, pod: &Pod, node: &str) {
     let message = format!(
         "Successfully assigned {}/{} to {node}",
         pod.metadata.namespace.as_deref().unwrap_or("default"),
         pod.metadata.name.as_deref().unwrap_or_default()
     );
-    recorder
-        .record(&reference(pod), EventType::Normal, "Scheduled", &message)
-        .await;
+    events.record(reference(pod), EventType::Normal, "Scheduled", message);
 }
 
 /// Sets PodScheduled=False/Unschedulable with `message` (unless the pod already says
-/// so) and records a FailedScheduling warning.
+/// so) and queues a FailedScheduling warning.
 pub async fn report_unschedulable(
     client: &kube::Client,
-    recorder: &Recorder,
+    events: &EventQueue,
     pod: &Pod,
     message: &str,
 ) {
@@ -117,12 +116,10 @@ pub async fn report_unschedulable(
             tracing::warn!(namespace, pod = name, error = %e, "setting PodScheduled=False failed");
         }
     }
-    recorder
-        .record(
-            &reference(pod),
-            EventType::Warning,
-            "FailedScheduling",
-            message,
-        )
-        .await;
+    events.record(
+        reference(pod),
+        EventType::Warning,
+        "FailedScheduling",
+        message.to_string(),
+    );
 }

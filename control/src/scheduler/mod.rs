@@ -11,16 +11,21 @@
 //! - [`filter`]: which nodes may take a pod; [`diagnosis`]: why none did.
 //! - [`score`]: which feasible node is best.
 //! - [`bind`]: the writes — the binding, the Unschedulable condition, events.
+//! - [`event_queue`]: Events written in the background, bindings first.
 //!
 //! # Flow
 //! Three watches (nodes, all pods, RuntimeClasses) keep the cache and queue current.
 //! One loop takes pods from the queue, filters and scores nodes in memory (no request
-//! per pod), counts the pod on the chosen node at once, and hands the binding to a
-//! task; bindings run concurrently up to [`MAX_CONCURRENT_WRITES`].
+//! per pod), counts the pod on the chosen node at once ("assumes" it), and hands the
+//! binding to a task; bindings run concurrently up to [`MAX_CONCURRENT_WRITES`]. In a
+//! big cluster only a sample of the feasible nodes is scored
+//! (`percentageOfNodesToScore`). Events are queued and written off this path
+//! ([`event_queue`]).
 
 mod bind;
 mod cache;
 mod diagnosis;
+mod event_queue;
 pub(crate) mod filter;
 mod quantity;
 mod queue;
@@ -45,13 +50,17 @@ use tokio::time::Instant;
 use crate::controllers::events::Recorder;
 use cache::{Cache, NodeSpec};
 use diagnosis::Diagnosis;
+use event_queue::EventQueue;
 use queue::Queue;
 use requirements::{PodInfo, Requirements, RuntimeClassScheduling};
 
 /// The `spec.schedulerName` this scheduler serves (an unset name means it too).
 pub const SCHEDULER_NAME: &str = "default-scheduler";
-/// Bindings and status reports in flight at once.
-pub const MAX_CONCURRENT_WRITES: usize = 64;
+/// Bindings and status reports in flight at once. A binding waits mostly for etcd's
+/// commit, so throughput grows with concurrency: kube-scheduler binds each pod in a
+/// goroutine of its own. The bound keeps a burst of thousands from opening as many
+/// connections.
+pub const MAX_CONCURRENT_WRITES: usize = 256;
 /// How often an idle scheduler looks at unschedulable pods again.
 const TICK: Duration = Duration::from_millis(200);
 
@@ -65,7 +74,7 @@ struct Shared {
     /// Bounds concurrent writes, so a burst of pods cannot open unbounded requests.
     writes: Arc<Semaphore>,
     client: kube::Client,
-    recorder: Arc<Recorder>,
+    events: Arc<EventQueue>,
 }
 
 #[derive(Default)]
@@ -88,12 +97,17 @@ impl Shared {
 
 /// Runs the scheduler until the process ends.
 pub async fn run(client: kube::Client, recorder: Arc<Recorder>) {
+    let writes = Arc::new(Semaphore::new(MAX_CONCURRENT_WRITES));
+    let in_flight = writes.clone();
+    let (events, write_events) = EventQueue::new(recorder, move || {
+        in_flight.available_permits() < MAX_CONCURRENT_WRITES
+    });
     let shared = Arc::new(Shared {
         state: Mutex::new(State::default()),
         wake: Notify::new(),
-        writes: Arc::new(Semaphore::new(MAX_CONCURRENT_WRITES)),
+        writes,
         client,
-        recorder,
+        events,
     });
     tracing::info!(scheduler = SCHEDULER_NAME, "scheduler starting");
     tokio::join!(
@@ -101,6 +115,7 @@ pub async fn run(client: kube::Client, recorder: Arc<Recorder>) {
         watch_pods(shared.clone()),
         watch_runtime_classes(shared.clone()),
         schedule_loop(shared),
+        write_events,
     );
 }
 
@@ -398,7 +413,7 @@ async fn schedule_one(shared: &Arc<Shared>, uid: &str, pod: &Pod, rng: &mut StdR
             };
             let shared = shared.clone();
             tokio::spawn(async move {
-                bind::report_unschedulable(&shared.client, &shared.recorder, &pod, &message).await;
+                bind::report_unschedulable(&shared.client, &shared.events, &pod, &message).await;
                 drop(permit);
             });
         }
@@ -511,7 +526,7 @@ async fn finish_binding(shared: &Shared, uid: &str, pod: &Pod, node: &str) {
     match bind::bind(&shared.client, pod, node).await {
         Ok(()) => {
             shared.lock().queue.remove(uid);
-            bind::record_scheduled(&shared.recorder, pod, node).await;
+            bind::record_scheduled(&shared.events, pod, node);
         }
         Err(e) => {
             let message = format!("Binding rejected: {e}");
@@ -536,15 +551,12 @@ async fn finish_binding(shared: &Shared, uid: &str, pod: &Pod, node: &str) {
                 }
             };
             if retry {
-                shared
-                    .recorder
-                    .record(
-                        &crate::controllers::events::reference(pod),
-                        crate::controllers::events::EventType::Warning,
-                        "FailedScheduling",
-                        &message,
-                    )
-                    .await;
+                shared.events.record(
+                    crate::controllers::events::reference(pod),
+                    crate::controllers::events::EventType::Warning,
+                    "FailedScheduling",
+                    message,
+                );
             }
             shared.wake.notify_one();
         }

@@ -21,6 +21,7 @@ pub mod node;
 pub mod objects;
 pub mod podnet;
 pub mod pods;
+pub mod sandbox;
 pub mod server;
 pub mod status;
 pub mod worker;
@@ -151,6 +152,7 @@ impl Agent {
             LogLimits::default(),
         ));
 
+        let sandboxes = Arc::new(sandbox::Sandboxes::default());
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(node::heartbeat(
@@ -161,7 +163,7 @@ impl Agent {
         tasks.push(tokio::spawn(server::serve(
             listener,
             tls,
-            crate::logs::http::router(logs.clone()),
+            server::router(logs.clone(), sandboxes.clone()),
             stop.clone(),
         )));
         let ctx = Arc::new(pods::Context {
@@ -174,6 +176,7 @@ impl Agent {
             objects: objects::CachedSource::new(client.clone()),
             recorder: Arc::new(events::Recorder::new(client, &opts.node_name)),
             pods_dir: opts.data_dir.join("pods"),
+            sandboxes,
         });
         tasks.push(tokio::spawn(pods::run(ctx, stop.clone())));
         tracing::info!(node = %opts.node_name, %addr, "node agent is up");

@@ -38,6 +38,8 @@ pub struct Context {
     pub recorder: Arc<Recorder>,
     /// `pods/<uid>/` per pod.
     pub pods_dir: PathBuf,
+    /// The running containers' sandboxes, for exec, probes and port-forward.
+    pub sandboxes: Arc<super::sandbox::Sandboxes>,
 }
 
 struct Worker {

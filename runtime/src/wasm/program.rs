@@ -80,6 +80,9 @@ pub struct RunSpec {
     /// The most linear memory (all memories together) the instance may have, in bytes.
     /// `None` leaves the engine's per-instance maximum.
     pub memory_limit: Option<u64>,
+    /// The CPU the instance may use, in millicores (1000 = one core); `None` is no
+    /// limit of its own (a fair share with the other instances).
+    pub cpu_limit_millis: Option<u64>,
     /// Allow TCP, UDP and name lookup to any address (finer policy comes with the pod
     /// network); `false` denies all sockets.
     pub network: bool,
@@ -106,6 +109,7 @@ impl RunSpec {
             stderr,
             stdin: None,
             memory_limit: None,
+            cpu_limit_millis: None,
             network: false,
             pod_ip: None,
         }
@@ -121,6 +125,7 @@ impl fmt::Debug for RunSpec {
             .field("preopens", &self.preopens)
             .field("stdin", &self.stdin.is_some())
             .field("memory_limit", &self.memory_limit)
+            .field("cpu_limit_millis", &self.cpu_limit_millis)
             .field("network", &self.network)
             .field("pod_ip", &self.pod_ip)
             .finish()
@@ -389,6 +394,7 @@ fn wasi_builder(spec: RunSpec) -> Result<WasiCtxBuilder, String> {
         stderr,
         stdin,
         memory_limit: _,
+        cpu_limit_millis: _,
         network,
         pod_ip,
     } = spec;

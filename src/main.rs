@@ -123,6 +123,13 @@ struct AgentArgs {
     /// A registry (host[:port]) reached over plain HTTP; loopback ones always are.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
+    /// The cluster's pod range (the server's --cluster-cidr): pods may connect there.
+    #[arg(long, default_value = wasmkube_runtime::agent::DEFAULT_CLUSTER_CIDR)]
+    cluster_cidr: ipnet_arg::Cidr,
+    /// The Service ClusterIP range (the server's --service-cidr): pods may connect
+    /// there. Other destinations need the pod annotation network.wasmkube.io/egress.
+    #[arg(long, default_value = wasmkube_runtime::agent::DEFAULT_SERVICE_CIDR)]
+    service_cidr: ipnet_arg::Cidr,
 }
 
 #[derive(Args)]
@@ -288,11 +295,15 @@ async fn run_until_signal(opts: ServerOptions) -> Result<()> {
 /// `up`: the control plane, then one agent joined to it with the server's own token.
 async fn run_cluster(opts: ServerOptions, node_name: String, max_pods: u32) -> Result<()> {
     let data_dir = opts.data_dir.clone();
+    let cluster_cidr = opts.controllers.node_ipam.cluster_cidr;
+    let service_cidr = opts.service_cidr;
     let server = Server::start(opts).await?;
     let mut agent_opts = AgentOptions::new(server.url.clone(), node_name, data_dir.join("agent"));
     agent_opts.join_token = Some(server.join_token.clone());
     agent_opts.ca_cert = Some(data_dir.join("pki").join("ca.crt"));
     agent_opts.max_pods = max_pods;
+    agent_opts.cluster_cidr = cluster_cidr;
+    agent_opts.service_cidr = service_cidr.into();
     let agent = match Agent::start(agent_opts).await {
         Ok(a) => a,
         Err(e) => {
@@ -321,6 +332,8 @@ async fn run_agent(a: AgentArgs) -> Result<()> {
     opts.kubelet_port = a.kubelet_port;
     opts.max_pods = a.max_pods;
     opts.insecure_registries = a.insecure_registries;
+    opts.cluster_cidr = a.cluster_cidr.0.into();
+    opts.service_cidr = a.service_cidr.0.into();
     for l in a.node_labels.iter().filter(|l| !l.is_empty()) {
         let (k, v) = l
             .split_once('=')

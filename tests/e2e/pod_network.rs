@@ -137,3 +137,102 @@ async fn two_echo_pods_serve_port_8080_on_their_own_ips() {
         );
     }
 }
+
+fn connect_pod(name: &str, node: &str, target: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+spec:
+  nodeName: {node}
+  restartPolicy: Never
+  containers:
+  - name: client
+    image: {image}
+    command: ["connect", "{target}", "3"]
+"#,
+        image = sample_image("http-echo")
+    )
+}
+
+/// Waits for a run-to-completion pod to end; its phase and log.
+async fn finished(cluster: &Cluster, name: &str) -> (String, String) {
+    let phase = eventually(&format!("{name} to finish"), DEADLINE, async || {
+        let pod = cluster.get_json(&["pod", name]).await;
+        match pod["status"]["phase"].as_str() {
+            Some(p @ ("Succeeded" | "Failed")) => Ok(p.to_string()),
+            _ => Err(format!("status: {}", pod["status"])),
+        }
+    })
+    .await;
+    let log = cluster.kubectl_ok(&["logs", name]).await;
+    (phase, log)
+}
+
+/// The agent decides where a pod may connect: other pods (and ClusterIPs) yes, from its
+/// own address; the host's other loopback addresses and the outside no — the guest sees
+/// a permission error it can report, and nothing crashes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_reach_other_pods_but_not_the_host() {
+    let cluster = Cluster::builder().up().start().await;
+    let node = up_node(&cluster).await;
+    cluster.create_stdin(&echo_pod("target", &node)).await;
+    let target_ip = eventually("target to run with an IP", DEADLINE, async || {
+        let pod = cluster.get_json(&["pod", "target"]).await;
+        match pod["status"]["podIP"].as_str() {
+            Some(ip) if pod["status"]["phase"] == "Running" => Ok(ip.to_string()),
+            _ => Err(format!("status: {}", pod["status"])),
+        }
+    })
+    .await;
+    let target_ip: IpAddr = target_ip.parse().expect("an IP");
+    eventually("target to answer", DEADLINE, async || {
+        http_get(target_ip).await
+    })
+    .await;
+
+    // A host service on a loopback address outside the cluster's ranges.
+    let host_listener = tokio::net::TcpListener::bind(("127.0.0.2", 0))
+        .await
+        .expect("bind 127.0.0.2");
+    let host_addr = host_listener.local_addr().expect("local addr");
+
+    let allowed = format!("{target_ip}:8080");
+    cluster
+        .create_stdin(&connect_pod("to-pod", &node, &allowed))
+        .await;
+    cluster
+        .create_stdin(&connect_pod("to-host", &node, &host_addr.to_string()))
+        .await;
+    cluster
+        .create_stdin(&connect_pod("to-outside", &node, "192.0.2.1:80"))
+        .await;
+
+    let (phase, log) = finished(&cluster, "to-pod").await;
+    assert_eq!(phase, "Succeeded", "{log}");
+    let pod = cluster.get_json(&["pod", "to-pod"]).await;
+    let own_ip = pod["status"]["podIP"]
+        .as_str()
+        .expect("a podIP")
+        .to_string();
+    assert!(
+        log.contains(&format!("connected to {allowed} from {own_ip}:")),
+        "the connection should come from the pod's own address {own_ip}: {log}"
+    );
+
+    for name in ["to-host", "to-outside"] {
+        let (phase, log) = finished(&cluster, name).await;
+        assert_eq!(phase, "Failed", "{name}: {log}");
+        assert!(log.contains("PermissionDenied"), "{name}: {log}");
+        let pod = cluster.get_json(&["pod", name]).await;
+        assert_eq!(
+            pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"], 1,
+            "{name}: {}",
+            pod["status"]
+        );
+    }
+    // Nothing reached the host's listener.
+    let accepted = tokio::time::timeout(Duration::from_millis(1), host_listener.accept()).await;
+    assert!(accepted.is_err(), "a pod reached the host's 127.0.0.2");
+}

@@ -40,6 +40,11 @@ use crate::fetch::{ModuleStore, StoreOptions};
 use crate::logs::{LogLimits, LogStore};
 use crate::wasm::{EngineOptions, WasmEngine};
 
+/// The server's default `--cluster-cidr`.
+pub const DEFAULT_CLUSTER_CIDR: &str = "127.128.0.0/10";
+/// The server's default `--service-cidr`.
+pub const DEFAULT_SERVICE_CIDR: &str = "127.96.0.0/16";
+
 /// How the agent is set up (the `wasmkube agent` flags).
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
@@ -61,6 +66,11 @@ pub struct AgentOptions {
     pub labels: BTreeMap<String, String>,
     /// Registries reached over plain HTTP besides loopback ones.
     pub insecure_registries: Vec<String>,
+    /// The cluster's pod range (`--cluster-cidr` of the server): pods may connect there.
+    pub cluster_cidr: ipnet::IpNet,
+    /// The Service ClusterIP range (`--service-cidr` of the server): pods may connect
+    /// there.
+    pub service_cidr: ipnet::IpNet,
 }
 
 impl AgentOptions {
@@ -77,6 +87,8 @@ impl AgentOptions {
             max_pods: 1000,
             labels: BTreeMap::new(),
             insecure_registries: Vec::new(),
+            cluster_cidr: DEFAULT_CLUSTER_CIDR.parse().expect("valid default CIDR"),
+            service_cidr: DEFAULT_SERVICE_CIDR.parse().expect("valid default CIDR"),
         }
     }
 }
@@ -177,6 +189,7 @@ impl Agent {
             recorder: Arc::new(events::Recorder::new(client, &opts.node_name)),
             pods_dir: opts.data_dir.join("pods"),
             sandboxes,
+            pod_egress: Arc::from(vec![opts.cluster_cidr, opts.service_cidr]),
         });
         tasks.push(tokio::spawn(pods::run(ctx, stop.clone())));
         tracing::info!(node = %opts.node_name, %addr, "node agent is up");

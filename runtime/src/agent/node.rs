@@ -184,9 +184,11 @@ fn status(spec: &NodeSpec) -> Value {
         .map(|n| n.get())
         .unwrap_or(1);
     let memory_kib = meminfo_kib("MemTotal").unwrap_or(1024 * 1024);
-    // What the agent itself needs stays out of allocatable, as the kubelet's
-    // system-reserved does.
+    // What the agent itself needs (its API traffic, the epoch ticker, compiling) stays
+    // out of allocatable, as the kubelet's system-reserved does; pods' CPU limits are
+    // enforced by the throttle in wasm/cpu.rs, so what is allocatable is really theirs.
     let reserved_kib = 64 * 1024;
+    let reserved_millicores = 100;
     let condition = |type_: &str, ok: bool, reason: &str, message: &str| {
         json!({
             "type": type_,
@@ -204,7 +206,7 @@ fn status(spec: &NodeSpec) -> Value {
             "pods": spec.max_pods.to_string(),
         },
         "allocatable": {
-            "cpu": cpus.to_string(),
+            "cpu": format!("{}m", (cpus * 1000).saturating_sub(reserved_millicores).max(100)),
             "memory": format!("{}Ki", memory_kib.saturating_sub(reserved_kib)),
             "pods": spec.max_pods.to_string(),
         },
@@ -279,6 +281,7 @@ mod tests {
         let s = status(&spec());
         let cpus = std::thread::available_parallelism().unwrap().get();
         assert_eq!(s["capacity"]["cpu"], cpus.to_string());
+        assert_eq!(s["allocatable"]["cpu"], format!("{}m", cpus * 1000 - 100));
         assert_eq!(s["capacity"]["pods"], "1000");
         assert!(s["capacity"]["memory"].as_str().unwrap().ends_with("Ki"));
         assert!(meminfo_kib("MemTotal").unwrap() > 0);

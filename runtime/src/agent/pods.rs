@@ -40,6 +40,8 @@ pub struct Context {
     pub pods_dir: PathBuf,
     /// The running containers' sandboxes, for exec, probes and port-forward.
     pub sandboxes: Arc<super::sandbox::Sandboxes>,
+    /// Where pods' sockets may go: the cluster's pod and service ranges.
+    pub pod_egress: Arc<[ipnet::IpNet]>,
 }
 
 struct Worker {

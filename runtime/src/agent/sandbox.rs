@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use tokio::io::AsyncRead;
 use tokio_util::sync::CancellationToken;
 
-use crate::wasm::{Exit, OutputSink, Preopen, Program, RunSpec};
+use crate::wasm::{Egress, Exit, OutputSink, Preopen, Program, RunSpec};
 
 /// Why a container's sandbox could not be found.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -42,6 +42,7 @@ pub struct ContainerSandbox {
     /// CPU limit in millicores, if any.
     pub cpu_limit_millis: Option<u64>,
     pub pod_ip: Option<IpAddr>,
+    pub egress: Egress,
 }
 
 /// The standard streams of an instance started in a sandbox.
@@ -67,6 +68,7 @@ impl ContainerSandbox {
             cpu_limit_millis: self.cpu_limit_millis,
             network: true,
             pod_ip: self.pod_ip,
+            egress: self.egress.clone(),
         };
         self.program.run(spec, cancel).await
     }

@@ -40,7 +40,7 @@ use super::sandbox::ContainerSandbox;
 use super::status::{ContainerState, PodState, RestartPolicy, Terminated};
 use crate::fetch::{Fetched, PullPolicy, RegistryAuth};
 use crate::volumes::PodVolumes;
-use crate::wasm::{Exit, Program, RunSpec};
+use crate::wasm::{Egress, Exit, Program, RunSpec};
 
 /// The first back-off after a failure, as the kubelet's.
 const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
@@ -536,6 +536,7 @@ async fn run_once(
         .ok()
         .and_then(|s| s.pod_ip.parse::<std::net::IpAddr>().ok())
         .filter(|ip| *ip != ctx.node_ip);
+    let egress = pod_egress(pod, &ctx.pod_egress);
     let sandbox = ContainerSandbox {
         program: program.clone(),
         argv: argv.clone(),
@@ -544,6 +545,7 @@ async fn run_once(
         memory_limit,
         cpu_limit_millis,
         pod_ip,
+        egress: egress.clone(),
     };
     let spec = RunSpec {
         argv,
@@ -556,6 +558,7 @@ async fn run_once(
         cpu_limit_millis,
         network: true,
         pod_ip,
+        egress,
     };
     let started_at = Utc::now();
     shared.update(|s| {
@@ -916,6 +919,49 @@ fn parse_bytes(q: &str) -> Option<u64> {
     Some((n * mult).ceil() as u64)
 }
 
+/// The annotation that widens where a pod may connect: `any`, or a comma-separated list
+/// of CIDRs allowed besides the cluster's ranges.
+pub const EGRESS_ANNOTATION: &str = "network.wasmkube.io/egress";
+
+/// Where a pod's sockets may go: the cluster's ranges (`base`), anything for a
+/// `hostNetwork` pod, plus what its egress annotation adds.
+fn pod_egress(pod: &Pod, base: &Arc<[ipnet::IpNet]>) -> Egress {
+    let host_network = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false);
+    let extra = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(EGRESS_ANNOTATION))
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty());
+    if host_network || extra == Some("any") {
+        return Egress::Any;
+    }
+    let Some(extra) = extra else {
+        return Egress::Only(base.clone());
+    };
+    let mut nets: Vec<ipnet::IpNet> = base.to_vec();
+    for item in extra.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let parsed = item
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(net) => nets.push(net),
+            Err(_) => tracing::warn!(
+                namespace = pod.metadata.namespace.as_deref().unwrap_or_default(),
+                pod = pod.metadata.name.as_deref().unwrap_or_default(),
+                value = item,
+                "ignoring an entry of the egress annotation that is not a CIDR or address"
+            ),
+        }
+    }
+    Egress::Only(nets.into())
+}
+
 /// A CPU quantity in millicores (`500m`, `2`, `0.5`).
 fn parse_millicores(q: &str) -> Option<u64> {
     let q = q.trim();
@@ -929,6 +975,33 @@ fn parse_millicores(q: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn egress_is_the_cluster_ranges_unless_the_pod_says_more() {
+        let base: Arc<[ipnet::IpNet]> = Arc::from(vec!["127.128.0.0/10".parse().unwrap()]);
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "ns"},
+            "spec": {"containers": []}
+        }))
+        .unwrap();
+        let e = pod_egress(&pod, &base);
+        assert!(e.permits("127.128.9.9".parse().unwrap()));
+        assert!(!e.permits("127.0.0.1".parse().unwrap()));
+        pod.metadata.annotations = Some(
+            [(
+                EGRESS_ANNOTATION.to_string(),
+                "10.0.0.0/8, 192.168.1.5, junk".to_string(),
+            )]
+            .into(),
+        );
+        let e = pod_egress(&pod, &base);
+        assert!(e.permits("10.9.9.9".parse().unwrap()));
+        assert!(e.permits("192.168.1.5".parse().unwrap()));
+        assert!(!e.permits("192.168.1.6".parse().unwrap()));
+        pod.metadata.annotations =
+            Some([(EGRESS_ANNOTATION.to_string(), "any".to_string())].into());
+        assert_eq!(pod_egress(&pod, &base), Egress::Any);
+    }
 
     #[test]
     fn cpu_quantities_parse_to_millicores() {

@@ -10,6 +10,8 @@
 //!   compatibility hash, written atomically;
 //! - [`Program`] (`program.rs`): a pre-linked preview 1 module or preview 2 component;
 //!   [`Program::run`] runs one instance with a [`RunSpec`] and reports an [`Exit`];
+//! - `cpu.rs`: `limits.cpu` — a CFS-like quota on how long an instance's future is
+//!   polled per 100 ms period;
 //! - `limits.rs`: the per-instance memory limiter that tells an out-of-memory death from
 //!   any other trap;
 //! - `stdio.rs`: guest stdout/stderr delivered to an [`OutputSink`].
@@ -38,6 +40,7 @@
 //! is shared between instances.
 
 mod cache;
+mod cpu;
 mod engine;
 mod limits;
 mod net;
@@ -52,6 +55,7 @@ use std::path::PathBuf;
 pub use engine::{
     EngineOptions, LoadStats, WasmEngine, DEFAULT_EPOCH_TICK, DEFAULT_MAX_MEMORY_PER_INSTANCE,
 };
+pub use net::Egress;
 pub use program::{Exit, Program, ProgramKind, RunSpec};
 
 /// Where a container's stdout or stderr goes. Called with whatever bytes the guest

@@ -10,13 +10,18 @@
 //!
 //! - `tcp-socket.start-bind` and `udp-socket.start-bind`: `0.0.0.0` and `127.0.0.1`
 //!   become the pod IP (so a pod's "localhost" is its own);
-//! - `tcp-socket.start-connect`: an unbound socket is first bound to `(pod IP, 0)`, so
-//!   the peer sees the pod's address as the source.
+//! - `tcp-socket.start-connect`: `0.0.0.0` and `127.0.0.1` become the pod IP too (a
+//!   pod's containers reach each other on localhost), and an unbound socket is first
+//!   bound to `(pod IP, 0)`, so the peer sees the pod's address as the source.
 //!
 //! The pod IP comes from the store's data, so one linker serves every pod. Policy stays
-//! in `socket_addr_check` (see [`allowed`]), which sees the rewritten address.
+//! in `socket_addr_check` (see [`allowed`]), which sees the rewritten address: a pod
+//! binds only its own address and connects only where its [`Egress`] lets it.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use ipnet::IpNet;
 
 use wasmtime::component::{Linker, Resource};
 use wasmtime_wasi::p2::bindings::sockets::network::{
@@ -47,21 +52,49 @@ pub(crate) fn rewrite_bind(addr: SocketAddr, pod_ip: Option<IpAddr>) -> SocketAd
     }
 }
 
+/// Where a pod's sockets may connect and send datagrams (besides its own address).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Egress {
+    /// Any loopback address: for instances that are not pods (tests, tools).
+    #[default]
+    Loopback,
+    /// Only these ranges — for a pod, the cluster's pod and service ranges, so it
+    /// reaches other pods and ClusterIPs but not the host's daemons on 127.0.0.1.
+    Only(Arc<[IpNet]>),
+    /// Anywhere (a `hostNetwork` pod, or one whose annotation allows it).
+    Any,
+}
+
+impl Egress {
+    /// Whether a connect or send to `ip` is allowed.
+    pub fn permits(&self, ip: IpAddr) -> bool {
+        match self {
+            Egress::Loopback => ip.is_loopback(),
+            Egress::Only(nets) => nets.iter().any(|n| n.contains(&ip)),
+            Egress::Any => true,
+        }
+    }
+}
+
 /// The socket policy of a pod whose address is `pod_ip`: binds only on the pod IP
 /// (an unspecified address reaches the check only for the implicit bind of an unbound
 /// UDP socket's first send, as explicit binds were rewritten); connects and sends to
-/// loopback only, which is where pods and services live (issue 6's finer policy —
-/// own IP, ClusterIPs, other pods — is still to come).
-pub(crate) fn allowed(pod_ip: IpAddr, addr: SocketAddr, use_: SocketAddrUse) -> bool {
+/// its own address and where `egress` allows; accepts and receives from whoever
+/// reached the pod's (loopback) address, which only this host can.
+pub(crate) fn allowed(
+    pod_ip: IpAddr,
+    egress: &Egress,
+    addr: SocketAddr,
+    use_: SocketAddrUse,
+) -> bool {
     match use_ {
         SocketAddrUse::TcpBind | SocketAddrUse::TcpListen | SocketAddrUse::UdpBind => {
             addr.ip() == pod_ip || addr.ip().is_unspecified()
         }
-        // Peers: whoever reaches a loopback address is on this host.
-        SocketAddrUse::TcpConnect
-        | SocketAddrUse::TcpAccept
-        | SocketAddrUse::UdpSend
-        | SocketAddrUse::UdpReceive => addr.ip().is_loopback(),
+        SocketAddrUse::TcpConnect | SocketAddrUse::UdpSend => {
+            addr.ip() == pod_ip || egress.permits(addr.ip())
+        }
+        SocketAddrUse::TcpAccept | SocketAddrUse::UdpReceive => addr.ip().is_loopback(),
     }
 }
 
@@ -109,11 +142,12 @@ pub(crate) fn shadow_socket_functions(linker: &mut Linker<P2State>) -> wasmtime:
             let state = store.data_mut();
             let pod_ip = state.pod_ip;
             let mut view = state.sockets();
-            let remote_addr: SocketAddr = remote.into();
+            let remote_addr = rewrite_bind(remote.into(), pod_ip);
             if let Some(pod_ip) = pod_ip {
                 bind_source(&mut view, &this, &network, pod_ip, remote_addr)?;
             }
-            let result = HostTcpSocket::start_connect(&mut view, this, network, remote);
+            let result =
+                HostTcpSocket::start_connect(&mut view, this, network, remote_addr.into());
             Ok((lower(&mut view, result)?,))
         },
     )?;
@@ -218,25 +252,93 @@ mod tests {
     }
 
     #[test]
-    fn binds_only_on_the_pod_ip_and_connects_only_to_loopback() {
+    fn binds_only_on_the_pod_ip_and_connects_where_egress_allows() {
         let pod = IpAddr::from([127, 130, 0, 5]);
-        assert!(allowed(pod, addr("127.130.0.5:80"), SocketAddrUse::TcpBind));
+        let loopback = Egress::Loopback;
+        assert!(allowed(
+            pod,
+            &loopback,
+            addr("127.130.0.5:80"),
+            SocketAddrUse::TcpBind
+        ));
         assert!(!allowed(
             pod,
+            &loopback,
             addr("127.130.0.6:80"),
             SocketAddrUse::TcpBind
         ));
-        assert!(!allowed(pod, addr("10.0.0.1:80"), SocketAddrUse::UdpBind));
+        assert!(!allowed(
+            pod,
+            &loopback,
+            addr("10.0.0.1:80"),
+            SocketAddrUse::UdpBind
+        ));
         assert!(allowed(
             pod,
+            &loopback,
             addr("127.130.0.6:80"),
             SocketAddrUse::TcpConnect
         ));
         assert!(!allowed(
             pod,
+            &loopback,
             addr("10.0.0.1:80"),
             SocketAddrUse::TcpConnect
         ));
-        assert!(!allowed(pod, addr("8.8.8.8:53"), SocketAddrUse::UdpSend));
+        assert!(!allowed(
+            pod,
+            &loopback,
+            addr("8.8.8.8:53"),
+            SocketAddrUse::UdpSend
+        ));
+
+        let cluster = Egress::Only(Arc::from(vec![
+            "127.128.0.0/10".parse::<IpNet>().unwrap(),
+            "127.96.0.0/16".parse::<IpNet>().unwrap(),
+        ]));
+        // Other pods and ClusterIPs, and itself; not the host's 127.0.0.1 daemons.
+        assert!(allowed(
+            pod,
+            &cluster,
+            addr("127.128.3.4:8080"),
+            SocketAddrUse::TcpConnect
+        ));
+        assert!(allowed(
+            pod,
+            &cluster,
+            addr("127.96.0.10:53"),
+            SocketAddrUse::UdpSend
+        ));
+        assert!(allowed(
+            pod,
+            &cluster,
+            addr("127.130.0.5:9"),
+            SocketAddrUse::TcpConnect
+        ));
+        assert!(!allowed(
+            pod,
+            &cluster,
+            addr("127.0.0.1:6443"),
+            SocketAddrUse::TcpConnect
+        ));
+        assert!(!allowed(
+            pod,
+            &cluster,
+            addr("10.1.2.3:80"),
+            SocketAddrUse::TcpConnect
+        ));
+        assert!(allowed(
+            pod,
+            &Egress::Any,
+            addr("10.1.2.3:80"),
+            SocketAddrUse::TcpConnect
+        ));
+        // Whoever reached the pod's address is on this host.
+        assert!(allowed(
+            pod,
+            &cluster,
+            addr("127.0.0.1:5555"),
+            SocketAddrUse::TcpAccept
+        ));
     }
 }

@@ -22,6 +22,7 @@ use wasmtime_wasi::{
 
 use super::engine::EngineShared;
 use super::limits::{MemoryLimiter, Refusal};
+use super::net::Egress;
 use super::stdio::SinkStream;
 use super::{OutputSink, Preopen};
 
@@ -87,10 +88,13 @@ pub struct RunSpec {
     /// network); `false` denies all sockets.
     pub network: bool,
     /// The pod's own address. With it (and `network`), a preview 2 guest's binds to
-    /// `0.0.0.0` or `127.0.0.1` land on this address, binds elsewhere are refused, and
-    /// connects reach loopback addresses only; `None` leaves the network as `network`
-    /// says.
+    /// `0.0.0.0` or `127.0.0.1` land on this address (and connects to them reach it),
+    /// binds elsewhere are refused, and connects go only where `egress` allows; `None`
+    /// leaves the network as `network` says.
     pub pod_ip: Option<IpAddr>,
+    /// Where the guest may connect and send (with a `pod_ip`; without one, any
+    /// loopback address).
+    pub egress: Egress,
 }
 
 impl RunSpec {
@@ -112,6 +116,7 @@ impl RunSpec {
             cpu_limit_millis: None,
             network: false,
             pod_ip: None,
+            egress: Egress::Loopback,
         }
     }
 }
@@ -128,6 +133,7 @@ impl fmt::Debug for RunSpec {
             .field("cpu_limit_millis", &self.cpu_limit_millis)
             .field("network", &self.network)
             .field("pod_ip", &self.pod_ip)
+            .field("egress", &self.egress)
             .finish()
     }
 }
@@ -259,6 +265,7 @@ impl Program {
         let digest = self.inner.digest.as_str();
         let limit = self.memory_limit(spec.memory_limit);
         let pod_ip = spec.pod_ip.filter(|_| spec.network);
+        let cpu_limit = spec.cpu_limit_millis;
         let builder = match wasi_builder(spec) {
             Ok(builder) => builder,
             Err(message) => {
@@ -266,26 +273,30 @@ impl Program {
                 return Exit::Failed(message);
             }
         };
-        let run = async {
-            match &self.inner.pre {
-                Pre::Core(pre) => self.run_core(pre, builder, limit, &cancel, started).await,
-                Pre::Component(pre) => {
-                    self.run_component(pre, builder, pod_ip, limit, &cancel, started)
-                        .await
+        let mut run = super::cpu::throttle(
+            async {
+                match &self.inner.pre {
+                    Pre::Core(pre) => self.run_core(pre, builder, limit, &cancel, started).await,
+                    Pre::Component(pre) => {
+                        self.run_component(pre, builder, pod_ip, limit, &cancel, started)
+                            .await
+                    }
                 }
-            }
-        };
+            },
+            cpu_limit,
+        );
         // The run comes first so that an instance that finished as it was cancelled
         // reports its real exit.
         let exit = tokio::select! {
             biased;
-            exit = run => exit,
+            exit = &mut run => exit,
             () = cancel.cancelled() => Exit::Cancelled,
         };
         tracing::debug!(
             digest,
             ?exit,
             elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            throttled_ms = run.throttled().as_secs_f64() * 1e3,
             "instance ended"
         );
         exit
@@ -397,6 +408,7 @@ fn wasi_builder(spec: RunSpec) -> Result<WasiCtxBuilder, String> {
         cpu_limit_millis: _,
         network,
         pod_ip,
+        egress,
     } = spec;
     let mut builder = WasiCtxBuilder::new();
     builder
@@ -431,7 +443,7 @@ fn wasi_builder(spec: RunSpec) -> Result<WasiCtxBuilder, String> {
             .inherit_network();
         if let Some(pod_ip) = pod_ip {
             builder.socket_addr_check(move |addr, use_| {
-                let ok = super::net::allowed(pod_ip, addr, use_);
+                let ok = super::net::allowed(pod_ip, &egress, addr, use_);
                 if !ok {
                     tracing::debug!(%pod_ip, %addr, ?use_, "socket operation denied");
                 }

@@ -1208,8 +1208,8 @@ async fn binds_land_on_the_pod_ip() {
         run.stderr.text()
     );
 
-    // Connects: from the pod IP to loopback; nowhere else.
-    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // Connects: from the pod IP to loopback (the default egress); nowhere else.
+    let target = std::net::TcpListener::bind("127.0.0.3:0").unwrap();
     let mut run = run_spec(&["net", "connect", &target.local_addr().unwrap().to_string()]);
     run.spec.network = true;
     run.spec.pod_ip = Some(pod_ip);
@@ -1221,6 +1221,21 @@ async fn binds_land_on_the_pod_ip() {
         run.stdout
             .text()
             .contains(&format!("connected from {pod_ip}:")),
+        "{}",
+        run.stdout.text()
+    );
+    // The pod's localhost is its own address: a connect to 127.0.0.1 reaches the pod IP.
+    let own = std::net::TcpListener::bind((pod_ip, 0)).unwrap();
+    let own_port = own.local_addr().unwrap().port();
+    let mut run = run_spec(&["net", "connect", &format!("127.0.0.1:{own_port}")]);
+    run.spec.network = true;
+    run.spec.pod_ip = Some(pod_ip);
+    assert_eq!(
+        program.run(run.spec, CancellationToken::new()).await,
+        Exit::Exited(0)
+    );
+    assert!(
+        run.stdout.text().contains(&format!("connected from {pod_ip}:")),
         "{}",
         run.stdout.text()
     );
@@ -1237,5 +1252,54 @@ async fn binds_land_on_the_pod_ip() {
             .contains("connect failed: PermissionDenied"),
         "{}",
         run.stdout.text()
+    );
+}
+
+/// `limits.cpu`: a spinner limited to 100m gets a small fraction of what an unlimited
+/// spinner next to it gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cpu_limit_throttles_a_spinning_guest() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine_in(dir.path());
+    let spinner = engine
+        .load("sha256:sample-spinner", &sample("spinner"))
+        .await
+        .unwrap();
+    let start = |limit: Option<u64>| {
+        let mut run = run_spec(&["spinner"]);
+        run.spec.env = vec![("HEARTBEAT_ITERATIONS".into(), "1000000".into())];
+        run.spec.cpu_limit_millis = limit;
+        let stdout = run.stdout.clone();
+        let cancel = CancellationToken::new();
+        let spinner = spinner.clone();
+        let task = tokio::spawn({
+            let cancel = cancel.clone();
+            async move { spinner.run(run.spec, cancel).await }
+        });
+        (stdout, cancel, task)
+    };
+    let beats = |out: &Capture| {
+        out.text()
+            .lines()
+            .filter(|l| l.starts_with("heartbeat "))
+            .count()
+    };
+    let (free_out, free_cancel, free_task) = start(None);
+    let (limited_out, limited_cancel, limited_task) = start(Some(100));
+    wait_for(
+        "the unlimited spinner's heartbeats",
+        Duration::from_secs(60),
+        || beats(&free_out) >= 40,
+    )
+    .await;
+    limited_cancel.cancel();
+    free_cancel.cancel();
+    assert_eq!(limited_task.await.unwrap(), Exit::Cancelled);
+    assert_eq!(free_task.await.unwrap(), Exit::Cancelled);
+    let (free, limited) = (beats(&free_out), beats(&limited_out));
+    eprintln!("heartbeats: unlimited {free}, limited to 100m {limited}");
+    assert!(
+        (limited as f64) < free as f64 * 0.4,
+        "the limited spinner ran {limited} heartbeats against {free}"
     );
 }

@@ -182,6 +182,20 @@ impl Server {
             IpAddr::V4(v4) => v4.to_string(),
         };
         let url = format!("https://{host}:{}", addr.port());
+        let advertise: IpAddr = match opts.bind_address {
+            ip if ip.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+            ip => ip,
+        };
+        if let Err(e) = apiserver::kubernetes_service::ensure(
+            &objects,
+            opts.service_cidr,
+            advertise,
+            addr.port(),
+        )
+        .await
+        {
+            tracing::warn!(error = %e.message, "setting up the default/kubernetes Service");
+        }
         let state = Arc::new(ApiState {
             objects: objects.clone(),
             authenticator: authenticator.clone(),

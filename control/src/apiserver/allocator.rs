@@ -48,6 +48,9 @@ pub struct ServiceAllocator {
     ports: (u16, u16),
 }
 
+/// The owner (`namespace/name`) that may have the range's first host.
+pub const KUBERNETES_SERVICE: &str = "default/kubernetes";
+
 impl ServiceAllocator {
     pub fn new(store: Arc<dyn Store>, cidr: Ipv4Net, ports: (u16, u16)) -> Self {
         ServiceAllocator { store, cidr, ports }
@@ -88,7 +91,13 @@ impl ServiceAllocator {
         let (lo, hi) = self.ip_range();
         if let Some(ip) = requested {
             let n = u32::from(ip);
-            if !self.cidr.contains(&ip) || n < lo || n > hi {
+            // The reserved first host is for the API server's own Service only.
+            let lowest = if owner == KUBERNETES_SERVICE {
+                lo - 1
+            } else {
+                lo
+            };
+            if !self.cidr.contains(&ip) || n < lowest || n > hi {
                 return Err(AllocError::IpOutOfRange(self.cidr));
             }
             return if self.claim(format!("{IP_PREFIX}{ip}"), owner).await? {

@@ -32,6 +32,7 @@ pub mod fieldmanager;
 pub mod handlers;
 pub mod join;
 pub mod jwt;
+pub mod kubernetes_service;
 pub mod lister;
 pub mod namespace_lifecycle;
 pub mod objects;

@@ -145,7 +145,7 @@ fn set_rv(obj: &mut Value, revision: i64) {
 
 /// The stored JSON text of an object with `"resourceVersion":"<rev>"` inserted at the
 /// start of its top-level `metadata` object; `None` if the text has no such object.
-fn with_resource_version(raw: &[u8], revision: i64) -> Option<Vec<u8>> {
+pub(crate) fn with_resource_version(raw: &[u8], revision: i64) -> Option<Vec<u8>> {
     let at = metadata_body_start(raw)?;
     let rest = &raw[at..];
     let empty = rest

@@ -1,12 +1,13 @@
 //! The `wasmkube` binary: parses the command line and wires the crates together. No
 //! logic of its own lives here.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
 use wasmkube_control::server::{Server, ServerOptions};
 use wasmkube_runtime::agent::{Agent, AgentOptions};
 use wasmkube_runtime::fetch::RegistryAuth;
@@ -85,7 +86,77 @@ struct UpArgs {
     #[arg(long, default_value_t = 1000)]
     max_pods: u32,
     #[command(flatten)]
+    proxy: ProxyArgs,
+    #[command(flatten)]
     common: CommonArgs,
+}
+
+/// The node's Service proxy (for `agent` and `up`).
+#[derive(Args, Clone, Copy)]
+struct ProxyArgs {
+    /// Do not run the Service proxy on this node: ClusterIPs and NodePorts are then not
+    /// served here, and pods on other nodes cannot reach this node's pods through
+    /// Services.
+    #[arg(long)]
+    no_proxy: bool,
+    /// Port of the Service proxy's node-to-node tunnel on the node address (0: a free
+    /// one, published on the Node as proxy.wasmkube.io/tunnel-port).
+    #[arg(long, default_value_t = 0)]
+    proxy_tunnel_port: u16,
+    /// Port on 127.0.0.1 where the Service proxy serves /healthz and /metrics
+    /// (default: not served; 0: a free one, logged).
+    #[arg(long)]
+    proxy_metrics_port: Option<u16>,
+}
+
+/// The node's Service proxy, running beside its agent until `stop`.
+struct NodeProxy {
+    proxy: wasmkube_proxy::Proxy,
+    stop: CancellationToken,
+}
+
+impl ProxyArgs {
+    /// Starts the Service proxy for the node `agent` runs, with the node's credentials
+    /// (serving certificate for its tunnel listener, client certificate for the tunnels
+    /// it opens); `None` with --no-proxy.
+    async fn start(
+        self,
+        agent: &Agent,
+        node_name: &str,
+        node_ip: IpAddr,
+    ) -> Result<Option<NodeProxy>> {
+        if self.no_proxy {
+            return Ok(None);
+        }
+        let creds = &agent.credentials;
+        let (client_cert_pem, client_key_pem) = creds.client_pem()?;
+        let tls = wasmkube_proxy::TunnelCredentials {
+            ca_pem: creds.ca_pem.clone(),
+            serving_cert_pem: creds.serving_cert_pem.clone(),
+            serving_key_pem: creds.serving_key_pem.clone(),
+            client_cert_pem,
+            client_key_pem,
+        };
+        let mut options = wasmkube_proxy::ProxyOptions::new(node_name.to_string(), node_ip, tls);
+        options.tunnel_port = self.proxy_tunnel_port;
+        options.metrics_addr = self
+            .proxy_metrics_port
+            .map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
+        let stop = CancellationToken::new();
+        let proxy = wasmkube_proxy::start(creds.client().await?, options, stop.clone())
+            .await
+            .context("starting the Service proxy")?;
+        Ok(Some(NodeProxy { proxy, stop }))
+    }
+}
+
+impl NodeProxy {
+    async fn shutdown(proxy: Option<NodeProxy>) {
+        if let Some(p) = proxy {
+            p.stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(10), p.proxy.wait()).await;
+        }
+    }
 }
 
 #[derive(Args)]
@@ -130,6 +201,8 @@ struct AgentArgs {
     /// there. Other destinations need the pod annotation network.wasmkube.io/egress.
     #[arg(long, default_value = wasmkube_runtime::agent::DEFAULT_SERVICE_CIDR)]
     service_cidr: ipnet_arg::Cidr,
+    #[command(flatten)]
+    proxy: ProxyArgs,
 }
 
 #[derive(Args)]
@@ -189,8 +262,9 @@ struct CommonArgs {
     /// Range node pod CIDRs (and so pod IPs) are allocated from.
     #[arg(long, default_value = "127.128.0.0/10")]
     cluster_cidr: ipnet_arg::Cidr,
-    /// Prefix length of each node's pod CIDR.
-    #[arg(long, default_value_t = 24)]
+    /// Prefix length of each node's pod CIDR (22: 1,021 pod IPs, as many as an agent's
+    /// default --max-pods).
+    #[arg(long, default_value_t = 22)]
     node_cidr_mask_size: u8,
 }
 
@@ -293,7 +367,12 @@ async fn run_until_signal(opts: ServerOptions) -> Result<()> {
 }
 
 /// `up`: the control plane, then one agent joined to it with the server's own token.
-async fn run_cluster(opts: ServerOptions, node_name: String, max_pods: u32) -> Result<()> {
+async fn run_cluster(
+    opts: ServerOptions,
+    node_name: String,
+    max_pods: u32,
+    proxy: ProxyArgs,
+) -> Result<()> {
     let data_dir = opts.data_dir.clone();
     let cluster_cidr = opts.controllers.node_ipam.cluster_cidr;
     let service_cidr = opts.service_cidr;
@@ -302,6 +381,8 @@ async fn run_cluster(opts: ServerOptions, node_name: String, max_pods: u32) -> R
     agent_opts.join_token = Some(server.join_token.clone());
     agent_opts.ca_cert = Some(data_dir.join("pki").join("ca.crt"));
     agent_opts.max_pods = max_pods;
+    let node_ip = agent_opts.node_ip;
+    let node = agent_opts.node_name.clone();
     agent_opts.cluster_cidr = cluster_cidr;
     agent_opts.service_cidr = service_cidr.into();
     let agent = match Agent::start(agent_opts).await {
@@ -311,6 +392,14 @@ async fn run_cluster(opts: ServerOptions, node_name: String, max_pods: u32) -> R
             return Err(e.context("starting the node agent"));
         }
     };
+    let proxy = match proxy.start(&agent, &node, node_ip).await {
+        Ok(p) => p,
+        Err(e) => {
+            agent.shutdown().await;
+            server.shutdown().await;
+            return Err(e);
+        }
+    };
     eprintln!(
         "wasmkube is serving at {}\n  kubectl --kubeconfig {} get nodes",
         server.url,
@@ -318,6 +407,7 @@ async fn run_cluster(opts: ServerOptions, node_name: String, max_pods: u32) -> R
     );
     shutdown_signal().await;
     tracing::info!("shutting down");
+    NodeProxy::shutdown(proxy).await;
     agent.shutdown().await;
     server.shutdown().await;
     Ok(())
@@ -340,10 +430,19 @@ async fn run_agent(a: AgentArgs) -> Result<()> {
             .with_context(|| format!("--node-labels {l:?}: expected key=value"))?;
         opts.labels.insert(k.to_string(), v.to_string());
     }
+    let (node, node_ip) = (opts.node_name.clone(), opts.node_ip);
     let agent = Agent::start(opts).await?;
+    let proxy = match a.proxy.start(&agent, &node, node_ip).await {
+        Ok(p) => p,
+        Err(e) => {
+            agent.shutdown().await;
+            return Err(e);
+        }
+    };
     eprintln!("wasmkube agent is up (HTTPS endpoint {})", agent.addr);
     shutdown_signal().await;
     tracing::info!("shutting down");
+    NodeProxy::shutdown(proxy).await;
     agent.shutdown().await;
     Ok(())
 }
@@ -417,8 +516,9 @@ fn main() -> std::process::ExitCode {
             }),
         Command::Up(a) => {
             let node_name = a.node_name.clone().unwrap_or_else(host_name);
-            options(a.data_dir, a.bind_address, a.port, a.common)
-                .and_then(|opts| runtime()?.block_on(run_cluster(opts, node_name, a.max_pods)))
+            options(a.data_dir, a.bind_address, a.port, a.common).and_then(|opts| {
+                runtime()?.block_on(run_cluster(opts, node_name, a.max_pods, a.proxy))
+            })
         }
         Command::Agent(a) => runtime().and_then(|rt| rt.block_on(run_agent(a))),
         Command::Push(a) => runtime().and_then(|rt| rt.block_on(run_push(a))),

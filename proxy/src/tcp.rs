@@ -1,0 +1,255 @@
+//! TCP frontends: accept, pick an endpoint (affinity, then round-robin), connect with a
+//! timeout and retry another endpoint when a connect fails, then copy both ways with
+//! half-close until both sides are done. With no endpoint the client is reset at once.
+//!
+//! The copy between two plain sockets reads into a per-thread 64 KiB buffer and writes
+//! straight on, so an idle connection holds no buffer at all (10,000 idle connections
+//! cost only their sockets); only data the receiver cannot take yet is kept, in a
+//! buffer that lives until it is written.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, SockRef, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::client::TlsStream;
+
+use crate::balancer::{Slot, Target};
+use crate::metrics::{add, inc, GaugeGuard, PortMetrics};
+use crate::model::{Protocol, Route};
+use crate::proxier::Shared;
+
+/// Connect attempts per connection (each on another endpoint).
+const MAX_ATTEMPTS: usize = 3;
+/// Pause after accept fails (e.g. out of file descriptors) so the loop does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+const BUFFER_SIZE: usize = 64 * 1024;
+
+thread_local! {
+    /// The buffer every plain-socket copy on this thread reads into.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; BUFFER_SIZE].into_boxed_slice());
+}
+
+/// A listening socket on `addr` (SO_REUSEADDR, so a restarted proxy can listen again
+/// while old connections linger in TIME_WAIT).
+pub(crate) fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Accepts connections on one frontend until `stop`.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    slot: Arc<Slot>,
+    shared: Arc<Shared>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((conn, peer)) => {
+                let target = slot.get();
+                tokio::spawn(handle(conn, peer, target, shared.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}
+                }
+            }
+        }
+    }
+}
+
+/// What a connection is forwarded over.
+pub(crate) enum Upstream {
+    Plain(TcpStream),
+    Tunnel(Box<TlsStream<TcpStream>>),
+}
+
+async fn handle(client: TcpStream, peer: SocketAddr, target: Arc<Target>, shared: Arc<Shared>) {
+    let m = target.metrics.clone();
+    inc(&m.connections);
+    let _active = GaugeGuard::new(m.clone(), |m| &m.active_connections);
+    let _ = client.set_nodelay(true);
+    let upstream = tokio::select! {
+        _ = shared.stop.cancelled() => return,
+        u = connect(&target, peer.ip(), &shared) => u,
+    };
+    let Some((upstream, endpoint)) = upstream else {
+        reset(&client);
+        return;
+    };
+    let result = tokio::select! {
+        _ = shared.stop.cancelled() => return,
+        r = relay(client, upstream, &m) => r,
+    };
+    if let Err(e) = result {
+        inc(&m.stream_errors);
+        tracing::debug!(port = %target.key.port, %peer, %endpoint, error = %e, "connection ended with an error");
+    }
+}
+
+/// Connects to an endpoint for a client, trying up to [`MAX_ATTEMPTS`] endpoints.
+/// `None` when there is no endpoint or every attempt failed.
+async fn connect(
+    target: &Target,
+    client: IpAddr,
+    shared: &Shared,
+) -> Option<(Upstream, SocketAddr)> {
+    let snap = target.snapshot();
+    let m = &target.metrics;
+    if snap.endpoints.is_empty() {
+        inc(&m.no_endpoint);
+        return None;
+    }
+    let mut failed: Vec<SocketAddr> = Vec::new();
+    for _ in 0..MAX_ATTEMPTS.min(snap.endpoints.len()) {
+        let ep = target.pick(&snap, client, &failed)?;
+        let attempt = match &ep.route {
+            Route::Direct => dial(ep.addr, shared.connect_timeout)
+                .await
+                .map(Upstream::Plain),
+            Route::Tunnel { via, .. } => shared
+                .dialer
+                .connect(
+                    *via,
+                    Protocol::Tcp,
+                    ep.addr,
+                    None,
+                    shared.connect_timeout,
+                    &shared.metrics,
+                )
+                .await
+                .map(|s| Upstream::Tunnel(Box::new(s))),
+        };
+        match attempt {
+            Ok(up) => {
+                target.remember(&snap, client, ep.addr);
+                return Some((up, ep.addr));
+            }
+            Err(e) => {
+                inc(&m.connect_errors);
+                tracing::debug!(port = %target.key.port, endpoint = %ep.addr, route = ?ep.route, error = %e, "connect failed");
+                target.forget(client, ep.addr);
+                failed.push(ep.addr);
+            }
+        }
+    }
+    None
+}
+
+/// A plain TCP connection to `addr`, with Nagle off.
+pub(crate) async fn dial(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Closes `stream` with a RST rather than a FIN: the client learns at once that there
+/// is nothing behind the address.
+pub(crate) fn reset(stream: &TcpStream) {
+    let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
+
+async fn relay(client: TcpStream, upstream: Upstream, m: &PortMetrics) -> io::Result<()> {
+    match upstream {
+        Upstream::Plain(up) => {
+            let r = tokio::try_join!(
+                pump(&client, &up, &m.bytes_to_endpoint),
+                pump(&up, &client, &m.bytes_to_client)
+            );
+            if r.is_err() {
+                // Pass the failure on as a reset to whichever side is still there.
+                reset(&client);
+                reset(&up);
+            }
+            r.map(|_| ())
+        }
+        Upstream::Tunnel(mut tls) => {
+            let mut client = client;
+            let r = tokio::io::copy_bidirectional_with_sizes(
+                &mut client,
+                &mut *tls,
+                BUFFER_SIZE / 4,
+                BUFFER_SIZE / 4,
+            )
+            .await;
+            match r {
+                Ok((to_ep, to_client)) => {
+                    add(&m.bytes_to_endpoint, to_ep);
+                    add(&m.bytes_to_client, to_client);
+                    Ok(())
+                }
+                Err(e) => {
+                    reset(&client);
+                    Err(e)
+                }
+            }
+        }
+    }
+}
+
+/// Copies `from` → `to` until `from` ends, then shuts down `to`'s write side (the
+/// half-close is passed on, the other direction keeps flowing).
+pub(crate) async fn pump(from: &TcpStream, to: &TcpStream, bytes: &AtomicU64) -> io::Result<()> {
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        from.readable().await?;
+        let step = SCRATCH.with_borrow_mut(|buf| -> io::Result<Option<usize>> {
+            let n = match from.try_read(buf) {
+                Ok(0) => return Ok(None),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(0)),
+                Err(e) => return Err(e),
+            };
+            let mut off = 0;
+            while off < n {
+                match to.try_write(&buf[off..n]) {
+                    Ok(w) => off += w,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            if off < n {
+                pending.extend_from_slice(&buf[off..n]);
+            }
+            Ok(Some(n))
+        })?;
+        let Some(n) = step else {
+            // EOF: pass the half-close on.
+            return match SockRef::from(to).shutdown(Shutdown::Write) {
+                Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
+                _ => Ok(()),
+            };
+        };
+        add(bytes, n as u64);
+        if !pending.is_empty() {
+            let mut off = 0;
+            while off < pending.len() {
+                to.writable().await?;
+                match to.try_write(&pending[off..]) {
+                    Ok(w) => off += w,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            // Give the memory back: an idle connection holds no buffer.
+            pending = Vec::new();
+        }
+    }
+}

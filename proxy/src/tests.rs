@@ -1,0 +1,767 @@
+//! The data path with real sockets: proxiers fed Services, EndpointSlices and Nodes
+//! directly (no API server), real TCP/UDP backends, and two proxy instances joined by
+//! the real TLS tunnel with certificates from a test CA.
+//!
+//! Every test uses its own random 127.x.y.z ClusterIPs, so tests run in parallel.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio_util::sync::CancellationToken;
+
+use crate::model::tests::{service, slice};
+use crate::model::{ObjectKey, Protocol};
+use crate::{Core, ProxyOptions, TunnelCredentials};
+
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Polls `f` until it returns Some, failing after [`PATIENCE`].
+async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// A loopback address of its own for a test's ClusterIPs (outside the default service
+/// and cluster ranges).
+fn cluster_ip() -> IpAddr {
+    let r: u16 = rand::random();
+    IpAddr::from([
+        127,
+        60 + (r % 30) as u8,
+        (r >> 8) as u8,
+        1 + rand::random::<u8>() % 250,
+    ])
+}
+
+/// A CA and the credentials it issues, as the cluster CA does at join.
+struct Pki {
+    issuer: Issuer<'static, KeyPair>,
+    ca_pem: String,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "test-ca");
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key).unwrap();
+        Pki {
+            ca_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    fn leaf(
+        &self,
+        cn: &str,
+        orgs: &[&str],
+        sans: &[&str],
+        eku: ExtendedKeyUsagePurpose,
+    ) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name = DistinguishedName::new();
+        for o in orgs {
+            params.distinguished_name.push(DnType::OrganizationName, *o);
+        }
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![eku];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn node(&self, name: &str) -> TunnelCredentials {
+        self.identity(&format!("system:node:{name}"), &["system:nodes"])
+    }
+
+    fn identity(&self, cn: &str, orgs: &[&str]) -> TunnelCredentials {
+        let (serving_cert_pem, serving_key_pem) =
+            self.leaf(cn, &[], &["127.0.0.1"], ExtendedKeyUsagePurpose::ServerAuth);
+        let (client_cert_pem, client_key_pem) =
+            self.leaf(cn, orgs, &[], ExtendedKeyUsagePurpose::ClientAuth);
+        TunnelCredentials {
+            ca_pem: self.ca_pem.clone(),
+            serving_cert_pem,
+            serving_key_pem,
+            client_cert_pem,
+            client_key_pem,
+        }
+    }
+}
+
+/// A proxy instance without the API: the test feeds its proxier.
+struct Instance {
+    core: Core,
+    stop: CancellationToken,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn instance(node: &str, creds: TunnelCredentials, udp_idle: Duration) -> Instance {
+    let mut options = ProxyOptions::new(node.into(), IpAddr::from([127, 0, 0, 1]), creds);
+    options.connect_timeout = Duration::from_secs(2);
+    options.udp_idle_timeout = udp_idle;
+    options.metrics_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    let stop = CancellationToken::new();
+    let core = Core::start(&options, stop.clone()).await.unwrap();
+    Instance { core, stop }
+}
+
+async fn plain_instance(node: &str) -> Instance {
+    instance(node, Pki::new().node(node), Duration::from_secs(30)).await
+}
+
+fn svc(name: &str, ip: IpAddr, spec: serde_json::Value) -> k8s_openapi::api::core::v1::Service {
+    let mut spec = spec;
+    spec["clusterIP"] = json!(ip.to_string());
+    service(json!({"metadata": {"name": name, "namespace": "t"}, "spec": spec}))
+}
+
+/// An EndpointSlice for service `name` with one port and the given (address, ready, node).
+fn eps(
+    name: &str,
+    port_name: &str,
+    protocol: &str,
+    port: u16,
+    endpoints: &[(IpAddr, bool, &str)],
+) -> k8s_openapi::api::discovery::v1::EndpointSlice {
+    let endpoints: Vec<serde_json::Value> = endpoints
+        .iter()
+        .map(|(ip, ready, node)| {
+            json!({"addresses": [ip.to_string()], "conditions": {"ready": ready}, "nodeName": node})
+        })
+        .collect();
+    slice(json!({
+        "metadata": {"name": format!("{name}-x"), "namespace": "t",
+                     "labels": {"kubernetes.io/service-name": name}},
+        "addressType": "IPv4",
+        "ports": [{"name": port_name, "port": port, "protocol": protocol}],
+        "endpoints": endpoints
+    }))
+}
+
+/// TCP backends on their own addresses, all on one port (as pods on one targetPort):
+/// each answers every connection with its tag and closes.
+async fn tagged_backends(tags: &[&'static str]) -> (u16, Vec<IpAddr>) {
+    loop {
+        let first = cluster_ip();
+        let l = TcpListener::bind((first, 0)).await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let mut ips = vec![first];
+        let mut listeners = vec![l];
+        let mut ok = true;
+        for _ in 1..tags.len() {
+            let ip = cluster_ip();
+            match TcpListener::bind((ip, port)).await {
+                Ok(l) => {
+                    ips.push(ip);
+                    listeners.push(l);
+                }
+                Err(_) => {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        if ok {
+            for (l, tag) in listeners.into_iter().zip(tags.iter().copied()) {
+                tokio::spawn(async move {
+                    while let Ok((mut s, _)) = l.accept().await {
+                        let _ = s.write_all(tag.as_bytes()).await;
+                    }
+                });
+            }
+            return (port, ips);
+        }
+    }
+}
+
+async fn fetch(addr: SocketAddr) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(addr).await?;
+    let mut out = String::new();
+    tokio::time::timeout(PATIENCE, s.read_to_string(&mut out))
+        .await
+        .map_err(|_| std::io::Error::other("read timed out"))??;
+    Ok(out)
+}
+
+#[tokio::test]
+async fn round_robin_spreads_over_three_tcp_backends() {
+    let mut p = plain_instance("a").await;
+    let (port, ips) = tagged_backends(&["one", "two", "three"]).await;
+    let vip = cluster_ip();
+    let proxier = &mut p.core.proxier;
+    proxier.apply_service(svc(
+        "web",
+        vip,
+        json!({"ports": [{"name": "http", "port": 8080, "targetPort": "web"}]}),
+    ));
+    proxier.apply_slice(eps(
+        "web",
+        "http",
+        "TCP",
+        port,
+        &[
+            (ips[0], true, "a"),
+            (ips[1], true, "a"),
+            (ips[2], true, "a"),
+        ],
+    ));
+    proxier.sync();
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        got.push(fetch(SocketAddr::new(vip, 8080)).await.unwrap());
+    }
+    got.sort();
+    assert_eq!(got, ["one", "one", "three", "three", "two", "two"]);
+
+    let text = p.core.proxier.shared().metrics.render();
+    assert!(
+        text.contains(
+            "wasmkube_proxy_connections_total{namespace=\"t\",service=\"web\",port=\"http\",protocol=\"TCP\"} 6"
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn not_ready_endpoints_get_no_traffic_and_changes_apply_at_once() {
+    let mut p = plain_instance("a").await;
+    let (port, ips) = tagged_backends(&["one", "two"]).await;
+    let vip = cluster_ip();
+    let addr = SocketAddr::new(vip, 80);
+    p.core
+        .proxier
+        .apply_service(svc("web", vip, json!({"ports": [{"port": 80}]})));
+    p.core.proxier.apply_slice(eps(
+        "web",
+        "",
+        "TCP",
+        port,
+        &[(ips[0], true, "a"), (ips[1], false, "a")],
+    ));
+    p.core.proxier.sync();
+    for _ in 0..4 {
+        assert_eq!(fetch(addr).await.unwrap(), "one");
+    }
+    p.core.proxier.apply_slice(eps(
+        "web",
+        "",
+        "TCP",
+        port,
+        &[(ips[0], false, "a"), (ips[1], true, "a")],
+    ));
+    p.core.proxier.sync();
+    for _ in 0..4 {
+        assert_eq!(fetch(addr).await.unwrap(), "two");
+    }
+}
+
+#[tokio::test]
+async fn half_close_travels_both_ways() {
+    let mut p = plain_instance("a").await;
+    let backend_ip = cluster_ip();
+    // Reads until EOF, then answers with everything it read, then closes.
+    let l = TcpListener::bind((backend_ip, 0)).await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                s.read_to_end(&mut got).await.unwrap();
+                s.write_all(b"got: ").await.unwrap();
+                s.write_all(&got).await.unwrap();
+            });
+        }
+    });
+    let vip = cluster_ip();
+    p.core
+        .proxier
+        .apply_service(svc("echo", vip, json!({"ports": [{"port": 7}]})));
+    p.core
+        .proxier
+        .apply_slice(eps("echo", "", "TCP", port, &[(backend_ip, true, "a")]));
+    p.core.proxier.sync();
+
+    let mut s = TcpStream::connect((vip, 7)).await.unwrap();
+    let big = vec![b'x'; 1 << 20];
+    s.write_all(&big).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(PATIENCE, s.read_to_end(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.len(), 5 + big.len());
+    assert!(reply.starts_with(b"got: xxx"));
+}
+
+#[tokio::test]
+async fn without_endpoints_connections_are_reset_promptly() {
+    let mut p = plain_instance("a").await;
+    let vip = cluster_ip();
+    p.core
+        .proxier
+        .apply_service(svc("empty", vip, json!({"ports": [{"port": 80}]})));
+    p.core.proxier.sync();
+    let started = std::time::Instant::now();
+    let r = fetch(SocketAddr::new(vip, 80)).await;
+    match r {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        Ok(s) => panic!("expected a reset, read {s:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn a_failed_connect_is_retried_on_another_endpoint() {
+    let mut p = plain_instance("a").await;
+    let (port, ips) = tagged_backends(&["live"]).await;
+    // Nothing listens at the second address.
+    let dead = cluster_ip();
+    let vip = cluster_ip();
+    p.core
+        .proxier
+        .apply_service(svc("web", vip, json!({"ports": [{"port": 80}]})));
+    p.core.proxier.apply_slice(eps(
+        "web",
+        "",
+        "TCP",
+        port,
+        &[(ips[0], true, "a"), (dead, true, "a")],
+    ));
+    p.core.proxier.sync();
+    for _ in 0..4 {
+        assert_eq!(fetch(SocketAddr::new(vip, 80)).await.unwrap(), "live");
+    }
+}
+
+#[tokio::test]
+async fn client_ip_affinity_keeps_a_client_on_one_endpoint() {
+    let mut p = plain_instance("a").await;
+    let (port, ips) = tagged_backends(&["one", "two", "three"]).await;
+    let vip = cluster_ip();
+    p.core.proxier.apply_service(svc(
+        "sticky",
+        vip,
+        json!({"ports": [{"port": 80}], "sessionAffinity": "ClientIP",
+               "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}),
+    ));
+    p.core.proxier.apply_slice(eps(
+        "sticky",
+        "",
+        "TCP",
+        port,
+        &[
+            (ips[0], true, "a"),
+            (ips[1], true, "a"),
+            (ips[2], true, "a"),
+        ],
+    ));
+    p.core.proxier.sync();
+    let first = fetch(SocketAddr::new(vip, 80)).await.unwrap();
+    for _ in 0..5 {
+        assert_eq!(fetch(SocketAddr::new(vip, 80)).await.unwrap(), first);
+    }
+}
+
+#[tokio::test]
+async fn node_ports_listen_on_the_node_address() {
+    let mut p = plain_instance("a").await;
+    let (port, ips) = tagged_backends(&["np"]).await;
+    let node_port = free_port();
+    let vip = cluster_ip();
+    p.core.proxier.apply_service(svc(
+        "np",
+        vip,
+        json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": node_port}]}),
+    ));
+    p.core
+        .proxier
+        .apply_slice(eps("np", "", "TCP", port, &[(ips[0], true, "a")]));
+    p.core.proxier.sync();
+    assert_eq!(
+        fetch(SocketAddr::from(([127, 0, 0, 1], node_port)))
+            .await
+            .unwrap(),
+        "np"
+    );
+    assert_eq!(fetch(SocketAddr::new(vip, 80)).await.unwrap(), "np");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn a_deleted_service_closes_its_listener() {
+    let mut p = plain_instance("a").await;
+    let (port, ips) = tagged_backends(&["x"]).await;
+    let vip = cluster_ip();
+    p.core
+        .proxier
+        .apply_service(svc("gone", vip, json!({"ports": [{"port": 80}]})));
+    p.core
+        .proxier
+        .apply_slice(eps("gone", "", "TCP", port, &[(ips[0], true, "a")]));
+    p.core.proxier.sync();
+    assert_eq!(fetch(SocketAddr::new(vip, 80)).await.unwrap(), "x");
+    p.core.proxier.delete_service(&ObjectKey {
+        namespace: "t".into(),
+        name: "gone".into(),
+    });
+    p.core.proxier.sync();
+    assert!(p.core.proxier.listening().is_empty());
+    eventually(
+        "the listener to close",
+        async || match TcpStream::connect((vip, 80)).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Some(()),
+            _ => None,
+        },
+    )
+    .await;
+    assert!(!p
+        .core
+        .proxier
+        .shared()
+        .metrics
+        .render()
+        .contains("service=\"gone\""));
+}
+
+#[tokio::test]
+async fn a_taken_address_is_retried_not_fatal() {
+    let mut first = plain_instance("a").await;
+    let mut second = plain_instance("b").await;
+    let (port, ips) = tagged_backends(&["x"]).await;
+    let vip = cluster_ip();
+    for p in [&mut first, &mut second] {
+        p.core
+            .proxier
+            .apply_service(svc("shared", vip, json!({"ports": [{"port": 80}]})));
+        p.core
+            .proxier
+            .apply_slice(eps("shared", "", "TCP", port, &[(ips[0], true, "")]));
+        p.core.proxier.sync();
+    }
+    assert_eq!(first.core.proxier.listening().len(), 1);
+    assert!(second.core.proxier.listening().is_empty());
+    assert!(second.core.proxier.next_retry().is_some());
+    // The first proxy goes away: the second takes the address over on a retry.
+    drop(first);
+    let second = &mut second.core.proxier;
+    eventually("the second proxy to take the address over", async || {
+        if let Some(at) = second.next_retry() {
+            tokio::time::sleep_until(at.into()).await;
+        }
+        second.retry_binds();
+        (second.listening().len() == 1).then_some(())
+    })
+    .await;
+    let text = second.shared().metrics.render();
+    assert!(
+        !text.contains("wasmkube_proxy_bind_errors_total 0"),
+        "{text}"
+    );
+    assert_eq!(fetch(SocketAddr::new(vip, 80)).await.unwrap(), "x");
+}
+
+/// A UDP backend that answers each datagram with `<tag>:<datagram> from <sender IP>`.
+async fn udp_backend(tag: &'static str) -> SocketAddr {
+    let s = UdpSocket::bind((cluster_ip(), 0)).await.unwrap();
+    let addr = s.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = s.recv_from(&mut buf).await {
+            let mut reply = format!("{tag}:").into_bytes();
+            reply.extend_from_slice(&buf[..n]);
+            reply.extend_from_slice(format!(" from {}", from.ip()).as_bytes());
+            let _ = s.send_to(&reply, from).await;
+        }
+    });
+    addr
+}
+
+/// Sends `msg` from `client` to `to` until an answer comes (UDP may drop the first
+/// datagram while a session is being set up); returns it and where it came from.
+async fn udp_ask(client: &UdpSocket, to: SocketAddr, msg: &str) -> (String, SocketAddr) {
+    let mut buf = vec![0u8; 65536];
+    eventually(&format!("an answer to {msg:?} from {to}"), async || {
+        client.send_to(msg.as_bytes(), to).await.ok()?;
+        let (n, from) =
+            tokio::time::timeout(Duration::from_millis(500), client.recv_from(&mut buf))
+                .await
+                .ok()?
+                .ok()?;
+        Some((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn udp_sessions_answer_each_client_from_the_service_address() {
+    let mut p = instance("a", Pki::new().node("a"), Duration::from_millis(200)).await;
+    let backend = udp_backend("pod").await;
+    let vip = cluster_ip();
+    p.core.proxier.apply_service(svc(
+        "dns",
+        vip,
+        json!({"ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}),
+    ));
+    p.core.proxier.apply_slice(eps(
+        "dns",
+        "dns",
+        "UDP",
+        backend.port(),
+        &[(backend.ip(), true, "a")],
+    ));
+    p.core.proxier.sync();
+    let service = SocketAddr::new(vip, 53);
+    let c1 = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let c2 = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for i in 0..3 {
+        let (r1, from1) = udp_ask(&c1, service, &format!("one-{i}")).await;
+        let (r2, from2) = udp_ask(&c2, service, &format!("two-{i}")).await;
+        // The pod sees the datagrams come from the ClusterIP, which it may answer.
+        assert_eq!(r1, format!("pod:one-{i} from {vip}"));
+        assert_eq!(r2, format!("pod:two-{i} from {vip}"));
+        assert_eq!(from1, service);
+        assert_eq!(from2, service);
+    }
+    // Both sessions end once idle.
+    let shared = p.core.proxier.shared().clone();
+    eventually("idle UDP sessions to expire", async || {
+        let text = shared.metrics.render();
+        text.contains("wasmkube_proxy_active_udp_sessions{namespace=\"t\",service=\"dns\",port=\"dns\",protocol=\"UDP\"} 0")
+            .then_some(())
+    })
+    .await;
+    let text = shared.metrics.render();
+    assert!(
+        text.contains("wasmkube_proxy_udp_sessions_total{namespace=\"t\",service=\"dns\",port=\"dns\",protocol=\"UDP\"} 2"),
+        "{text}"
+    );
+}
+
+/// Node `b` as node `a` sees it: InternalIP 127.0.0.1 and its tunnel port.
+fn node(name: &str, tunnel: SocketAddr) -> k8s_openapi::api::core::v1::Node {
+    serde_json::from_value(json!({
+        "metadata": {"name": name,
+                     "annotations": {crate::TUNNEL_PORT_ANNOTATION: tunnel.port().to_string()}},
+        "status": {"addresses": [{"type": "InternalIP", "address": tunnel.ip().to_string()}]}
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_tunnel_carries_tcp_and_udp_to_another_nodes_endpoints() {
+    let pki = Pki::new();
+    let mut a = instance("a", pki.node("a"), Duration::from_secs(30)).await;
+    let mut b = instance("b", pki.node("b"), Duration::from_secs(30)).await;
+    let (port, ips) = tagged_backends(&["on-b"]).await;
+    let udp = udp_backend("udp-on-b").await;
+    let vip = cluster_ip();
+    let service = svc(
+        "remote",
+        vip,
+        json!({"ports": [{"name": "tcp", "port": 80}, {"name": "udp", "port": 53, "protocol": "UDP"}]}),
+    );
+    let slices = [eps("remote", "tcp", "TCP", port, &[(ips[0], true, "b")]), {
+        let mut s = eps("remote", "udp", "UDP", udp.port(), &[(udp.ip(), true, "b")]);
+        s.metadata.name = Some("remote-udp".into());
+        s
+    }];
+    // Node a has the Service (and routes to b); node b only knows its own endpoints.
+    a.core.proxier.apply_service(service);
+    for s in &slices {
+        a.core.proxier.apply_slice(s.clone());
+        b.core.proxier.apply_slice(s.clone());
+    }
+    a.core.proxier.apply_node(&node("b", b.core.tunnel_addr));
+    a.core.proxier.sync();
+    b.core.proxier.sync();
+
+    for _ in 0..3 {
+        assert_eq!(fetch(SocketAddr::new(vip, 80)).await.unwrap(), "on-b");
+    }
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (reply, from) = udp_ask(&client, SocketAddr::new(vip, 53), "ping").await;
+    assert_eq!(reply, format!("udp-on-b:ping from {vip}"));
+    assert_eq!(from, SocketAddr::new(vip, 53));
+    let text = b.core.proxier.shared().metrics.render();
+    assert!(
+        text.contains("wasmkube_proxy_tunnels_total{direction=\"in\"} 4"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn the_tunnel_passes_half_close_and_large_transfers() {
+    let pki = Pki::new();
+    let mut a = instance("a", pki.node("a"), Duration::from_secs(30)).await;
+    let mut b = instance("b", pki.node("b"), Duration::from_secs(30)).await;
+    let backend_ip = cluster_ip();
+    let l = TcpListener::bind((backend_ip, 0)).await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).await.unwrap();
+            s.write_all(&got).await.unwrap();
+        }
+    });
+    let vip = cluster_ip();
+    a.core
+        .proxier
+        .apply_service(svc("echo", vip, json!({"ports": [{"port": 7}]})));
+    let s = eps("echo", "", "TCP", port, &[(backend_ip, true, "b")]);
+    a.core.proxier.apply_slice(s.clone());
+    b.core.proxier.apply_slice(s);
+    a.core.proxier.apply_node(&node("b", b.core.tunnel_addr));
+    a.core.proxier.sync();
+    b.core.proxier.sync();
+
+    let mut c = TcpStream::connect((vip, 7)).await.unwrap();
+    let big: Vec<u8> = (0..(4 << 20)).map(|i| (i % 251) as u8).collect();
+    let (mut rd, mut wr) = c.split();
+    let send = async {
+        wr.write_all(&big).await.unwrap();
+        wr.shutdown().await.unwrap();
+    };
+    let mut back = Vec::new();
+    let recv = async {
+        tokio::time::timeout(PATIENCE, rd.read_to_end(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+    };
+    tokio::join!(send, recv);
+    assert!(back == big, "the echo differs ({} bytes back)", back.len());
+}
+
+#[tokio::test]
+async fn the_tunnel_refuses_strangers_and_addresses_that_are_not_local_endpoints() {
+    let pki = Pki::new();
+    let b = instance("b", pki.node("b"), Duration::from_secs(30)).await;
+    let (port, ips) = tagged_backends(&["secret"]).await;
+    let target = SocketAddr::new(ips[0], port);
+    let metrics = crate::metrics::Metrics::default();
+    let timeout = Duration::from_secs(5);
+
+    // A node of the cluster, but the address is no endpoint of b's.
+    let node_a = crate::tunnel::Tls::new(&pki.node("a")).unwrap();
+    let err = crate::tunnel::Dialer::new(node_a.client)
+        .connect(
+            b.core.tunnel_addr,
+            Protocol::Tcp,
+            target,
+            None,
+            timeout,
+            &metrics,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
+
+    // Make it an endpoint of b's: now a node gets through…
+    let mut b = b;
+    b.core
+        .proxier
+        .apply_slice(eps("s", "", "TCP", port, &[(ips[0], true, "b")]));
+    b.core.proxier.sync();
+    let mut ok =
+        crate::tunnel::Dialer::new(crate::tunnel::Tls::new(&pki.node("a")).unwrap().client)
+            .connect(
+                b.core.tunnel_addr,
+                Protocol::Tcp,
+                target,
+                None,
+                timeout,
+                &metrics,
+            )
+            .await
+            .unwrap();
+    let mut got = String::new();
+    ok.read_to_string(&mut got).await.unwrap();
+    assert_eq!(got, "secret");
+
+    // …but not a certificate of the same CA that is not a node's,
+    let admin = crate::tunnel::Tls::new(&pki.identity("admin", &["system:masters"])).unwrap();
+    assert!(crate::tunnel::Dialer::new(admin.client)
+        .connect(
+            b.core.tunnel_addr,
+            Protocol::Tcp,
+            target,
+            None,
+            timeout,
+            &metrics
+        )
+        .await
+        .is_err());
+    // nor a node of another cluster.
+    let stranger = crate::tunnel::Tls::new(&Pki::new().node("a")).unwrap();
+    assert!(crate::tunnel::Dialer::new(stranger.client)
+        .connect(
+            b.core.tunnel_addr,
+            Protocol::Tcp,
+            target,
+            None,
+            timeout,
+            &metrics
+        )
+        .await
+        .is_err());
+}
+
+#[tokio::test]
+async fn healthz_and_metrics_are_served() {
+    let p = plain_instance("a").await;
+    let addr = p.core.metrics_addr.unwrap();
+    let get = async |path: &str| {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    };
+    assert!(get("/healthz").await.contains(" 503 "));
+    p.core.proxier.mark_synced();
+    let ok = get("/healthz").await;
+    assert!(ok.contains(" 200 "), "{ok}");
+    let m = get("/metrics").await;
+    assert!(m.contains("wasmkube_proxy_listeners 0"), "{m}");
+}

@@ -1,0 +1,626 @@
+//! Issue 7's Service proxy, as a user sees it: requests to a ClusterIP spread over the
+//! ready replicas and follow scaling, NodePorts answer on the node address, UDP echoes
+//! through a Service, a deleted Service stops listening, and a Service whose pods run
+//! only on another node is reached through that node's proxy (and follows the pods when
+//! they move).
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::agents::{sample_image, up_node, AgentProcess};
+use crate::harness::{eventually, Cluster, DEADLINE};
+
+/// Pods start (module compile included) and controllers catch up within this.
+const SLOW: Duration = Duration::from_secs(90);
+
+/// A `wasmkube up` cluster (the harness gives it pod and Service ranges of its own).
+fn isolated() -> crate::harness::ClusterBuilder {
+    Cluster::builder().up()
+}
+
+/// A Deployment of http-echo (`replicas`, optionally pinned by a node selector) and a
+/// ClusterIP Service `name` on port 80 with the named targetPort `http`.
+fn echo_app(name: &str, replicas: u32, node: Option<&str>) -> String {
+    let selector = node
+        .map(|n| format!("      nodeSelector:\n        kubernetes.io/hostname: {n}\n"))
+        .unwrap_or_default();
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+{selector}      containers:
+      - name: web
+        image: {image}
+        ports:
+        - {{name: http, containerPort: 8080}}
+        env:
+        - name: POD_NAME
+          valueFrom:
+            fieldRef: {{fieldPath: metadata.name}}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+spec:
+  selector: {{app: {name}}}
+  ports:
+  - {{name: web, port: 80, targetPort: http}}
+"#,
+        image = sample_image("http-echo")
+    )
+}
+
+/// One `GET /` on a fresh connection; the pod that answered (`X-Pod-Name`).
+async fn pod_behind(addr: SocketAddr) -> Result<String, String> {
+    let get = async {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        s.write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut response = Vec::new();
+        s.read_to_end(&mut response)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        let text = String::from_utf8_lossy(&response).into_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix("X-Pod-Name: "))
+            .map(|p| p.trim().to_string())
+            .ok_or_else(|| format!("no X-Pod-Name in {text:?}"))
+    };
+    tokio::time::timeout(Duration::from_secs(5), get)
+        .await
+        .map_err(|_| format!("GET {addr} timed out"))?
+}
+
+/// Names of the ready, not-terminating pods with label app=`app` (and their nodes).
+async fn running_pods(cluster: &Cluster, app: &str) -> Vec<(String, String)> {
+    let list = cluster
+        .get_json(&["pods", "-l", &format!("app={app}")])
+        .await;
+    let mut pods: Vec<(String, String)> = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .filter(|p| {
+            p["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+        })
+        .filter_map(|p| {
+            Some((
+                p["metadata"]["name"].as_str()?.to_string(),
+                p["spec"]["nodeName"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    pods.sort();
+    pods
+}
+
+async fn cluster_ip(cluster: &Cluster, svc: &str) -> IpAddr {
+    let s = cluster.get_json(&["service", svc]).await;
+    s["spec"]["clusterIP"]
+        .as_str()
+        .and_then(|ip| ip.parse().ok())
+        .unwrap_or_else(|| panic!("service {svc} has no ClusterIP: {s}"))
+}
+
+/// Waits until requests to `addr` have been answered by exactly the pods `app` runs
+/// now, `want` of them (each seen at least once, no other pod answering in a row of
+/// answers after the last change of the pod set).
+async fn answered_by_all(
+    cluster: &Cluster,
+    app: &str,
+    addr: SocketAddr,
+    want: usize,
+) -> BTreeSet<String> {
+    eventually(
+        &format!("{want} pods of {app} to answer through {addr}"),
+        SLOW,
+        async || {
+            let pods: BTreeSet<String> = running_pods(cluster, app)
+                .await
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
+            if pods.len() != want {
+                return Err(format!("ready pods: {pods:?}"));
+            }
+            let mut seen = BTreeSet::new();
+            for _ in 0..(want * 4) {
+                let pod = pod_behind(addr).await?;
+                if !pods.contains(&pod) {
+                    return Err(format!("answered by {pod}, not one of {pods:?}"));
+                }
+                seen.insert(pod);
+            }
+            if seen == pods {
+                Ok(seen)
+            } else {
+                Err(format!("answered by {seen:?} of {pods:?}"))
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_ip_spreads_over_the_replicas_follows_scaling_and_node_ports_answer() {
+    let cluster = isolated().start().await;
+    let node = up_node(&cluster).await;
+    cluster.apply_stdin(&echo_app("echo", 3, None)).await;
+    let vip = cluster_ip(&cluster, "echo").await;
+    let addr = SocketAddr::new(vip, 80);
+
+    let three = answered_by_all(&cluster, "echo", addr, 3).await;
+    assert_eq!(three.len(), 3);
+
+    cluster
+        .kubectl_ok(&["scale", "deployment/echo", "--replicas=1"])
+        .await;
+    let one = answered_by_all(&cluster, "echo", addr, 1).await;
+    assert!(one.is_subset(&three), "{one:?} should be one of {three:?}");
+
+    cluster
+        .kubectl_ok(&["scale", "deployment/echo", "--replicas=3"])
+        .await;
+    answered_by_all(&cluster, "echo", addr, 3).await;
+
+    // A NodePort Service (numeric targetPort) answers on the node's address.
+    cluster
+        .apply_stdin(
+            r#"apiVersion: v1
+kind: Service
+metadata:
+  name: echo-np
+spec:
+  type: NodePort
+  selector: {app: echo}
+  ports:
+  - {port: 8081, targetPort: 8080}
+"#,
+        )
+        .await;
+    let np = cluster.get_json(&["service", "echo-np"]).await;
+    let node_port = np["spec"]["ports"][0]["nodePort"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or_else(|| panic!("no nodePort: {np}"));
+    let n = cluster.get_json(&["node", &node]).await;
+    let node_ip: IpAddr = n["status"]["addresses"]
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["type"] == "InternalIP"))
+        .and_then(|a| a["address"].as_str())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no InternalIP: {}", n["status"]));
+    answered_by_all(&cluster, "echo", SocketAddr::new(node_ip, node_port), 3).await;
+
+    // Deleting a Service closes its listener.
+    cluster.kubectl_ok(&["delete", "service", "echo"]).await;
+    eventually("the ClusterIP listener to close", DEADLINE, async || {
+        match tokio::net::TcpStream::connect(addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(()),
+            other => Err(format!("connect: {other:?}")),
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_echo_answers_through_a_service() {
+    let cluster = isolated().start().await;
+    up_node(&cluster).await;
+    cluster
+        .apply_stdin(&format!(
+            r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: udp-echo
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {{app: udp-echo}}
+  template:
+    metadata:
+      labels: {{app: udp-echo}}
+    spec:
+      containers:
+      - name: udp-echo
+        image: {image}
+        ports:
+        - {{name: udp, containerPort: 9090, protocol: UDP}}
+        env:
+        - {{name: ECHO_PREFIX, value: "true"}}
+        - name: POD_NAME
+          valueFrom:
+            fieldRef: {{fieldPath: metadata.name}}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: udp-echo
+spec:
+  selector: {{app: udp-echo}}
+  ports:
+  - {{name: udp, protocol: UDP, port: 9090, targetPort: udp}}
+"#,
+            image = sample_image("udp-echo")
+        ))
+        .await;
+    let service = SocketAddr::new(cluster_ip(&cluster, "udp-echo").await, 9090);
+    let pods: BTreeSet<String> = eventually("2 udp-echo pods to run", SLOW, async || {
+        let pods = running_pods(&cluster, "udp-echo").await;
+        if pods.len() == 2 {
+            Ok(pods.into_iter().map(|(n, _)| n).collect())
+        } else {
+            Err(format!("running: {pods:?}"))
+        }
+    })
+    .await;
+
+    // Two clients, each with its own session: each gets its own answers, from the
+    // service address, by one of the pods.
+    let clients = [
+        tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+        tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+    ];
+    for (i, c) in clients.iter().enumerate() {
+        for round in 0..3 {
+            let msg = format!("client-{i}-round-{round}");
+            let (reply, from) = eventually(&format!("an echo of {msg}"), SLOW, async || {
+                c.send_to(msg.as_bytes(), service)
+                    .await
+                    .map_err(|e| format!("send: {e}"))?;
+                let mut buf = [0u8; 2048];
+                let (n, from) =
+                    tokio::time::timeout(Duration::from_millis(500), c.recv_from(&mut buf))
+                        .await
+                        .map_err(|_| "no answer yet".to_string())?
+                        .map_err(|e| format!("recv: {e}"))?;
+                Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
+            })
+            .await;
+            assert_eq!(
+                from, service,
+                "the answer must come from the service address"
+            );
+            let (pod, echoed) = reply
+                .split_once(": ")
+                .unwrap_or_else(|| panic!("no pod prefix in {reply:?}"));
+            assert!(pods.contains(pod), "{pod} is not one of {pods:?}");
+            assert_eq!(echoed, msg);
+        }
+    }
+}
+
+/// The proxy metrics of the `up` process (it was started with --proxy-metrics-port).
+async fn metrics(port: u16) -> Result<String, String> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("connect to the metrics port: {e}"))?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+fn metric(text: &str, line_prefix: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Two nodes on one host: the `up` node holds the ClusterIP (it saw the Service first;
+/// the second node's proxy finds the address taken and keeps retrying), the pods run
+/// only on the second node, so every request crosses the tunnel. Then the pods move to
+/// the `up` node and traffic follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_reaches_pods_on_another_node_through_its_proxy() {
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let cluster = isolated()
+        .args(&["--proxy-metrics-port", &metrics_port.to_string()])
+        .start()
+        .await;
+    let node_a = up_node(&cluster).await;
+    cluster
+        .apply_stdin(&echo_app("far", 2, Some("node-b")))
+        .await;
+    let addr = SocketAddr::new(cluster_ip(&cluster, "far").await, 80);
+    // Node a's proxy listens (no endpoint yet: accepted, then reset).
+    eventually(
+        "node a's proxy to listen on the ClusterIP",
+        DEADLINE,
+        async || {
+            tokio::net::TcpStream::connect(addr)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await;
+
+    let _node_b = AgentProcess::start(&cluster, "node-b").await;
+    let on_b = answered_by_all(&cluster, "far", addr, 2).await;
+    let pods = running_pods(&cluster, "far").await;
+    assert!(pods.iter().all(|(_, n)| n == "node-b"), "{pods:?}");
+    let served = "wasmkube_proxy_connections_total{namespace=\"default\",service=\"far\",port=\"web\",protocol=\"TCP\"} ";
+    let text = eventually("node a's proxy metrics", DEADLINE, async || {
+        metrics(metrics_port).await
+    })
+    .await;
+    assert!(
+        metric(&text, served) > 0,
+        "node a's proxy served nothing:\n{text}"
+    );
+    assert!(
+        metric(&text, "wasmkube_proxy_tunnels_total{direction=\"out\"} ") > 0,
+        "node a opened no tunnel:\n{text}"
+    );
+
+    // The pods move to node a: traffic follows.
+    cluster
+        .kubectl_ok(&[
+            "patch",
+            "deployment",
+            "far",
+            "--type=merge",
+            "-p",
+            &format!(
+                r#"{{"spec":{{"template":{{"spec":{{"nodeSelector":{{"kubernetes.io/hostname":"{node_a}"}}}}}}}}}}"#
+            ),
+        ])
+        .await;
+    let on_a = eventually("the pods to move to node a", SLOW, async || {
+        let pods = running_pods(&cluster, "far").await;
+        if pods.len() == 2 && pods.iter().all(|(_, n)| *n == node_a) {
+            Ok(pods)
+        } else {
+            Err(format!("running: {pods:?}"))
+        }
+    })
+    .await;
+    let answered = answered_by_all(&cluster, "far", addr, 2).await;
+    assert!(answered.is_disjoint(&on_b));
+    assert_eq!(
+        answered,
+        on_a.into_iter().map(|(n, _)| n).collect::<BTreeSet<_>>()
+    );
+}
+
+/// A network namespace joined to the host's by a veth pair, as a second machine: its
+/// own loopback (so its pod IPs are unreachable from the host) and its own address.
+/// Deleted (with the veth pair) on drop.
+struct Netns {
+    name: String,
+    host_if: String,
+    host_ip: std::net::Ipv4Addr,
+    ns_ip: std::net::Ipv4Addr,
+}
+
+impl Netns {
+    /// None when this process may not create namespaces (not root, no `ip`).
+    fn create() -> Option<Netns> {
+        use std::hash::{BuildHasher, Hasher};
+        let r = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let tag = format!("{:05}", r % 100_000);
+        let third = (r >> 20) % 250 + 1;
+        let ns = Netns {
+            name: format!("wkpx-{tag}"),
+            host_if: format!("wkpx{tag}h"),
+            host_ip: std::net::Ipv4Addr::new(10, 213, third as u8, 1),
+            ns_ip: std::net::Ipv4Addr::new(10, 213, third as u8, 2),
+        };
+        let ns_if = format!("wkpx{tag}n");
+        let host_cidr = format!("{}/30", ns.host_ip);
+        let ns_cidr = format!("{}/30", ns.ns_ip);
+        let steps: [&[&str]; 8] = [
+            &["netns", "add", &ns.name],
+            &[
+                "link",
+                "add",
+                &ns.host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &ns_if,
+            ],
+            &["link", "set", &ns_if, "netns", &ns.name],
+            &["addr", "add", &host_cidr, "dev", &ns.host_if],
+            &["link", "set", &ns.host_if, "up"],
+            &["-n", &ns.name, "addr", "add", &ns_cidr, "dev", &ns_if],
+            &["-n", &ns.name, "link", "set", &ns_if, "up"],
+            &["-n", &ns.name, "link", "set", "lo", "up"],
+        ];
+        for args in steps {
+            let ok = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                eprintln!("ip {args:?} failed: cannot build a second network namespace");
+                return None;
+            }
+        }
+        Some(ns)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for args in [
+            vec!["netns", "del", &self.name],
+            vec!["link", "del", &self.host_if],
+        ] {
+            let _ = std::process::Command::new("ip")
+                .args(&args)
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// `wasmkube agent` run inside a [`Netns`]; killed on drop.
+struct NetnsAgent {
+    child: tokio::process::Child,
+    log_path: std::path::PathBuf,
+}
+
+impl NetnsAgent {
+    async fn start(cluster: &Cluster, ns: &Netns, node_name: &str) -> NetnsAgent {
+        let token = std::fs::read_to_string(cluster.data_dir.join("join-token"))
+            .expect("the server writes its join token");
+        let log_path = cluster.path(&format!("agent-{node_name}.log"));
+        let log = std::fs::File::create(&log_path).expect("create the agent log");
+        let log_err = log.try_clone().expect("clone the agent log handle");
+        let child = tokio::process::Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(env!("CARGO_BIN_EXE_wasmkube"))
+            .args([
+                "agent",
+                "--server",
+                &cluster.server_url(),
+                "--token",
+                token.trim(),
+            ])
+            .arg("--ca-cert")
+            .arg(cluster.data_dir.join("pki/ca.crt"))
+            .args(["--node-name", node_name, "--node-ip", &ns.ns_ip.to_string()])
+            .args(["--kubelet-port", "0", "--data-dir"])
+            .arg(cluster.path(&format!("agent-{node_name}")))
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn ip netns exec wasmkube agent");
+        let agent = NetnsAgent { child, log_path };
+        eventually(&format!("node {node_name} to be Ready"), SLOW, async || {
+            let out = cluster
+                .kubectl(&[
+                    "get",
+                    "node",
+                    node_name,
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+                ])
+                .await;
+            if out.success && out.stdout.trim() == "True" {
+                Ok(())
+            } else {
+                Err(format!("{out}\n{}", agent.log_tail()))
+            }
+        })
+        .await;
+        agent
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for NetnsAgent {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- the namespaced agent's log ---\n{}", self.log_tail());
+        }
+        let _ = self.child.start_kill();
+    }
+}
+
+/// Issue 7's two-node check: node b runs in its own network namespace (own loopback,
+/// own address on a veth), so its pod IPs cannot be reached from node a at all. A
+/// client on node a reaches b's pods through the Service — a's proxy tunnels to b's
+/// proxy over b's address — and follows them when they move to node a.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_in_separate_network_namespaces_reach_each_others_pods() {
+    let Some(ns) = Netns::create() else {
+        eprintln!("skipped: creating network namespaces needs root and iproute2");
+        return;
+    };
+    let host_ip = ns.host_ip.to_string();
+    let cluster = isolated()
+        .args(&["--bind-address", &host_ip, "--tls-san", &host_ip])
+        .start()
+        .await;
+    let node_a = up_node(&cluster).await;
+    cluster
+        .apply_stdin(&echo_app("far", 2, Some("node-b")))
+        .await;
+    let addr = SocketAddr::new(cluster_ip(&cluster, "far").await, 80);
+    let _node_b = NetnsAgent::start(&cluster, &ns, "node-b").await;
+
+    let on_b = answered_by_all(&cluster, "far", addr, 2).await;
+    let pods = cluster.get_json(&["pods", "-l", "app=far"]).await;
+    for p in pods["items"].as_array().into_iter().flatten() {
+        assert_eq!(p["spec"]["nodeName"], "node-b");
+        // From node a, node b's pod IPs lead nowhere: only the tunnel gets there.
+        let ip: IpAddr = p["status"]["podIP"]
+            .as_str()
+            .and_then(|ip| ip.parse().ok())
+            .unwrap_or_else(|| panic!("no podIP: {}", p["status"]));
+        assert!(
+            pod_behind(SocketAddr::new(ip, 8080)).await.is_err(),
+            "{ip} answered on node a"
+        );
+    }
+
+    cluster
+        .kubectl_ok(&[
+            "patch",
+            "deployment",
+            "far",
+            "--type=merge",
+            "-p",
+            &format!(
+                r#"{{"spec":{{"template":{{"spec":{{"nodeSelector":{{"kubernetes.io/hostname":"{node_a}"}}}}}}}}}}"#
+            ),
+        ])
+        .await;
+    let on_a = eventually("the pods to move to node a", SLOW, async || {
+        let pods = running_pods(&cluster, "far").await;
+        if pods.len() == 2 && pods.iter().all(|(_, n)| *n == node_a) {
+            Ok(pods)
+        } else {
+            Err(format!("ready: {pods:?}"))
+        }
+    })
+    .await;
+    let answered = answered_by_all(&cluster, "far", addr, 2).await;
+    assert!(answered.is_disjoint(&on_b));
+    assert_eq!(
+        answered,
+        on_a.into_iter().map(|(n, _)| n).collect::<BTreeSet<_>>()
+    );
+}

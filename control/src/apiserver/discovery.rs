@@ -44,8 +44,7 @@ const VERBS: &[&str] = &[
     "watch",
 ];
 
-/// Subresources that are served today; the others (exec, portforward) arrive with the
-/// node agent's exec support and are not advertised before then.
+/// Subresources that are served (all of them, now that exec and portforward are).
 fn served_subresources(def: &ResourceDef) -> impl Iterator<Item = Subresource> + '_ {
     def.subresources.iter().copied().filter(|s| {
         matches!(
@@ -56,6 +55,8 @@ fn served_subresources(def: &ResourceDef) -> impl Iterator<Item = Subresource> +
                 | Subresource::Finalize
                 | Subresource::Log
                 | Subresource::Token
+                | Subresource::Exec
+                | Subresource::PortForward
         )
     })
 }

@@ -947,6 +947,12 @@ async fn subresource(
             super::tokens::token_request(&state, def, ns, name, req, q, dry).await
         }
         (Subresource::Log, Method::GET) => super::pod_proxy::log(&state, ns, name, q).await,
+        (Subresource::Exec, Method::GET | Method::POST) => {
+            super::pod_stream::exec(&state, ns, name, req).await
+        }
+        (Subresource::PortForward, Method::GET | Method::POST) => {
+            super::pod_stream::port_forward(&state, ns, name, req).await
+        }
         (_, m) => Err(ApiError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource ({m})"
         ))),

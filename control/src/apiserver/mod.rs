@@ -40,6 +40,7 @@ pub mod openapi;
 pub mod output;
 pub mod patch;
 pub mod pod_proxy;
+pub mod pod_stream;
 pub mod protobuf;
 pub mod request;
 pub mod serve;

@@ -53,9 +53,9 @@ const DEFAULT_KUBELET_PORT: u16 = 10250;
 /// Time to connect to an agent and finish the TLS handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time for an agent to start answering (the body of a follow then streams unbounded).
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How much of an agent's error answer is kept as the Status message.
-const MAX_ERROR_BODY: usize = 4096;
+pub(crate) const MAX_ERROR_BODY: usize = 4096;
 
 /// `GET /api/v1/namespaces/NS/pods/NAME/log`.
 pub async fn log(
@@ -85,19 +85,7 @@ pub async fn pod_log(
     let pod = objects.get(&pods, Some(ns), name).await?;
     let container = choose_container(&pod, name, opts.container.as_deref())?;
     opts.previous = run_to_read(&pod, name, &container, opts.previous)?;
-    let node_name = pod
-        .pointer("/spec/nodeName")
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| {
-            ApiError::bad_request(format!("pod {name} does not have a host assigned"))
-        })?;
-    let nodes = objects
-        .registry
-        .lookup("", "v1", "nodes")
-        .ok_or_else(|| ApiError::internal("the nodes resource is not registered"))?;
-    let node = objects.get(&nodes, None, node_name).await?;
-    let (host, port) = node_endpoint(&node, node_name)?;
+    let (node_name, host, port) = pod_node(objects, &pod, name).await?;
     let path = format!(
         "/containerLogs/{}/{}/{}?{}",
         ns,
@@ -105,9 +93,8 @@ pub async fn pod_log(
         container,
         opts.kubelet_query()
     );
-    let tls = kubelet_tls(pki)?;
-    tracing::debug!(namespace = ns, pod = name, %container, node = node_name, %host, port, follow = opts.follow, "proxying pods/log");
-    fetch(tls, &host, port, &path, node_name).await
+    tracing::debug!(namespace = ns, pod = name, %container, node = %node_name, %host, port, follow = opts.follow, "proxying pods/log");
+    fetch(pki, &host, port, &path, &node_name).await
 }
 
 /// The query of `pods/log`, validated as Kubernetes' `PodLogOptions`.
@@ -454,41 +441,79 @@ fn build_kubelet_tls(pki: &Pki) -> Result<rustls::ClientConfig, String> {
     Ok(config)
 }
 
-/// Sends `GET path` to the agent at `host:port` and streams its answer back.
-async fn fetch(
-    tls: Arc<rustls::ClientConfig>,
+/// A TLS connection to a node's agent, made with the API server's kubelet-client
+/// identity.
+pub(crate) struct AgentConnection {
+    pub stream: tokio_rustls::client::TlsStream<TcpStream>,
+    /// `host:port` (IPv6 hosts bracketed), for the `Host` header and messages.
+    pub authority: String,
+}
+
+/// The 503 for an agent that cannot be reached.
+pub(crate) fn unreachable(node: &str, authority: &str, why: impl std::fmt::Display) -> ApiError {
+    ApiError::unavailable(format!(
+        "cannot reach the agent of node {node:?} at https://{authority}: {why}"
+    ))
+}
+
+/// Connects to the agent of `node` at `host:port`.
+pub(crate) async fn connect_agent(
+    pki: &Pki,
     host: &str,
     port: u16,
-    path: &str,
     node: &str,
-) -> ApiResult<Response> {
+) -> ApiResult<AgentConnection> {
+    let tls = kubelet_tls(pki)?;
     let authority = match host.parse::<IpAddr>() {
         Ok(IpAddr::V6(v6)) => format!("[{v6}]:{port}"),
         _ => format!("{host}:{port}"),
     };
-    let unreachable = |why: String| {
-        ApiError::unavailable(format!(
-            "cannot reach the agent of node {node:?} at https://{authority}: {why}"
-        ))
-    };
     let server_name = ServerName::try_from(host.to_string())
-        .map_err(|e| unreachable(format!("invalid address: {e}")))?;
+        .map_err(|e| unreachable(node, &authority, format!("invalid address: {e}")))?;
     let connect = async {
         let tcp = TcpStream::connect((host, port))
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| unreachable(node, &authority, e))?;
         let _ = tcp.set_nodelay(true);
         TlsConnector::from(tls)
             .connect(server_name, tcp)
             .await
-            .map_err(|e| unreachable(format!("TLS: {e}")))
+            .map_err(|e| unreachable(node, &authority, format!("TLS: {e}")))
     };
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
         .await
-        .map_err(|_| unreachable("timed out connecting".into()))??;
+        .map_err(|_| unreachable(node, &authority, "timed out connecting"))??;
+    Ok(AgentConnection { stream, authority })
+}
+
+/// The node a pod is bound to and where its agent listens: (node name, host, port).
+pub(crate) async fn pod_node(
+    objects: &Objects,
+    pod: &Value,
+    pod_name: &str,
+) -> ApiResult<(String, String, u16)> {
+    let node_name = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("pod {pod_name} does not have a host assigned"))
+        })?;
+    let nodes = objects
+        .registry
+        .lookup("", "v1", "nodes")
+        .ok_or_else(|| ApiError::internal("the nodes resource is not registered"))?;
+    let node = objects.get(&nodes, None, node_name).await?;
+    let (host, port) = node_endpoint(&node, node_name)?;
+    Ok((node_name.to_string(), host, port))
+}
+
+/// Sends `GET path` to the agent at `host:port` and streams its answer back.
+async fn fetch(pki: &Pki, host: &str, port: u16, path: &str, node: &str) -> ApiResult<Response> {
+    let AgentConnection { stream, authority } = connect_agent(pki, host, port, node).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| unreachable(e.to_string()))?;
+        .map_err(|e| unreachable(node, &authority, e))?;
     let node_name = node.to_string();
     // The connection ends with the response body: when the agent finishes, or when the
     // client goes away and the body is dropped.
@@ -504,8 +529,8 @@ async fn fetch(
         .map_err(|e| ApiError::internal(format!("building the kubelet request: {e}")))?;
     let resp = tokio::time::timeout(RESPONSE_TIMEOUT, sender.send_request(req))
         .await
-        .map_err(|_| unreachable("timed out waiting for an answer".into()))?
-        .map_err(|e| unreachable(e.to_string()))?;
+        .map_err(|_| unreachable(node, &authority, "timed out waiting for an answer"))?
+        .map_err(|e| unreachable(node, &authority, e))?;
     let status = resp.status();
     if status.is_success() {
         let content_type = resp
@@ -534,7 +559,7 @@ async fn fetch(
 }
 
 /// An agent's failure as the Status the client sees.
-fn agent_error(status: StatusCode, message: String, node: &str) -> ApiError {
+pub(crate) fn agent_error(status: StatusCode, message: String, node: &str) -> ApiError {
     let message = if message.is_empty() {
         format!("the agent of node {node:?} answered {status}")
     } else {

@@ -1,4 +1,5 @@
-//! The agent's HTTPS endpoint (the kubelet's port): container logs for the API server.
+//! The agent's HTTPS endpoint (the kubelet's port): container logs, `exec` and
+//! `port-forward` for the API server.
 //!
 //! Only the control plane may call it: a client must present a certificate of the
 //! cluster CA for the API server's kubelet-client identity (CN
@@ -92,8 +93,9 @@ pub fn router(
     logs: Arc<crate::logs::LogStore>,
     sandboxes: Arc<super::sandbox::Sandboxes>,
 ) -> Router {
-    let _ = sandboxes;
     crate::logs::http::router(logs)
+        .merge(super::exec::router(sandboxes.clone()))
+        .merge(super::portforward::router(sandboxes))
 }
 
 /// Serves `router` over TLS on `listener` until `stop`.

@@ -1,7 +1,7 @@
-//! Node agent benchmark (issue 5, "Speed and size"): not a test, it prints figures next
-//! to the goals and what they are compared with, and never fails on them.
+//! Node agent benchmark (issues 5 and 6, "Speed and size"): not a test, it prints
+//! figures next to the goals and what they are compared with, and never fails on them.
 //!
-//! Three parts, each of which can be run alone (`WASMKUBE_BENCH_SECTIONS`):
+//! Six parts, each of which can be run alone (`WASMKUBE_BENCH_SECTIONS`):
 //! 1. **burst**: the real `wasmkube up` binary (control plane + one agent, with its
 //!    managed etcd). The module is cached by a warm-up pod first. Then, as the baseline,
 //!    N creates of pods nobody schedules (the API round trip alone); then a burst of N
@@ -18,36 +18,65 @@
 //! 3. **rss**: a `wasmkube server` (on an etcd this process manages) and a separate
 //!    `wasmkube agent` process: VmRSS idle after registration, and after N hello pods
 //!    run on it, with the memory regions (/proc/PID/smaps) that grew.
+//! 4. **ready** (issue 6): on `wasmkube up`, with http-echo cached by a warm-up pod, a
+//!    burst of N http-echo pods (`spec.nodeName` preset) with a readinessProbe (httpGet
+//!    `/` on 8080, periodSeconds 1, no initial delay): creation → Ready (Ready=True, the
+//!    container ready) per pod, from this client's clock; and, as the baseline in the
+//!    same run, the same burst without a probe (creation → Running and Ready).
+//! 5. **idle** (issue 6): on a separate `wasmkube agent` (as in rss), many idle
+//!    http-echo pods at once: the agent's RSS before (module loaded by a warm-up pod,
+//!    then deleted) and with them, the growth per pod, the regions that grew, open
+//!    files, CPU while nothing changes, and whether a sample of the pods answers
+//!    `GET /` on status.podIP:8080 as itself.
+//! 6. **neighbours** (issue 6): on `wasmkube up`, one http-echo pod; sequential
+//!    `GET /` to its podIP:8080 (a new connection each, and on one kept-alive
+//!    connection) with no other pod (the baseline), next to four spinner pods with no
+//!    limits, and next to four with `limits.cpu: 250m` each: p50/p99 per phase, the
+//!    ratio to the baseline, and the `up` process's CPU (the spinners run inside it).
+//!    Spinners are Running before the requests, and deleted (and gone) after.
+//!
+//! Every node gets `--max-pods` of at least its run's pods and a pod range
+//! (`--node-cidr-mask-size`) that holds them: past a /24's 253 addresses pods would
+//! share the node's address, where servers' ports collide.
 //!
 //! `cargo bench --bench agent` runs the full sizes in release mode; for a debug build
 //! (which builds the debug `wasmkube` binary too),
-//! `WASMKUBE_BENCH_PODS=20 cargo test --bench agent`.
+//! `WASMKUBE_BENCH_PODS=20 WASMKUBE_BENCH_IDLE_PODS=50 WASMKUBE_BENCH_REQUESTS=200
+//! cargo test --bench agent`.
 //!
 //! Environment knobs:
-//! - `WASMKUBE_BENCH_PODS` (500): pods per burst and for the RSS figure;
+//! - `WASMKUBE_BENCH_PODS` (500): pods per burst (burst, ready) and for the RSS figure;
+//! - `WASMKUBE_BENCH_IDLE_PODS` (1000; the issue aims for 5000): idle http-echo pods at
+//!   once in the idle section (the agent's `--max-pods` follows);
+//! - `WASMKUBE_BENCH_REQUESTS` (1000): sequential requests per variant and phase in the
+//!   neighbours section;
 //! - `WASMKUBE_BENCH_CLIENTS` (16): concurrent creating clients;
 //! - `WASMKUBE_BENCH_INSTANCE_RUNS` (1000): timed instance runs per module;
-//! - `WASMKUBE_BENCH_SECTIONS` (`instance,burst,rss`): which parts run;
+//! - `WASMKUBE_BENCH_SECTIONS` (`instance,burst,rss,ready,idle,neighbours`): which parts
+//!   run;
 //! - `WASMKUBE_BENCH_TIMEOUT_SECS` (300): how long a burst may take to be all Running;
-//! - `WASMKUBE_BENCH_IDLE_SECS` (5): how long the agent idles before its RSS is read;
-//! - `WASMKUBE_BENCH_STEADY_SECS` (10): how long the running pods are watched for the
-//!   API requests and CPU they cost while nothing changes;
+//! - `WASMKUBE_BENCH_IDLE_SECS` (5): how long an agent idles before its RSS is read;
+//! - `WASMKUBE_BENCH_STEADY_SECS` (10): how long running pods are watched for the API
+//!   requests and CPU they cost while nothing changes;
 //! - `WASMKUBE_BENCH_KEEP` (unset): keep the temp dir (process logs).
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
 use kube::{Api, Client, Config};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use wasmkube_control::etcd_process::ManagedEtcd;
 use wasmkube_runtime::fetch::{ModuleStore, PullPolicy, StoreOptions};
@@ -72,6 +101,21 @@ const STOP_DEADLINE: Duration = Duration::from_secs(30);
 const INSTANCE_WARMUP_RUNS: usize = 20;
 /// The engine's instance capacity, as the agent sizes it (`max_pods` 1000, × 2).
 const ENGINE_INSTANCES: u32 = 2000;
+/// Spinner pods next to the http-echo pod in the neighbours section (the issue's four).
+const SPINNERS: usize = 4;
+/// The spinners' `limits.cpu` in the neighbours section's last phase.
+const SPINNER_CPU_LIMIT: &str = "250m";
+/// Untimed requests before the timed ones (connection paths, the guest's first buffers).
+const REQUEST_WARMUP: usize = 20;
+/// How long one HTTP request to a pod may take before it counts as failed.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the `up` process's CPU is read in each neighbours phase before the requests
+/// (what the spinners, or nothing, take; too short a window is all /proc tick noise).
+const CPU_WINDOW: Duration = Duration::from_secs(2);
+/// How many of the idle pods are asked for a page.
+const IDLE_HTTP_SAMPLE: usize = 100;
+/// A pause for status writes and first log lines to settle before memory is read.
+const SETTLE: Duration = Duration::from_secs(2);
 /// RSS of k3s' agent, the figure the issue compares with.
 const K3S_AGENT_RSS_MB: f64 = 275.0;
 
@@ -94,9 +138,16 @@ struct Opts {
     pods: usize,
     clients: usize,
     instance_runs: usize,
+    /// Idle http-echo pods at once on the separate agent (the `idle` section).
+    idle_pods: usize,
+    /// Sequential HTTP requests per variant and phase (the `neighbours` section).
+    requests: usize,
     burst: bool,
     instance: bool,
     rss: bool,
+    ready: bool,
+    idle_http: bool,
+    neighbours: bool,
     timeout: Duration,
     idle: Duration,
     steady: Duration,
@@ -115,22 +166,32 @@ impl Opts {
             }
         }
         let sections = std::env::var("WASMKUBE_BENCH_SECTIONS")
-            .unwrap_or_else(|_| "instance,burst,rss".into());
+            .unwrap_or_else(|_| "instance,burst,rss,ready,idle,neighbours".into());
         let has = |s: &str| sections.split(',').any(|x| x.trim() == s);
         let opts = Opts {
             pods: num("WASMKUBE_BENCH_PODS", 500)?,
             clients: num("WASMKUBE_BENCH_CLIENTS", 16)?,
             instance_runs: num("WASMKUBE_BENCH_INSTANCE_RUNS", 1000)?,
+            idle_pods: num("WASMKUBE_BENCH_IDLE_PODS", 1000)?,
+            requests: num("WASMKUBE_BENCH_REQUESTS", 1000)?,
             burst: has("burst"),
             instance: has("instance"),
             rss: has("rss"),
+            ready: has("ready"),
+            idle_http: has("idle"),
+            neighbours: has("neighbours"),
             timeout: Duration::from_secs(num("WASMKUBE_BENCH_TIMEOUT_SECS", 300)? as u64),
             idle: Duration::from_secs(num("WASMKUBE_BENCH_IDLE_SECS", 5)? as u64),
             steady: Duration::from_secs(num("WASMKUBE_BENCH_STEADY_SECS", 10)? as u64),
             keep: std::env::var_os("WASMKUBE_BENCH_KEEP").is_some_and(|v| !v.is_empty()),
         };
-        if opts.pods == 0 || opts.clients == 0 || opts.instance_runs == 0 {
-            bail!("WASMKUBE_BENCH_PODS, _CLIENTS and _INSTANCE_RUNS must be at least 1");
+        if opts.pods == 0
+            || opts.clients == 0
+            || opts.instance_runs == 0
+            || opts.idle_pods == 0
+            || opts.requests == 0
+        {
+            bail!("WASMKUBE_BENCH_PODS, _CLIENTS, _INSTANCE_RUNS, _IDLE_PODS and _REQUESTS must be at least 1");
         }
         Ok(opts)
     }
@@ -228,19 +289,72 @@ fn load_average() -> f64 {
 
 /// A `/proc/<pid>/status` field given in kB (`VmRSS:`, `VmHWM:`), in MiB.
 fn status_mib(pid: u32, field: &str) -> Result<f64> {
+    Ok(status_field(pid, field)? / 1024.0)
+}
+
+/// The number of a `/proc/<pid>/status` field (`Threads:`, or kB for `VmRSS:`).
+fn status_field(pid: u32, field: &str) -> Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("read /proc/{pid}/status"))?;
     let line = status
         .lines()
         .find(|l| l.starts_with(field))
         .with_context(|| format!("no {field} in /proc/{pid}/status"))?;
-    let kb: f64 = line
-        .split_whitespace()
+    line.split_whitespace()
         .nth(1)
         .with_context(|| format!("malformed {field} line"))?
         .parse()
-        .with_context(|| format!("malformed {field} value"))?;
-    Ok(kb / 1024.0)
+        .with_context(|| format!("malformed {field} value"))
+}
+
+/// A process's open file descriptors by kind (`socket`, `file`, `pipe`,
+/// `anon_inode:[eventpoll]`…), most first; None if /proc does not show them.
+fn open_fds(pid: u32) -> Option<Vec<(String, usize)>> {
+    let mut kinds: HashMap<String, usize> = HashMap::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
+        // An fd closed between the listing and the readlink is simply not counted.
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy();
+        let kind = if target.starts_with('/') {
+            "file".to_string()
+        } else if let Some((kind, _)) = target.split_once(":[") {
+            kind.to_string()
+        } else {
+            target.into_owned()
+        };
+        *kinds.entry(kind).or_default() += 1;
+    }
+    let mut kinds: Vec<(String, usize)> = kinds.into_iter().collect();
+    kinds.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    Some(kinds)
+}
+
+/// "1183 (socket 600, file 580, …)".
+fn describe_fds(fds: &Option<Vec<(String, usize)>>) -> String {
+    match fds {
+        None => "?".to_string(),
+        Some(kinds) => {
+            let parts: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            format!("{} ({})", fd_total(fds), parts.join(", "))
+        }
+    }
+}
+
+fn fd_total(fds: &Option<Vec<(String, usize)>>) -> usize {
+    fds.as_ref().map_or(0, |k| k.iter().map(|(_, n)| n).sum())
+}
+
+/// A process's soft limit on open files (`Max open files` in /proc/<pid>/limits).
+fn open_files_limit(pid: u32) -> Option<u64> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// (VmRSS, VmHWM) in MiB.
@@ -633,6 +747,171 @@ async fn prepare_namespace(client: &Client) -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------------
+// Clusters
+
+/// The pods a node takes for a run of `pods` pods at once: the agent's default (1000),
+/// or more.
+fn max_pods_for(pods: usize) -> usize {
+    pods.max(1000)
+}
+
+/// The `--node-cidr-mask-size` whose pod range holds `max_pods` pod IPs. The default /24
+/// holds 253: past that a pod gets no IP of its own and shares the node's address, where
+/// two servers' ports collide.
+fn node_cidr_mask_for(max_pods: usize) -> u8 {
+    let mut mask = 24u8;
+    // A range's network, first and broadcast addresses are never handed out.
+    while mask > 12 && (1usize << (32 - mask)) - 3 < max_pods {
+        mask -= 1;
+    }
+    mask
+}
+
+/// Starts `wasmkube up` (data in `dir/up`, log `dir/up.log`) for one node, [`UP_NODE`],
+/// taking `max_pods` pods. Returns the process and its data dir.
+fn spawn_up(dir: &Path, max_pods: usize) -> Result<(Proc, PathBuf)> {
+    let data_dir = dir.join("up");
+    std::fs::create_dir_all(&data_dir).context("create the up data dir")?;
+    let args: Vec<String> = vec![
+        "up".into(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "--node-name".into(),
+        UP_NODE.into(),
+        "--max-pods".into(),
+        max_pods.to_string(),
+        "--node-cidr-mask-size".into(),
+        node_cidr_mask_for(max_pods).to_string(),
+    ];
+    let up = Proc::spawn("wasmkube up", &args, &dir.join("up.log"))?;
+    println!("  wasmkube up: pid {} (log {})", up.pid, up.log.display());
+    Ok((up, data_dir))
+}
+
+/// Waits until `up` serves, its node is Ready and the bench namespace exists. Returns
+/// its client config and the processes whose CPU each phase reports (`up` and the etcd
+/// it manages).
+async fn connect_up(up: &mut Proc, data_dir: &Path) -> Result<(Config, Vec<(String, u32)>)> {
+    let started = Instant::now();
+    wait_kubeconfig(up, &data_dir.join("kubeconfig")).await?;
+    up.note_descendants();
+    let config = kube_config(&data_dir.join("kubeconfig")).await?;
+    let client = Client::try_from(config.clone()).context("build a kube client")?;
+    wait_node_ready(&client, UP_NODE, up).await?;
+    println!(
+        "  node {UP_NODE} Ready {:.1} s after start",
+        started.elapsed().as_secs_f64()
+    );
+    prepare_namespace(&client).await?;
+    let mut cpu_of = vec![("wasmkube up".to_string(), up.pid)];
+    for pid in &up.descendants {
+        cpu_of.push((format!("etcd (pid {pid})"), *pid));
+    }
+    Ok((config, cpu_of))
+}
+
+/// A `wasmkube server` on an etcd this process manages, and a separate `wasmkube agent`
+/// process joined to it as node [`AGENT_NODE`]: the agent's own figures (RSS, CPU,
+/// open files) are not mixed with the control plane's.
+struct SeparateAgent {
+    etcd: ManagedEtcd,
+    server: Proc,
+    agent: Proc,
+    agent_dir: PathBuf,
+    config: Config,
+    client: Client,
+    max_pods: usize,
+}
+
+impl SeparateAgent {
+    /// Starts the three; the agent may not have registered yet (see [`wait_node_ready`]).
+    async fn start(dir: &Path, max_pods: usize) -> Result<SeparateAgent> {
+        let etcd = ManagedEtcd::start(&dir.join("etcd"))
+            .await
+            .context("start etcd")?;
+        let server_dir = dir.join("server");
+        std::fs::create_dir_all(&server_dir).context("create the server data dir")?;
+        let args: Vec<String> = vec![
+            "server".into(),
+            "--data-dir".into(),
+            server_dir.display().to_string(),
+            "--etcd-servers".into(),
+            etcd.client_url(),
+            "--secure-port".into(),
+            "0".into(),
+            "--bind-address".into(),
+            "127.0.0.1".into(),
+            "--node-cidr-mask-size".into(),
+            node_cidr_mask_for(max_pods).to_string(),
+        ];
+        let mut server = Proc::spawn("wasmkube server", &args, &dir.join("server.log"))?;
+        println!(
+            "  wasmkube server: pid {} (log {})",
+            server.pid,
+            server.log.display()
+        );
+        let kubeconfig = server_dir.join("kubeconfig");
+        wait_kubeconfig(&mut server, &kubeconfig).await?;
+        let config = kube_config(&kubeconfig).await?;
+        let client = Client::try_from(config.clone()).context("build a kube client")?;
+        let url = config
+            .cluster_url
+            .to_string()
+            .trim_end_matches('/')
+            .to_string();
+        let token = std::fs::read_to_string(server_dir.join("join-token"))
+            .context("read the server's join token")?;
+        let agent_dir = dir.join("agent");
+        let args: Vec<String> = vec![
+            "agent".into(),
+            "--server".into(),
+            url,
+            "--token".into(),
+            token.trim().to_string(),
+            "--ca-cert".into(),
+            server_dir.join("pki/ca.crt").display().to_string(),
+            "--node-name".into(),
+            AGENT_NODE.into(),
+            "--data-dir".into(),
+            agent_dir.display().to_string(),
+            "--kubelet-port".into(),
+            "0".into(),
+            "--max-pods".into(),
+            max_pods.to_string(),
+        ];
+        let agent = Proc::spawn("wasmkube agent", &args, &dir.join("agent.log"))?;
+        println!(
+            "  wasmkube agent: pid {} (log {})",
+            agent.pid,
+            agent.log.display()
+        );
+        Ok(SeparateAgent {
+            etcd,
+            server,
+            agent,
+            agent_dir,
+            config,
+            client,
+            max_pods,
+        })
+    }
+
+    /// The processes whose CPU each phase reports.
+    fn cpu_of(&self) -> Vec<(String, u32)> {
+        vec![
+            ("agent".to_string(), self.agent.pid),
+            ("server".to_string(), self.server.pid),
+        ]
+    }
+
+    async fn stop(self) {
+        self.agent.stop().await;
+        self.server.stop().await;
+        self.etcd.stop().await;
+    }
+}
+
+// ---------------------------------------------------------------------------------
 // Sample modules
 
 /// The path of a sample module, building the samples if it is missing.
@@ -882,27 +1161,87 @@ enum Placement {
     Nobody,
 }
 
-fn hello_pod(name: &str, run: &str, image: &str, placement: &Placement) -> Result<Pod> {
-    let mut spec = serde_json::json!({
-        "restartPolicy": "Always",
-        "containers": [{
-            "name": "hello",
-            "image": image,
-            "env": [{"name": "HELLO_SLEEP", "value": "inf"}]
-        }]
-    });
-    match placement {
-        Placement::Scheduler => {}
-        Placement::Node(node) => spec["nodeName"] = serde_json::json!(node),
-        Placement::Nobody => spec["schedulerName"] = serde_json::json!(NO_SCHEDULER),
+/// What a burst's pods run.
+#[derive(Debug, Clone)]
+enum PodTemplate {
+    /// hello with `HELLO_SLEEP=inf`, restartPolicy Always: prints its greeting, sleeps.
+    Hello { image: String },
+    /// http-echo serving port 8080 on the pod IP, `POD_NAME` from a fieldRef; with
+    /// `readiness_probe`, an httpGet probe of `/` on 8080 every second, no initial delay.
+    HttpEcho {
+        image: String,
+        readiness_probe: bool,
+    },
+    /// spinner (a busy loop that never yields), with `limits.cpu` or none.
+    Spinner {
+        image: String,
+        cpu_limit: Option<String>,
+    },
+}
+
+impl PodTemplate {
+    fn pod(&self, name: &str, run: &str, placement: &Placement) -> Result<Pod> {
+        let container = match self {
+            PodTemplate::Hello { image } => serde_json::json!({
+                "name": "hello",
+                "image": image,
+                "env": [{"name": "HELLO_SLEEP", "value": "inf"}]
+            }),
+            PodTemplate::HttpEcho {
+                image,
+                readiness_probe,
+            } => {
+                // Not `echo`: argv[0] follows the container name, and http-echo's toolbox
+                // would run its `echo` tool instead of the server.
+                let mut c = serde_json::json!({
+                    "name": "web",
+                    "image": image,
+                    "env": [{
+                        "name": "POD_NAME",
+                        "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}
+                    }]
+                });
+                if *readiness_probe {
+                    c["readinessProbe"] = serde_json::json!({
+                        "httpGet": {"path": "/", "port": 8080},
+                        "initialDelaySeconds": 0,
+                        "periodSeconds": 1
+                    });
+                }
+                c
+            }
+            PodTemplate::Spinner { image, cpu_limit } => {
+                let mut c = serde_json::json!({
+                    "name": "spinner",
+                    "image": image,
+                    "env": [{
+                        "name": "POD_NAME",
+                        "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}
+                    }]
+                });
+                if let Some(cpu) = cpu_limit {
+                    c["resources"] = serde_json::json!({"limits": {"cpu": cpu}});
+                }
+                c
+            }
+        };
+        let mut spec = serde_json::json!({
+            "restartPolicy": "Always",
+            "containers": [container]
+        });
+        match placement {
+            Placement::Scheduler => {}
+            Placement::Node(node) => spec["nodeName"] = serde_json::json!(node),
+            Placement::Nobody => spec["schedulerName"] = serde_json::json!(NO_SCHEDULER),
+        }
+        let value = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"bench-run": run}},
+            "spec": spec
+        });
+        serde_json::from_value(value).context("build a pod")
     }
-    let value = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"bench-run": run}},
-        "spec": spec
-    });
-    serde_json::from_value(value).context("build a hello pod")
 }
 
 /// Client-clock instants of one pod.
@@ -1102,17 +1441,18 @@ fn calls_between(
         .collect()
 }
 
-/// What a burst talks to.
+/// What a burst talks to, and what its pods run.
+#[derive(Clone)]
 struct Target {
     config: Config,
-    image: String,
+    template: PodTemplate,
     /// Processes whose CPU each phase reports.
     cpu_of: Vec<(String, u32)>,
     /// How long a burst may take to be all Running.
     timeout: Duration,
 }
 
-/// Creates `pods` hello pods labelled `bench-run=<run>` from `clients` concurrent
+/// Creates `pods` pods of the target's template labelled `bench-run=<run>` from `clients` concurrent
 /// clients while a watch records when each is seen, bound and Running; with
 /// `wait_running`, waits (up to the target's timeout) until all are Running.
 async fn burst(
@@ -1199,7 +1539,7 @@ async fn burst(
         let next = next.clone();
         let names = names.clone();
         let times = times.clone();
-        let image = target.image.clone();
+        let template = target.template.clone();
         let placement = placement.clone();
         let run = run.to_string();
         tasks.push(tokio::spawn(async move {
@@ -1207,7 +1547,7 @@ async fn burst(
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(name) = names.get(i) else { break };
-                let pod = match hello_pod(name, &run, &image, &placement) {
+                let pod = match template.pod(name, &run, &placement) {
                     Ok(p) => p,
                     Err(e) => {
                         errors.push(format!("{e:#}"));
@@ -1326,13 +1666,15 @@ impl Drop for AbortOnDrop {
 }
 
 /// Deletes a run's pods (grace period 0) and waits until the API has none left and the
-/// agent has removed every pod directory under `agent_pods_dir`. Returns how long the
+/// agent has removed their pod directories under `agent_pods_dir` (all but
+/// `other_pods`, the pods of other runs still on the node). Returns how long the
 /// agent-side cleanup took after the deletes were sent.
 async fn teardown(
     config: &Config,
     run: &str,
     clients: usize,
     agent_pods_dir: &Path,
+    other_pods: usize,
 ) -> Result<Duration> {
     let client = Client::try_from(config.clone()).context("build a kube client")?;
     let api: Api<Pod> = Api::namespaced(client, NAMESPACE);
@@ -1381,7 +1723,7 @@ async fn teardown(
         let dirs = std::fs::read_dir(agent_pods_dir)
             .map(|d| d.count())
             .unwrap_or(0);
-        if left == 0 && dirs == 0 {
+        if left == 0 && dirs <= other_pods {
             return Ok(started.elapsed());
         }
         if started.elapsed() > TEARDOWN_DEADLINE {
@@ -1408,17 +1750,7 @@ struct BurstSection {
 }
 
 async fn burst_section(opts: &Opts, dir: &Path, image: &str) -> Result<BurstSection> {
-    let data_dir = dir.join("up");
-    std::fs::create_dir_all(&data_dir).context("create the up data dir")?;
-    let args: Vec<String> = vec![
-        "up".into(),
-        "--data-dir".into(),
-        data_dir.display().to_string(),
-        "--node-name".into(),
-        UP_NODE.into(),
-    ];
-    let mut up = Proc::spawn("wasmkube up", &args, &dir.join("up.log"))?;
-    println!("  wasmkube up: pid {} (log {})", up.pid, up.log.display());
+    let (mut up, data_dir) = spawn_up(dir, max_pods_for(opts.pods))?;
     let outcome = burst_measure(opts, &mut up, &data_dir, image).await;
     up.stop().await;
     outcome
@@ -1430,24 +1762,12 @@ async fn burst_measure(
     data_dir: &Path,
     image: &str,
 ) -> Result<BurstSection> {
-    let started = Instant::now();
-    wait_kubeconfig(up, &data_dir.join("kubeconfig")).await?;
-    up.note_descendants();
-    let config = kube_config(&data_dir.join("kubeconfig")).await?;
-    let client = Client::try_from(config.clone()).context("build a kube client")?;
-    wait_node_ready(&client, UP_NODE, up).await?;
-    println!(
-        "  node {UP_NODE} Ready {:.1} s after start",
-        started.elapsed().as_secs_f64()
-    );
-    prepare_namespace(&client).await?;
-    let mut cpu_of = vec![("wasmkube up".to_string(), up.pid)];
-    for pid in &up.descendants {
-        cpu_of.push((format!("etcd (pid {pid})"), *pid));
-    }
+    let (config, cpu_of) = connect_up(up, data_dir).await?;
     let target = Target {
         config: config.clone(),
-        image: image.to_string(),
+        template: PodTemplate::Hello {
+            image: image.to_string(),
+        },
         cpu_of,
         timeout: opts.timeout,
     };
@@ -1475,7 +1795,7 @@ async fn burst_measure(
         "  warm-up pod Running after {:.0} ms (includes the module's compile)",
         ms(warm.to_running.max)
     );
-    teardown(&config, "warmup", 1, &agent_pods).await?;
+    teardown(&config, "warmup", 1, &agent_pods, 0).await?;
     let up_rss_idle = rss_mib(up.pid)?.0;
 
     println!(
@@ -1495,7 +1815,7 @@ async fn burst_measure(
     api_baseline.print(false);
     teardowns.push((
         "API baseline pods".to_string(),
-        teardown(&config, "api", opts.clients, &agent_pods).await?,
+        teardown(&config, "api", opts.clients, &agent_pods, 0).await?,
     ));
 
     println!("  burst with the scheduler: {} pods…", opts.pods);
@@ -1513,7 +1833,7 @@ async fn burst_measure(
     let up_rss_running = rss_mib(up.pid)?.0;
     teardowns.push((
         format!("{} running pods (scheduled)", scheduled.running),
-        teardown(&config, "sched", opts.clients, &agent_pods).await?,
+        teardown(&config, "sched", opts.clients, &agent_pods, 0).await?,
     ));
 
     println!("  burst with nodeName preset: {} pods…", opts.pods);
@@ -1530,7 +1850,7 @@ async fn burst_measure(
     preset.print(true);
     teardowns.push((
         format!("{} running pods (preset)", preset.running),
-        teardown(&config, "node", opts.clients, &agent_pods).await?,
+        teardown(&config, "node", opts.clients, &agent_pods, 0).await?,
     ));
     let up_hwm = rss_mib(up.pid)?.1;
 
@@ -1550,6 +1870,7 @@ async fn burst_measure(
 // Part 3: RSS of a separate agent
 
 struct RssSection {
+    max_pods: usize,
     registered_after: Duration,
     at_registration: f64,
     /// VmRSS each second of the idle wait.
@@ -1574,91 +1895,27 @@ struct RssSection {
 }
 
 async fn rss_section(opts: &Opts, dir: &Path, image: &str) -> Result<RssSection> {
-    let etcd = ManagedEtcd::start(&dir.join("etcd"))
-        .await
-        .context("start etcd")?;
-    let server_dir = dir.join("server");
-    std::fs::create_dir_all(&server_dir).context("create the server data dir")?;
-    let args: Vec<String> = vec![
-        "server".into(),
-        "--data-dir".into(),
-        server_dir.display().to_string(),
-        "--etcd-servers".into(),
-        etcd.client_url(),
-        "--secure-port".into(),
-        "0".into(),
-        "--bind-address".into(),
-        "127.0.0.1".into(),
-    ];
-    let mut server = Proc::spawn("wasmkube server", &args, &dir.join("server.log"))?;
-    println!(
-        "  wasmkube server: pid {} (log {})",
-        server.pid,
-        server.log.display()
-    );
-    let outcome = rss_measure(opts, dir, &mut server, &server_dir, image).await;
-    server.stop().await;
-    etcd.stop().await;
-    outcome
-}
-
-async fn rss_measure(
-    opts: &Opts,
-    dir: &Path,
-    server: &mut Proc,
-    server_dir: &Path,
-    image: &str,
-) -> Result<RssSection> {
-    let kubeconfig = server_dir.join("kubeconfig");
-    wait_kubeconfig(server, &kubeconfig).await?;
-    let config = kube_config(&kubeconfig).await?;
-    let client = Client::try_from(config.clone()).context("build a kube client")?;
-    let url = config
-        .cluster_url
-        .to_string()
-        .trim_end_matches('/')
-        .to_string();
-    let token = std::fs::read_to_string(server_dir.join("join-token"))
-        .context("read the server's join token")?;
-    let agent_dir = dir.join("agent");
-    let args: Vec<String> = vec![
-        "agent".into(),
-        "--server".into(),
-        url,
-        "--token".into(),
-        token.trim().to_string(),
-        "--ca-cert".into(),
-        server_dir.join("pki/ca.crt").display().to_string(),
-        "--node-name".into(),
-        AGENT_NODE.into(),
-        "--data-dir".into(),
-        agent_dir.display().to_string(),
-        "--kubelet-port".into(),
-        "0".into(),
-    ];
-    let mut agent = Proc::spawn("wasmkube agent", &args, &dir.join("agent.log"))?;
-    println!(
-        "  wasmkube agent: pid {} (log {})",
-        agent.pid,
-        agent.log.display()
-    );
-    let outcome = rss_with_agent(
-        opts, &client, &config, &mut agent, &agent_dir, server, image,
-    )
-    .await;
-    agent.stop().await;
+    let mut cluster = SeparateAgent::start(dir, max_pods_for(opts.pods)).await?;
+    let outcome = rss_with_agent(opts, &mut cluster, image).await;
+    cluster.stop().await;
     outcome
 }
 
 async fn rss_with_agent(
     opts: &Opts,
-    client: &Client,
-    config: &Config,
-    agent: &mut Proc,
-    agent_dir: &Path,
-    server: &Proc,
+    cluster: &mut SeparateAgent,
     image: &str,
 ) -> Result<RssSection> {
+    let cpu_of = cluster.cpu_of();
+    let max_pods = cluster.max_pods;
+    let SeparateAgent {
+        server,
+        agent,
+        agent_dir,
+        config,
+        client,
+        ..
+    } = cluster;
     let registered_after = wait_node_ready(client, AGENT_NODE, agent).await?;
     let at_registration = rss_mib(agent.pid)?.0;
     // Idle: nothing but the heartbeat (its Lease is renewed every 10 s). Sampled each
@@ -1682,11 +1939,10 @@ async fn rss_with_agent(
     prepare_namespace(client).await?;
     let target = Target {
         config: config.clone(),
-        image: image.to_string(),
-        cpu_of: vec![
-            ("agent".to_string(), agent.pid),
-            ("server".to_string(), server.pid),
-        ],
+        template: PodTemplate::Hello {
+            image: image.to_string(),
+        },
+        cpu_of,
         timeout: opts.timeout,
     };
     let pods = burst(
@@ -1717,7 +1973,7 @@ async fn rss_with_agent(
     agent.check_alive()?;
     let server_rss = rss_mib(server.pid)?.0;
     let agent_pods = agent_dir.join("pods");
-    let after_delete = match teardown(config, "rss", opts.clients, &agent_pods).await {
+    let after_delete = match teardown(config, "rss", opts.clients, &agent_pods, 0).await {
         Ok(_) => {
             tokio::time::sleep(Duration::from_secs(2)).await;
             rss_mib(agent.pid).ok().map(|r| r.0)
@@ -1728,6 +1984,7 @@ async fn rss_with_agent(
         }
     };
     Ok(RssSection {
+        max_pods,
         registered_after,
         at_registration,
         idle_series,
@@ -1748,6 +2005,751 @@ async fn rss_with_agent(
 }
 
 // ---------------------------------------------------------------------------------
+// HTTP to pods
+
+/// A pod's status.podIP, once it has one.
+async fn pod_ip(client: &Client, name: &str) -> Result<IpAddr> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let started = Instant::now();
+    loop {
+        let pod = api
+            .get(name)
+            .await
+            .with_context(|| format!("get pod {name}"))?;
+        if let Some(ip) = pod.status.and_then(|s| s.pod_ip) {
+            return ip
+                .parse()
+                .with_context(|| format!("pod {name} has an invalid podIP {ip:?}"));
+        }
+        if started.elapsed() > START_DEADLINE {
+            bail!("pod {name} had no podIP within {START_DEADLINE:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One `GET /` on a new connection (HTTP/1.0, closed after it): the whole response.
+async fn http_get(addr: SocketAddr) -> Result<String> {
+    let get = async {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connect {addr}"))?;
+        stream
+            .write_all(b"GET / HTTP/1.0\r\nHost: bench\r\nConnection: close\r\n\r\n")
+            .await
+            .with_context(|| format!("write to {addr}"))?;
+        let mut response = Vec::new();
+        stream
+            .read_to_end(&mut response)
+            .await
+            .with_context(|| format!("read from {addr}"))?;
+        anyhow::Ok(String::from_utf8_lossy(&response).into_owned())
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, get)
+        .await
+        .map_err(|_| anyhow!("GET {addr} timed out after {REQUEST_TIMEOUT:?}"))?
+}
+
+/// Polls `addr` until it answers 200: Running says the instance started, not that its
+/// server listens yet.
+async fn wait_answers(addr: SocketAddr, proc: &mut Proc) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let last = match http_get(addr).await {
+            Ok(r) if r.starts_with("HTTP/1.1 200") => return Ok(()),
+            Ok(r) => format!("answered {:?}", r.lines().next().unwrap_or_default()),
+            Err(e) => format!("{e:#}"),
+        };
+        proc.check_alive()?;
+        if started.elapsed() > START_DEADLINE {
+            bail!("{addr} did not answer 200 within {START_DEADLINE:?}: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An HTTP/1.1 connection kept open for one request after another.
+struct KeepAlive {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl KeepAlive {
+    async fn connect(addr: SocketAddr) -> Result<KeepAlive> {
+        let stream = tokio::time::timeout(REQUEST_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| anyhow!("connect {addr} timed out after {REQUEST_TIMEOUT:?}"))?
+            .with_context(|| format!("connect {addr}"))?;
+        stream.set_nodelay(true).context("set TCP_NODELAY")?;
+        Ok(KeepAlive {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
+    /// One `GET /`: its status code, once the whole response is read.
+    async fn get(&mut self) -> Result<u16> {
+        tokio::time::timeout(REQUEST_TIMEOUT, self.exchange())
+            .await
+            .map_err(|_| anyhow!("keep-alive GET timed out after {REQUEST_TIMEOUT:?}"))?
+    }
+
+    async fn exchange(&mut self) -> Result<u16> {
+        self.stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+            .await
+            .context("write a request")?;
+        // Each response is read to its end, so nothing of the next one is buffered.
+        self.buf.clear();
+        let mut chunk = [0u8; 8192];
+        let head_end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            self.read_some(&mut chunk).await?;
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
+        let status: u16 = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("a malformed status line: {head:?}"))?;
+        let body_len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().ok())?
+            })
+            .with_context(|| format!("a response without Content-Length: {head:?}"))?;
+        while self.buf.len() < head_end + body_len {
+            self.read_some(&mut chunk).await?;
+        }
+        Ok(status)
+    }
+
+    async fn read_some(&mut self, chunk: &mut [u8]) -> Result<()> {
+        let n = self.stream.read(chunk).await.context("read a response")?;
+        if n == 0 {
+            bail!("the server closed the connection");
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+}
+
+/// Latencies of sequential requests to one server.
+#[derive(Debug, Clone, Default)]
+struct RequestFigures {
+    /// A new connection per request (connect + request + response + close).
+    fresh: Stats,
+    fresh_failed: usize,
+    /// One kept-alive connection (request + response).
+    keep_alive: Stats,
+    keep_alive_failed: usize,
+    /// The first failure, if any.
+    first_error: Option<String>,
+}
+
+impl RequestFigures {
+    fn describe(&self) -> String {
+        format!(
+            "new connection each {}{}; keep-alive {}{}",
+            self.fresh.ms(),
+            failed(self.fresh_failed),
+            self.keep_alive.ms(),
+            failed(self.keep_alive_failed)
+        )
+    }
+}
+
+fn failed(n: usize) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(" [{n} FAILED]")
+    }
+}
+
+/// `n` sequential `GET /` to `addr` on new connections, then `n` on one kept-alive
+/// connection (reopened after a failure). A failure is a figure, not an error.
+async fn request_latencies(addr: SocketAddr, n: usize) -> RequestFigures {
+    let mut figures = RequestFigures::default();
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        match http_get(addr).await {
+            Ok(r) if r.starts_with("HTTP/1.1 200") => samples.push(t.elapsed()),
+            Ok(r) => {
+                figures.fresh_failed += 1;
+                figures.first_error.get_or_insert_with(|| {
+                    format!("answered {:?}", r.lines().next().unwrap_or_default())
+                });
+            }
+            Err(e) => {
+                figures.fresh_failed += 1;
+                figures.first_error.get_or_insert_with(|| format!("{e:#}"));
+            }
+        }
+    }
+    figures.fresh = Stats::of(&mut samples);
+
+    let mut samples = Vec::with_capacity(n);
+    let mut conn: Option<KeepAlive> = None;
+    for _ in 0..n {
+        if conn.is_none() {
+            match KeepAlive::connect(addr).await {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    figures.keep_alive_failed += 1;
+                    figures.first_error.get_or_insert_with(|| format!("{e:#}"));
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        let t = Instant::now();
+        match c.get().await {
+            Ok(200) => samples.push(t.elapsed()),
+            Ok(status) => {
+                figures.keep_alive_failed += 1;
+                figures
+                    .first_error
+                    .get_or_insert_with(|| format!("keep-alive GET answered {status}"));
+            }
+            Err(e) => {
+                figures.keep_alive_failed += 1;
+                figures.first_error.get_or_insert_with(|| format!("{e:#}"));
+                conn = None;
+            }
+        }
+    }
+    figures.keep_alive = Stats::of(&mut samples);
+    figures
+}
+
+// ---------------------------------------------------------------------------------
+// Part 4: creation → Ready with a readiness probe
+
+struct ReadySection {
+    max_pods: usize,
+    warmup_to_ready: Duration,
+    /// http-echo without a probe: creation → Running and Ready.
+    baseline: BurstFigures,
+    /// http-echo with the readiness probe: creation → Ready.
+    probed: BurstFigures,
+    teardowns: Vec<(String, Duration)>,
+}
+
+async fn ready_section(opts: &Opts, dir: &Path, echo_image: &str) -> Result<ReadySection> {
+    let max_pods = max_pods_for(opts.pods);
+    let (mut up, data_dir) = spawn_up(dir, max_pods)?;
+    let outcome = ready_measure(opts, &mut up, &data_dir, echo_image, max_pods).await;
+    up.stop().await;
+    outcome
+}
+
+async fn ready_measure(
+    opts: &Opts,
+    up: &mut Proc,
+    data_dir: &Path,
+    echo_image: &str,
+    max_pods: usize,
+) -> Result<ReadySection> {
+    let (config, cpu_of) = connect_up(up, data_dir).await?;
+    let echo = |readiness_probe: bool| Target {
+        config: config.clone(),
+        template: PodTemplate::HttpEcho {
+            image: echo_image.to_string(),
+            readiness_probe,
+        },
+        cpu_of: cpu_of.clone(),
+        timeout: opts.timeout,
+    };
+    let node = || Placement::Node(UP_NODE.to_string());
+    let agent_pods = data_dir.join("agent/pods");
+    let mut teardowns = Vec::new();
+
+    // Warm-up: http-echo fetched and compiled, the probe's code paths touched once.
+    let warm = burst(&echo(true), "warm-up", "ready-warmup", node(), 1, 1, true).await?;
+    if warm.running != 1 {
+        bail!(
+            "the warm-up http-echo pod did not become Ready; see {}",
+            up.log.display()
+        );
+    }
+    println!(
+        "  warm-up http-echo pod Ready after {:.0} ms (includes the module's compile)",
+        ms(warm.to_running.max)
+    );
+    teardown(&config, "ready-warmup", 1, &agent_pods, 0).await?;
+
+    println!("  baseline: {} http-echo pods without a probe…", opts.pods);
+    let baseline = burst(
+        &echo(false),
+        "http-echo without a probe (baseline), nodeName preset: creation→Running+Ready",
+        "echo-plain",
+        node(),
+        opts.pods,
+        opts.clients,
+        true,
+    )
+    .await?;
+    baseline.print(false);
+    teardowns.push((
+        format!("{} http-echo pods without a probe", baseline.running),
+        teardown(&config, "echo-plain", opts.clients, &agent_pods, 0).await?,
+    ));
+
+    println!("  {} http-echo pods with a readiness probe…", opts.pods);
+    let probed = burst(
+        &echo(true),
+        "http-echo with a readinessProbe, nodeName preset: creation→Ready",
+        "echo-probe",
+        node(),
+        opts.pods,
+        opts.clients,
+        true,
+    )
+    .await?;
+    probed.print(true);
+    teardowns.push((
+        format!("{} http-echo pods with a probe", probed.running),
+        teardown(&config, "echo-probe", opts.clients, &agent_pods, 0).await?,
+    ));
+
+    Ok(ReadySection {
+        max_pods,
+        warmup_to_ready: warm.to_running.max,
+        baseline,
+        probed,
+        teardowns,
+    })
+}
+
+// ---------------------------------------------------------------------------------
+// Part 5: many idle http-echo pods on a separate agent
+
+/// Whether a sample of running http-echo pods answer on their pod IPs.
+#[derive(Debug, Clone, Default)]
+struct HttpCheck {
+    /// Pods of the run listed, and how many distinct podIPs they have.
+    listed: usize,
+    distinct_ips: usize,
+    checked: usize,
+    /// Answered 200 naming themselves (their POD_NAME).
+    answered: usize,
+    /// Answered, but not 200 or as another pod.
+    wrong: usize,
+    failed: usize,
+    latency: Stats,
+    first_error: Option<String>,
+}
+
+/// GETs `/` from up to `sample` of the run's pods, spread evenly over their names.
+async fn http_check(client: &Client, run: &str, sample: usize) -> Result<HttpCheck> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let mut pods: Vec<(String, Option<String>)> = api
+        .list(&ListParams::default().labels(&format!("bench-run={run}")))
+        .await
+        .context("list the run's pods")?
+        .items
+        .into_iter()
+        .map(|p| {
+            (
+                p.metadata.name.unwrap_or_default(),
+                p.status.and_then(|s| s.pod_ip),
+            )
+        })
+        .collect();
+    pods.sort();
+    let mut check = HttpCheck {
+        listed: pods.len(),
+        distinct_ips: pods
+            .iter()
+            .filter_map(|(_, ip)| ip.as_deref())
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        ..HttpCheck::default()
+    };
+    let step = (pods.len() / sample.max(1)).max(1);
+    let mut latencies = Vec::new();
+    for (name, ip) in pods.iter().step_by(step).take(sample) {
+        check.checked += 1;
+        let Some(ip) = ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok()) else {
+            check.failed += 1;
+            check
+                .first_error
+                .get_or_insert_with(|| format!("{name} has no podIP"));
+            continue;
+        };
+        let t = Instant::now();
+        match http_get(SocketAddr::new(ip, 8080)).await {
+            Ok(r) if r.starts_with("HTTP/1.1 200") && r.contains(name.as_str()) => {
+                latencies.push(t.elapsed());
+                check.answered += 1;
+            }
+            Ok(r) => {
+                check.wrong += 1;
+                check.first_error.get_or_insert_with(|| {
+                    format!(
+                        "{name} at {ip}:8080 answered {:?} (not 200 naming itself)",
+                        r.lines().next().unwrap_or_default()
+                    )
+                });
+            }
+            Err(e) => {
+                check.failed += 1;
+                check
+                    .first_error
+                    .get_or_insert_with(|| format!("{name}: {e:#}"));
+            }
+        }
+    }
+    check.latency = Stats::of(&mut latencies);
+    Ok(check)
+}
+
+struct IdleSection {
+    max_pods: usize,
+    cidr_mask: u8,
+    open_files_limit: Option<u64>,
+    registered_after: Duration,
+    /// VmRSS after registration and the idle wait.
+    idle: f64,
+    warmup_to_running: Duration,
+    /// VmRSS once the warm-up pod ran and was deleted: the module is loaded.
+    before: f64,
+    before_split: (f64, f64),
+    pods: BurstFigures,
+    with_pods: f64,
+    hwm: f64,
+    with_split: (f64, f64),
+    grown: Vec<(Region, u64, u64)>,
+    fds_before: Option<Vec<(String, usize)>>,
+    fds_with_pods: Option<Vec<(String, usize)>>,
+    threads_with_pods: Option<f64>,
+    steady_wall: Duration,
+    steady_cpu: PhaseCpu,
+    http: HttpCheck,
+    /// VmRSS after the sampled pods answered.
+    after_http: f64,
+    teardown: Option<Duration>,
+    after_delete: Option<f64>,
+}
+
+async fn idle_section(opts: &Opts, dir: &Path, echo_image: &str) -> Result<IdleSection> {
+    let mut cluster = SeparateAgent::start(dir, max_pods_for(opts.idle_pods)).await?;
+    let outcome = idle_with_agent(opts, &mut cluster, echo_image).await;
+    cluster.stop().await;
+    outcome
+}
+
+async fn idle_with_agent(
+    opts: &Opts,
+    cluster: &mut SeparateAgent,
+    echo_image: &str,
+) -> Result<IdleSection> {
+    let cpu_of = cluster.cpu_of();
+    let max_pods = cluster.max_pods;
+    let SeparateAgent {
+        agent,
+        agent_dir,
+        config,
+        client,
+        ..
+    } = cluster;
+    let registered_after = wait_node_ready(client, AGENT_NODE, agent).await?;
+    tokio::time::sleep(opts.idle).await;
+    agent.check_alive()?;
+    let idle = rss_mib(agent.pid)?.0;
+    println!(
+        "  agent Ready {:.1} s after start; RSS {idle:.1} MiB after {:.0} s idle",
+        registered_after.as_secs_f64(),
+        opts.idle.as_secs_f64()
+    );
+    prepare_namespace(client).await?;
+    let target = Target {
+        config: config.clone(),
+        template: PodTemplate::HttpEcho {
+            image: echo_image.to_string(),
+            readiness_probe: false,
+        },
+        cpu_of,
+        timeout: opts.timeout,
+    };
+    let node = || Placement::Node(AGENT_NODE.to_string());
+    let agent_pods = agent_dir.join("pods");
+
+    // Warm-up: the module fetched, compiled and loaded, so that the growth measured
+    // next is the pods' alone.
+    let warm = burst(&target, "warm-up", "idle-warmup", node(), 1, 1, true).await?;
+    if warm.running != 1 {
+        bail!(
+            "the warm-up http-echo pod did not reach Running; see {}",
+            agent.log.display()
+        );
+    }
+    teardown(config, "idle-warmup", 1, &agent_pods, 0).await?;
+    tokio::time::sleep(SETTLE).await;
+    agent.check_alive()?;
+    let before = rss_mib(agent.pid)?.0;
+    let before_regions = regions(agent.pid)?;
+    let fds_before = open_fds(agent.pid);
+    println!("  module loaded (warm-up pod run and deleted): RSS {before:.1} MiB");
+
+    println!("  {} idle http-echo pods on the agent…", opts.idle_pods);
+    let pods = burst(
+        &target,
+        "idle http-echo pods on the separate agent (nodeName preset)",
+        "idle",
+        node(),
+        opts.idle_pods,
+        opts.clients,
+        true,
+    )
+    .await?;
+    pods.print(false);
+    tokio::time::sleep(SETTLE).await;
+    agent.check_alive()?;
+    let (with_pods, hwm) = rss_mib(agent.pid)?;
+    let with_regions = regions(agent.pid)?;
+    let fds_with_pods = open_fds(agent.pid);
+    let threads_with_pods = status_field(agent.pid, "Threads:").ok();
+    println!(
+        "  with {} pods Running: RSS {with_pods:.1} MiB (peak {hwm:.1} MiB)",
+        pods.running
+    );
+
+    // Idle means idle: what do the running pods cost while nothing happens?
+    let meter = CpuMeter::start(&target.cpu_of);
+    let steady_started = Instant::now();
+    tokio::time::sleep(opts.steady).await;
+    let steady_cpu = meter.finish();
+    let steady_wall = steady_started.elapsed();
+    agent.check_alive()?;
+
+    let http = http_check(client, "idle", IDLE_HTTP_SAMPLE).await?;
+    println!(
+        "  HTTP: {} of {} sampled pods answered as themselves ({} pods listed, {} distinct pod IPs)",
+        http.answered, http.checked, http.listed, http.distinct_ips
+    );
+    if let Some(e) = &http.first_error {
+        eprintln!("  first HTTP failure: {e}");
+    }
+    let after_http = rss_mib(agent.pid)?.0;
+
+    let (teardown_took, after_delete) =
+        match teardown(config, "idle", opts.clients, &agent_pods, 0).await {
+            Ok(took) => {
+                tokio::time::sleep(SETTLE).await;
+                (Some(took), rss_mib(agent.pid).ok().map(|r| r.0))
+            }
+            Err(e) => {
+                eprintln!("  teardown: {e:#}");
+                (None, None)
+            }
+        };
+    Ok(IdleSection {
+        max_pods,
+        cidr_mask: node_cidr_mask_for(max_pods),
+        open_files_limit: open_files_limit(agent.pid),
+        registered_after,
+        idle,
+        warmup_to_running: warm.to_running.max,
+        before,
+        before_split: rss_split(&before_regions),
+        grown: grown_regions(&before_regions, &with_regions, 6),
+        with_split: rss_split(&with_regions),
+        pods,
+        with_pods,
+        hwm,
+        fds_before,
+        fds_with_pods,
+        threads_with_pods,
+        steady_wall,
+        steady_cpu,
+        http,
+        after_http,
+        teardown: teardown_took,
+        after_delete,
+    })
+}
+
+// ---------------------------------------------------------------------------------
+// Part 6: an http-echo pod's latency next to spinners
+
+struct NeighbourPhase {
+    title: String,
+    /// The spinners' start (none in the baseline).
+    spinners: Option<BurstFigures>,
+    requests: RequestFigures,
+    /// The `up` process's CPU (the agent runs the spinners in its own threads), in
+    /// cores: over [`CPU_WINDOW`] before the requests, and while they ran.
+    up_cores_before: f64,
+    up_cores_during: f64,
+    /// How long the requests took.
+    wall: Duration,
+    teardown: Option<Duration>,
+}
+
+struct NeighboursSection {
+    echo_ip: IpAddr,
+    phases: Vec<NeighbourPhase>,
+    /// Why the phases stopped early, if they did.
+    stopped: Option<String>,
+}
+
+async fn neighbours_section(
+    opts: &Opts,
+    dir: &Path,
+    echo_image: &str,
+    spinner_image: &str,
+) -> Result<NeighboursSection> {
+    let (mut up, data_dir) = spawn_up(dir, max_pods_for(SPINNERS + 1))?;
+    let outcome = neighbours_measure(opts, &mut up, &data_dir, echo_image, spinner_image).await;
+    up.stop().await;
+    outcome
+}
+
+async fn neighbours_measure(
+    opts: &Opts,
+    up: &mut Proc,
+    data_dir: &Path,
+    echo_image: &str,
+    spinner_image: &str,
+) -> Result<NeighboursSection> {
+    let (config, cpu_of) = connect_up(up, data_dir).await?;
+    let client = Client::try_from(config.clone()).context("build a kube client")?;
+    let target = |template: PodTemplate| Target {
+        config: config.clone(),
+        template,
+        cpu_of: cpu_of.clone(),
+        timeout: opts.timeout,
+    };
+    let node = || Placement::Node(UP_NODE.to_string());
+    let agent_pods = data_dir.join("agent/pods");
+
+    let echo_target = target(PodTemplate::HttpEcho {
+        image: echo_image.to_string(),
+        readiness_probe: false,
+    });
+    let echo = burst(
+        &echo_target,
+        "http-echo",
+        "neighbour-echo",
+        node(),
+        1,
+        1,
+        true,
+    )
+    .await?;
+    if echo.running != 1 {
+        bail!(
+            "the http-echo pod did not reach Running; see {}",
+            up.log.display()
+        );
+    }
+    let echo_ip = pod_ip(&client, "neighbour-echo-00000").await?;
+    let addr = SocketAddr::new(echo_ip, 8080);
+    wait_answers(addr, up).await?;
+    for _ in 0..REQUEST_WARMUP {
+        let _ = http_get(addr).await;
+    }
+    println!("  http-echo answers on {addr}");
+
+    let mut phases = Vec::new();
+    let mut stopped = None;
+    let plans: [(String, Option<Option<&str>>); 3] = [
+        ("no other pods (baseline)".to_string(), None),
+        (format!("{SPINNERS} spinners, no limits"), Some(None)),
+        (
+            format!("{SPINNERS} spinners, limits.cpu {SPINNER_CPU_LIMIT} each"),
+            Some(Some(SPINNER_CPU_LIMIT)),
+        ),
+    ];
+    for (i, (title, spinners)) in plans.into_iter().enumerate() {
+        println!("  {title}: {} requests per variant…", opts.requests);
+        let run = format!("spin-{i}");
+        let spinner_figures = match spinners {
+            None => None,
+            Some(cpu_limit) => {
+                let spinner_target = target(PodTemplate::Spinner {
+                    image: spinner_image.to_string(),
+                    cpu_limit: cpu_limit.map(str::to_string),
+                });
+                let f = burst(
+                    &spinner_target,
+                    &format!("{title}: the spinners' start"),
+                    &run,
+                    node(),
+                    SPINNERS,
+                    SPINNERS,
+                    true,
+                )
+                .await?;
+                Some(f)
+            }
+        };
+        up.check_alive()?;
+        let up_only = [("wasmkube up".to_string(), up.pid)];
+        let cores = |meter: &CpuMeter, wall: Duration| {
+            meter.finish().processes.first().map_or(0.0, |p| p.1) / wall.as_secs_f64().max(1e-9)
+        };
+        let meter = CpuMeter::start(&up_only);
+        let started = Instant::now();
+        tokio::time::sleep(CPU_WINDOW).await;
+        let up_cores_before = cores(&meter, started.elapsed());
+        let meter = CpuMeter::start(&up_only);
+        let started = Instant::now();
+        let requests = request_latencies(addr, opts.requests).await;
+        let wall = started.elapsed();
+        let up_cores_during = cores(&meter, wall);
+        println!("    {}", requests.describe());
+        if let Some(e) = &requests.first_error {
+            eprintln!("    first request failure: {e}");
+        }
+        up.check_alive()?;
+        let mut phase = NeighbourPhase {
+            title,
+            spinners: spinner_figures,
+            requests,
+            up_cores_before,
+            up_cores_during,
+            wall,
+            teardown: None,
+        };
+        if phase.spinners.is_some() {
+            match teardown(&config, &run, SPINNERS, &agent_pods, 1).await {
+                Ok(took) => phase.teardown = Some(took),
+                Err(e) => {
+                    // The next phase would share the node with these spinners.
+                    eprintln!("  teardown of the spinners: {e:#}");
+                    stopped = Some(format!(
+                        "the spinners of \"{}\" were not removed: {e:#}",
+                        phase.title
+                    ));
+                }
+            }
+        }
+        phases.push(phase);
+        if stopped.is_some() {
+            break;
+        }
+    }
+    if stopped.is_none() {
+        if let Err(e) = teardown(&config, "neighbour-echo", 1, &agent_pods, 0).await {
+            eprintln!("  teardown of the http-echo pod: {e:#}");
+        }
+    }
+    Ok(NeighboursSection {
+        echo_ip,
+        phases,
+        stopped,
+    })
+}
+
+// ---------------------------------------------------------------------------------
 // Main
 
 #[tokio::main(flavor = "multi_thread")]
@@ -1759,13 +2761,18 @@ async fn main() -> Result<()> {
         "release"
     };
     println!(
-        "wasmkube agent benchmark ({build} build): {} pods per burst, {} concurrent clients, {} instance runs; sections:{}{}{}",
+        "wasmkube agent benchmark ({build} build): {} pods per burst, {} concurrent clients, {} instance runs, {} idle pods, {} requests; sections:{}{}{}{}{}{}",
         opts.pods,
         opts.clients,
         opts.instance_runs,
+        opts.idle_pods,
+        opts.requests,
         if opts.instance { " instance" } else { "" },
         if opts.burst { " burst" } else { "" },
         if opts.rss { " rss" } else { "" },
+        if opts.ready { " ready" } else { "" },
+        if opts.idle_http { " idle" } else { "" },
+        if opts.neighbours { " neighbours" } else { "" },
     );
     println!(
         "{} CPUs; 1-minute load average before starting: {:.2}",
@@ -1812,7 +2819,50 @@ async fn run(opts: &Opts, dir: &Path) -> Result<()> {
     } else {
         None
     };
-    print_report(opts, instance.as_ref(), bursts.as_ref(), rss.as_ref());
+    let echo = if opts.ready || opts.idle_http || opts.neighbours {
+        format!("file://{}", sample("http-echo")?.display())
+    } else {
+        String::new()
+    };
+    let ready = if opts.ready {
+        println!(
+            "creation→Ready bursts of http-echo pods with a readiness probe on `wasmkube up`…"
+        );
+        let d = dir.join("ready");
+        std::fs::create_dir_all(&d)?;
+        Some(ready_section(opts, &d, &echo).await?)
+    } else {
+        None
+    };
+    let idle = if opts.idle_http {
+        println!(
+            "{} idle http-echo pods (`wasmkube server` + `wasmkube agent`)…",
+            opts.idle_pods
+        );
+        let d = dir.join("idle");
+        std::fs::create_dir_all(&d)?;
+        Some(idle_section(opts, &d, &echo).await?)
+    } else {
+        None
+    };
+    let neighbours = if opts.neighbours {
+        println!("http-echo latency next to spinners on `wasmkube up`…");
+        let spinner = format!("file://{}", sample("spinner")?.display());
+        let d = dir.join("neighbours");
+        std::fs::create_dir_all(&d)?;
+        Some(neighbours_section(opts, &d, &echo, &spinner).await?)
+    } else {
+        None
+    };
+    print_report(
+        opts,
+        instance.as_ref(),
+        bursts.as_ref(),
+        rss.as_ref(),
+        ready.as_ref(),
+        idle.as_ref(),
+        neighbours.as_ref(),
+    );
     Ok(())
 }
 
@@ -1821,6 +2871,9 @@ fn print_report(
     instance: Option<&InstanceFigures>,
     bursts: Option<&BurstSection>,
     rss: Option<&RssSection>,
+    ready: Option<&ReadySection>,
+    idle: Option<&IdleSection>,
+    neighbours: Option<&NeighboursSection>,
 ) {
     let build = if cfg!(debug_assertions) {
         " [DEBUG build: not representative]"
@@ -1918,7 +2971,10 @@ fn print_report(
         }
     }
     if let Some(r) = rss {
-        println!("--- 3. agent RSS (separate `wasmkube agent` process, max-pods 1000)");
+        println!(
+            "--- 3. agent RSS (separate `wasmkube agent` process, max-pods {})",
+            r.max_pods
+        );
         println!(
             "idle after registration: {:.1} MiB (after {:.0} s idle; {:.1} MiB when its Node turned Ready, {:.1} s after start) — goal ≤ 40 MB; k3s' agent ~{K3S_AGENT_RSS_MB:.0} MB",
             r.idle,
@@ -1984,9 +3040,212 @@ fn print_report(
             r.server_rss
         );
     }
+    if let Some(r) = ready {
+        println!("--- 4. creation→Ready with a readiness probe: `wasmkube up` (one node, max-pods {}), http-echo pods with spec.nodeName preset, module cached by a warm-up pod ({:.0} ms to Ready, compile included)", r.max_pods, ms(r.warmup_to_ready));
+        for (f, what, goal) in [
+            (
+                &r.probed,
+                "with a readinessProbe (httpGet / on 8080, periodSeconds 1, initialDelaySeconds 0): creation→Ready",
+                " — goal p50 ≤ 50 ms, p99 ≤ 250 ms",
+            ),
+            (
+                &r.baseline,
+                "without a probe (baseline, same run): creation→Running+Ready",
+                "",
+            ),
+        ] {
+            println!("{what} {}{goal}", f.to_running.ms());
+            println!(
+                "    {} of {} Ready{}; burst {:.2} s (first create sent → last Ready) = {:.0} pods/s; the creates' API round trip: {}",
+                f.running,
+                f.pods,
+                if f.title.contains("TIMED OUT") { " [TIMED OUT]" } else { "" },
+                f.burst_wall.as_secs_f64(),
+                f.running as f64 / f.burst_wall.as_secs_f64().max(1e-9),
+                f.create_latency.ms()
+            );
+            println!("    CPU: {}", f.cpu.describe(f.pods));
+            println!(
+                "    API requests per pod: {}",
+                describe_calls(&f.api_calls, f.pods)
+            );
+        }
+        let delta = |a: Duration, b: Duration| ms(a) - ms(b);
+        println!(
+            "the probe's cost over the baseline: p50 {:+.1} ms, p99 {:+.1} ms",
+            delta(r.probed.to_running.p50, r.baseline.to_running.p50),
+            delta(r.probed.to_running.p99, r.baseline.to_running.p99)
+        );
+        let teardowns: Vec<String> = r
+            .teardowns
+            .iter()
+            .map(|(what, d)| format!("{what} {:.1} s", d.as_secs_f64()))
+            .collect();
+        println!("teardown: {}", teardowns.join("; "));
+    }
+    if let Some(i) = idle {
+        println!(
+            "--- 5. idle http-echo pods at once on a separate `wasmkube agent` (max-pods {}, pod range /{}; open-files limit {})",
+            i.max_pods,
+            i.cidr_mask,
+            i.open_files_limit
+                .map_or("unknown".to_string(), |l| l.to_string())
+        );
+        let n = i.pods.running.max(1) as f64;
+        let per_pod_kib = (i.with_pods - i.before) * 1024.0 / n;
+        println!(
+            "{} of {} pods Running{}: agent RSS {:.1} → {:.1} MiB (peak {:.1} MiB) = {:.1} KiB ({:.2} MiB) per pod — goal ≤ 2 MiB per pod (a container costs tens of MB)",
+            i.pods.running,
+            i.pods.pods,
+            if i.pods.title.contains("TIMED OUT") { " [TIMED OUT]" } else { "" },
+            i.before,
+            i.with_pods,
+            i.hwm,
+            per_pod_kib,
+            per_pod_kib / 1024.0
+        );
+        println!(
+            "    before = the module loaded (a warm-up pod run and deleted, {:.0} ms to Running); {:.1} MiB idle after registration ({:.1} s after start)",
+            ms(i.warmup_to_running),
+            i.idle,
+            i.registered_after.as_secs_f64()
+        );
+        println!(
+            "    split file-backed / anonymous: before {:.1} / {:.1} MiB, with pods {:.1} / {:.1} MiB; threads with pods {}",
+            i.before_split.0,
+            i.before_split.1,
+            i.with_split.0,
+            i.with_split.1,
+            i.threads_with_pods.map_or("?".to_string(), |t| format!("{t:.0}"))
+        );
+        let (before, with) = (fd_total(&i.fds_before), fd_total(&i.fds_with_pods));
+        let per_pod = with.saturating_sub(before) as f64 / n;
+        println!(
+            "    agent's open fds: {} before, {} with the pods = {per_pod:.1} per pod{}",
+            describe_fds(&i.fds_before),
+            describe_fds(&i.fds_with_pods),
+            match i.open_files_limit {
+                Some(limit) if per_pod > 0.0 => format!(
+                    "; the open-files limit {limit} allows about {:.0} such pods",
+                    (limit as f64 - before as f64) / per_pod
+                ),
+                _ => String::new(),
+            }
+        );
+        println!("    regions that grew most with the pods (RSS before → with pods):");
+        for (region, was, now) in &i.grown {
+            println!(
+                "      {}: {:.1} → {:.1} MiB ({:.1} KiB per pod)",
+                region.describe(),
+                *was as f64 / 1024.0,
+                *now as f64 / 1024.0,
+                (now - was) as f64 / n
+            );
+        }
+        let h = &i.http;
+        println!(
+            "    HTTP: {} of {} sampled pods answered GET / on podIP:8080 as themselves ({}; {} answered wrongly, {} failed); {} distinct pod IPs among {} pods",
+            h.answered,
+            h.checked,
+            h.latency.ms(),
+            h.wrong,
+            h.failed,
+            h.distinct_ips,
+            h.listed
+        );
+        if let Some(e) = &h.first_error {
+            println!("      first failure: {e}");
+        }
+        let secs = i.steady_wall.as_secs_f64().max(1e-9);
+        let cpu: Vec<String> = i
+            .steady_cpu
+            .processes
+            .iter()
+            .map(|(name, s)| format!("{name} {:.1}% of a core", s * 100.0 / secs))
+            .collect();
+        println!(
+            "    steady state ({:.0} s, nothing changing): CPU {}",
+            secs,
+            cpu.join(", ")
+        );
+        println!(
+            "    RSS after the sample answered: {:.1} MiB; after deleting the pods: {}",
+            i.after_http,
+            match (i.after_delete, i.teardown) {
+                (Some(m), Some(d)) => format!("{m:.1} MiB (teardown {:.1} s)", d.as_secs_f64()),
+                _ => "teardown failed".to_string(),
+            }
+        );
+        println!(
+            "    those pods: creation→Running {}; burst {:.2} s = {:.0} pods/s",
+            i.pods.to_running.ms(),
+            i.pods.burst_wall.as_secs_f64(),
+            i.pods.running as f64 / i.pods.burst_wall.as_secs_f64().max(1e-9)
+        );
+    }
+    if let Some(nb) = neighbours {
+        println!(
+            "--- 6. neighbours: `wasmkube up` (one node), one http-echo pod at {}:8080, {} sequential GET / per variant and phase",
+            nb.echo_ip, opts.requests
+        );
+        let base = nb.phases.first().map(|p| p.requests.clone());
+        for p in &nb.phases {
+            let vs = |now: &Stats, then: &Stats| {
+                format!(
+                    "×{:.1} p50, ×{:.1} p99",
+                    ms(now.p50) / ms(then.p50).max(1e-9),
+                    ms(now.p99) / ms(then.p99).max(1e-9)
+                )
+            };
+            println!("{}:", p.title);
+            let ratio = |pick: fn(&RequestFigures) -> &Stats| match (&base, p.spinners.is_some()) {
+                (Some(b), true) => format!(" ({} of the baseline)", vs(pick(&p.requests), pick(b))),
+                _ => String::new(),
+            };
+            println!(
+                "    new connection each: {}{}{}",
+                p.requests.fresh.ms(),
+                failed(p.requests.fresh_failed),
+                ratio(|r| &r.fresh)
+            );
+            println!(
+                "    keep-alive:          {}{}{}",
+                p.requests.keep_alive.ms(),
+                failed(p.requests.keep_alive_failed),
+                ratio(|r| &r.keep_alive)
+            );
+            if let Some(e) = &p.requests.first_error {
+                println!("    first failure: {e}");
+            }
+            println!(
+                "    the `up` process (agent, spinners and all) used {:.0}% of a core over {:.0} s before the requests, {:.0}% while they ran ({:.1} s){}",
+                p.up_cores_before * 100.0,
+                CPU_WINDOW.as_secs_f64(),
+                p.up_cores_during * 100.0,
+                p.wall.as_secs_f64(),
+                match &p.spinners {
+                    Some(s) => format!(
+                        "; the spinners: {} of {} Running, creation→Running {}{}",
+                        s.running,
+                        s.pods,
+                        s.to_running.ms(),
+                        p.teardown.map_or(String::new(), |d| format!(
+                            ", removed in {:.1} s",
+                            d.as_secs_f64()
+                        ))
+                    ),
+                    None => String::new(),
+                }
+            );
+        }
+        println!("goal: the http-echo request keeps answering within a bound while spinners run (issue 6 compares it with none running); limits.cpu should bound the spinners' share");
+        if let Some(why) = &nb.stopped {
+            println!("STOPPED EARLY: {why}");
+        }
+    }
     println!(
-        "(knobs: WASMKUBE_BENCH_PODS={}, WASMKUBE_BENCH_CLIENTS={}, WASMKUBE_BENCH_INSTANCE_RUNS={})",
-        opts.pods, opts.clients, opts.instance_runs
+        "(knobs: WASMKUBE_BENCH_PODS={}, WASMKUBE_BENCH_CLIENTS={}, WASMKUBE_BENCH_INSTANCE_RUNS={}, WASMKUBE_BENCH_IDLE_PODS={}, WASMKUBE_BENCH_REQUESTS={})",
+        opts.pods, opts.clients, opts.instance_runs, opts.idle_pods, opts.requests
     );
     println!("{}", "=".repeat(80));
 }

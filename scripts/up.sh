@@ -28,12 +28,47 @@ done
 
 export KUBECONFIG="$DATA_DIR/kubeconfig"
 sed "s|file:///opt/wasmkube/samples/|file://$samples/|" samples/demo/demo.yaml | kubectl apply -f -
-kubectl get nodes
-kubectl -n demo rollout status deployment/echo --timeout=60s || true
-kubectl -n demo get all,configmaps
+kubectl get nodes -o wide
+kubectl -n demo rollout status deployment/echo --timeout=120s
+kubectl -n demo rollout status deployment/udp-echo --timeout=120s
+kubectl -n demo get pods -o wide
+kubectl -n demo get services
+
+# One request through the Service's ClusterIP (the node's proxy forwards it to one of
+# the ready replicas; a repeat usually lands on another), and one UDP datagram.
+ip=$(kubectl -n demo get service echo -o jsonpath='{.spec.clusterIP}')
+echo
+echo "$ curl http://$ip/"
+answered=
+for _ in $(seq 1 50); do
+  if curl -s --max-time 2 "http://$ip/"; then answered=1; break; fi
+  sleep 0.2
+done
+[ -n "$answered" ] || echo "(no answer yet from http://$ip/; see $DATA_DIR/wasmkube.log)"
+udp_ip=$(kubectl -n demo get service udp-echo -o jsonpath='{.spec.clusterIP}')
+if command -v python3 >/dev/null; then
+  echo
+  echo "UDP echo through $udp_ip:9090:"
+  python3 - "$udp_ip" <<'PY' || true
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+for attempt in range(10):
+    s.sendto(b"hello over UDP", (sys.argv[1], 9090))
+    try:
+        print("  " + s.recvfrom(2048)[0].decode(errors="replace").strip())
+        break
+    except socket.timeout:
+        continue
+PY
+fi
 echo
 echo "The cluster is running. In another shell:"
 echo "  export KUBECONFIG=$DATA_DIR/kubeconfig"
 echo "  kubectl get all -A"
-echo "Logs: $DATA_DIR/wasmkube.log. Press Ctrl-C to stop."
+echo "  curl http://$ip/                      # the echo Service"
+echo "  kubectl -n demo exec deploy/echo -- env     # runs the pod's module with argv env"
+echo "  kubectl -n demo port-forward deploy/echo 8080:8080"
+echo "  kubectl -n demo logs -l app=echo"
+echo "Logs: $DATA_DIR/wasmkube.log. Press Ctrl-C to stop everything."
 wait $pid

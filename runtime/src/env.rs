@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Service};
 
 use crate::volumes::downward::{self, DownwardError};
 use crate::volumes::{ObjectSource, SourceError};
@@ -282,6 +282,76 @@ fn joined_ips(primary: String, listed: Vec<String>) -> String {
 }
 
 /// Kubernetes' environment variable name rule: `[-._a-zA-Z][-._a-zA-Z0-9]*`.
+/// The Service variables the kubelet gives a pod in `namespace` (its "service links"):
+/// for every Service of the namespace with a ClusterIP (when `enable_service_links`, the
+/// pod spec's default) and always for `default/kubernetes`, `<NAME>_SERVICE_HOST`,
+/// `<NAME>_SERVICE_PORT`, `<NAME>_SERVICE_PORT_<PORT_NAME>` and the Docker-link style
+/// `<NAME>_PORT`, `<NAME>_PORT_<P>_<PROTO>[_PROTO|_PORT|_ADDR]`, with `NAME` the
+/// Service's name upper-cased and `-` made `_`. Sorted by Service name.
+pub fn service_links<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
+    namespace: &str,
+    enable_service_links: bool,
+) -> Vec<(String, String)> {
+    let mut chosen: BTreeMap<String, &Service> = BTreeMap::new();
+    for svc in services {
+        let Some(spec) = svc.spec.as_ref() else {
+            continue;
+        };
+        let ip = spec.cluster_ip.as_deref().unwrap_or_default();
+        if ip.is_empty() || ip == "None" {
+            continue;
+        }
+        let name = svc.metadata.name.clone().unwrap_or_default();
+        let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
+        if ns == "default" && name == "kubernetes" {
+            chosen.entry(name).or_insert(svc);
+        } else if ns == namespace && enable_service_links {
+            chosen.insert(name, svc);
+        }
+    }
+    let mut vars = Vec::new();
+    for (name, svc) in chosen {
+        let Some(spec) = svc.spec.as_ref() else {
+            continue;
+        };
+        let ip = spec.cluster_ip.clone().unwrap_or_default();
+        let prefix = name.to_uppercase().replace('-', "_");
+        let ports = spec.ports.as_deref().unwrap_or_default();
+        let Some(first) = ports.first() else {
+            continue;
+        };
+        vars.push((format!("{prefix}_SERVICE_HOST"), ip.clone()));
+        vars.push((format!("{prefix}_SERVICE_PORT"), first.port.to_string()));
+        for p in ports {
+            if let Some(port_name) = p.name.as_deref().filter(|n| !n.is_empty()) {
+                let port_name = port_name.to_uppercase().replace('-', "_");
+                vars.push((
+                    format!("{prefix}_SERVICE_PORT_{port_name}"),
+                    p.port.to_string(),
+                ));
+            }
+        }
+        let proto = |p: &k8s_openapi::api::core::v1::ServicePort| {
+            p.protocol.as_deref().unwrap_or("TCP").to_string()
+        };
+        vars.push((
+            format!("{prefix}_PORT"),
+            format!("{}://{ip}:{}", proto(first).to_lowercase(), first.port),
+        ));
+        for p in ports {
+            let upper = proto(p).to_uppercase();
+            let lower = upper.to_lowercase();
+            let base = format!("{prefix}_PORT_{}_{upper}", p.port);
+            vars.push((base.clone(), format!("{lower}://{ip}:{}", p.port)));
+            vars.push((format!("{base}_PROTO"), lower));
+            vars.push((format!("{base}_PORT"), p.port.to_string()));
+            vars.push((format!("{base}_ADDR"), ip.clone()));
+        }
+    }
+    vars
+}
+
 pub fn is_env_var_name(name: &str) -> bool {
     let mut bytes = name.bytes();
     let Some(first) = bytes.next() else {
@@ -450,6 +520,68 @@ pub fn expand_with(s: &str, mut lookup: impl FnMut(&str) -> Option<String>) -> S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn service_links_as_the_kubelet_writes_them() {
+        let svc = |ns: &str, name: &str, ip: &str, ports: serde_json::Value| -> Service {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {"clusterIP": ip, "ports": ports}
+            }))
+            .unwrap()
+        };
+        let services = [
+            svc(
+                "demo",
+                "echo-web",
+                "127.96.0.7",
+                serde_json::json!([
+                    {"name": "http", "port": 80, "protocol": "TCP"},
+                    {"name": "dns-udp", "port": 53, "protocol": "UDP"}
+                ]),
+            ),
+            svc(
+                "demo",
+                "headless",
+                "None",
+                serde_json::json!([{"port": 80}]),
+            ),
+            svc(
+                "other",
+                "elsewhere",
+                "127.96.0.9",
+                serde_json::json!([{"port": 80}]),
+            ),
+            svc(
+                "default",
+                "kubernetes",
+                "127.96.0.1",
+                serde_json::json!([{"name": "https", "port": 443}]),
+            ),
+        ];
+        let vars: BTreeMap<String, String> =
+            service_links(&services, "demo", true).into_iter().collect();
+        assert_eq!(vars["ECHO_WEB_SERVICE_HOST"], "127.96.0.7");
+        assert_eq!(vars["ECHO_WEB_SERVICE_PORT"], "80");
+        assert_eq!(vars["ECHO_WEB_SERVICE_PORT_HTTP"], "80");
+        assert_eq!(vars["ECHO_WEB_SERVICE_PORT_DNS_UDP"], "53");
+        assert_eq!(vars["ECHO_WEB_PORT"], "tcp://127.96.0.7:80");
+        assert_eq!(vars["ECHO_WEB_PORT_53_UDP"], "udp://127.96.0.7:53");
+        assert_eq!(vars["ECHO_WEB_PORT_53_UDP_PROTO"], "udp");
+        assert_eq!(vars["ECHO_WEB_PORT_80_TCP_ADDR"], "127.96.0.7");
+        assert_eq!(vars["ECHO_WEB_PORT_80_TCP_PORT"], "80");
+        assert_eq!(vars["KUBERNETES_SERVICE_HOST"], "127.96.0.1");
+        assert_eq!(vars["KUBERNETES_SERVICE_PORT_HTTPS"], "443");
+        assert!(!vars
+            .keys()
+            .any(|k| k.starts_with("HEADLESS") || k.starts_with("ELSEWHERE")));
+        // enableServiceLinks: false keeps only the API server's.
+        let vars = service_links(&services, "demo", false);
+        assert!(
+            vars.iter().all(|(k, _)| k.starts_with("KUBERNETES_")),
+            "{vars:?}"
+        );
+    }
     use crate::volumes::source::fake::FakeSource;
     use k8s_openapi::api::core::v1::{
         ConfigMapEnvSource, ConfigMapKeySelector, EnvFromSource, EnvVar, EnvVarSource,

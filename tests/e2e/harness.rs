@@ -99,6 +99,18 @@ impl ClusterBuilder {
         let data_dir = dir.path().join("data");
         std::fs::create_dir_all(&data_dir).expect("create the data dir");
         let mut builder = self;
+        // Every cluster on this host shares the loopback network: give each its own pod
+        // and Service ranges, or the first pods (and ClusterIPs) of two clusters would
+        // get the same addresses and fight over their ports.
+        let (pods, services) = address_ranges();
+        if !builder.extra_args.iter().any(|a| a == "--cluster-cidr") {
+            builder.extra_args.push("--cluster-cidr".to_string());
+            builder.extra_args.push(pods);
+        }
+        if !builder.extra_args.iter().any(|a| a == "--service-cidr") {
+            builder.extra_args.push("--service-cidr".to_string());
+            builder.extra_args.push(services);
+        }
         if let Some(csv) = builder.token_file.take() {
             let path = dir.path().join("tokens.csv");
             std::fs::write(&path, csv).expect("write the token file");
@@ -128,6 +140,21 @@ impl ClusterBuilder {
         cluster.start_server().await;
         cluster
     }
+}
+
+/// A pod range (a /16 of the default 127.128.0.0/10: 64 nodes with /22 blocks) and a
+/// Service range (a /24 of the default 127.96.0.0/16) of their own for the next cluster
+/// of this test process; the process id spreads concurrent test processes apart.
+fn address_ranges() -> (String, String) {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let base = std::process::id().wrapping_mul(37);
+    let pods = (base.wrapping_add(n)) % 64;
+    let services = (base.wrapping_add(n)) % 256;
+    (
+        format!("127.{}.0.0/16", 128 + pods),
+        format!("127.96.{services}.0/24"),
+    )
 }
 
 /// A running cluster: the `wasmkube` process, its data dir and (optionally) the etcd

@@ -69,13 +69,33 @@ async fn pod_cidrs(cluster: &Cluster, names: &[&str]) -> BTreeMap<String, String
     .await
 }
 
-/// Whether `cidr` is a /24 inside 127.128.0.0/10.
+/// Whether `cidr` is a /22 inside 127.128.0.0/10.
 fn in_cluster_cidr(cidr: &str) -> bool {
-    let Some(addr) = cidr.strip_suffix("/24") else {
+    let Some(addr) = cidr.strip_suffix("/22") else {
         return false;
     };
     let octets: Vec<u8> = addr.split('.').filter_map(|o| o.parse().ok()).collect();
-    octets.len() == 4 && octets[0] == 127 && (128..192).contains(&octets[1]) && octets[3] == 0
+    octets.len() == 4
+        && octets[0] == 127
+        && (128..192).contains(&octets[1])
+        && octets[2].is_multiple_of(4)
+        && octets[3] == 0
+}
+
+/// Whether `ip` lies in `cidr` (IPv4).
+fn ip_in(ip: &str, cidr: &str) -> bool {
+    let Some((net, prefix)) = cidr.split_once('/') else {
+        return false;
+    };
+    let (Ok(ip), Ok(net), Ok(prefix)) = (
+        ip.parse::<std::net::Ipv4Addr>(),
+        net.parse::<std::net::Ipv4Addr>(),
+        prefix.parse::<u32>(),
+    ) else {
+        return false;
+    };
+    let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
+    u32::from(ip) & mask == u32::from(net) & mask
 }
 
 /// Pods of the Deployment that are not being deleted.
@@ -164,7 +184,7 @@ async fn unreachable_node_is_tainted_and_its_pods_move() {
         nodes.push(HollowNode::start(&cluster, name, "4", "8Gi").await);
     }
 
-    // IPAM: distinct /24s from the cluster CIDR.
+    // IPAM: distinct /22s from the cluster CIDR.
     let cidrs = pod_cidrs(&cluster, &names).await;
     let distinct: BTreeSet<&String> = cidrs.values().collect();
     assert_eq!(distinct.len(), 3, "{cidrs:?}");
@@ -178,9 +198,8 @@ async fn unreachable_node_is_tainted_and_its_pods_move() {
     for pod in web_pods(&cluster).await {
         let node = pod["spec"]["nodeName"].as_str().unwrap_or_default();
         let ip = pod["status"]["podIP"].as_str().unwrap_or_default();
-        let prefix = cidrs[node].trim_end_matches("0/24");
         assert!(
-            ip.starts_with(prefix),
+            ip_in(ip, &cidrs[node]),
             "pod IP {ip} outside {node}'s {}",
             cidrs[node]
         );

@@ -10,7 +10,7 @@
 //! fails with 409 and the allocation is retried on the fresh node.
 //!
 //! The default cluster CIDR is 127.128.0.0/10 (pod addresses live in 127.0.0.0/8, see
-//! DESIGN.md) cut into /24 blocks; `wasmkube server --cluster-cidr` and
+//! DESIGN.md) cut into /22 blocks (1,021 pod addresses: an agent's default max-pods); `wasmkube server --cluster-cidr` and
 //! `--node-cidr-mask-size` change them.
 
 use std::collections::{HashMap, HashSet};
@@ -61,7 +61,7 @@ impl Default for Config {
                 ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(127, 128, 0, 0), 10)
                     .unwrap_or_default(),
             ),
-            node_mask_size: 24,
+            node_mask_size: 22,
         }
     }
 }

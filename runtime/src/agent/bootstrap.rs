@@ -38,13 +38,55 @@ pub enum BootstrapError {
 }
 
 /// Everything the agent needs to talk to the API server and to serve.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Credentials {
     /// A kubeconfig with the node's client certificate.
     pub kubeconfig: PathBuf,
     pub ca_pem: String,
     pub serving_cert_pem: String,
     pub serving_key_pem: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The keys stay out of logs.
+        f.debug_struct("Credentials")
+            .field("kubeconfig", &self.kubeconfig)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    /// An API client authenticated as the node.
+    pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        use anyhow::Context as _;
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)
+            .context("reading the node kubeconfig")?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .context("loading the node kubeconfig")?;
+        kube::Client::try_from(config).context("building the API client")
+    }
+
+    /// The node's client certificate and key (PEM), from its kubeconfig: what it
+    /// presents to its peers (the Service proxies' tunnels).
+    pub fn client_pem(&self) -> anyhow::Result<(String, String)> {
+        use anyhow::Context as _;
+        let text = std::fs::read_to_string(&self.kubeconfig)
+            .with_context(|| format!("reading {}", self.kubeconfig.display()))?;
+        let config: serde_json::Value =
+            serde_json::from_str(&text).context("parsing the node kubeconfig")?;
+        let field = |name: &str| -> anyhow::Result<String> {
+            let b64 = config["users"][0]["user"][name]
+                .as_str()
+                .with_context(|| format!("the node kubeconfig has no {name}"))?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .with_context(|| format!("the node kubeconfig's {name}"))?;
+            String::from_utf8(bytes).with_context(|| format!("the node kubeconfig's {name}"))
+        };
+        Ok((field("client-certificate-data")?, field("client-key-data")?))
+    }
 }
 
 #[derive(Serialize)]

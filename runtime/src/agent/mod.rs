@@ -1,15 +1,23 @@
 //! The node agent: joins the cluster, registers and heartbeats its Node, serves its
-//! HTTPS endpoint (logs), and runs the pods bound to it.
+//! HTTPS endpoint (logs, exec, port-forward), and runs the pods bound to it. (The node's
+//! Service proxy, `wasmkube-proxy`, runs beside it with its credentials.)
 //!
 //! - [`bootstrap`]: the node's credentials, from the join token once, then from disk;
 //! - [`node`]: registration, capacity, Lease heartbeat;
 //! - [`pods`]: the watch on this node's pods and one worker per pod;
 //! - [`worker`]: a pod's state machine (fetch → volumes → init containers → containers
 //!   → running → terminating);
+//! - [`probes`]: liveness, readiness and startup probes, postStart and preStop hooks;
 //! - [`status`]: the `PodStatus` derived from what the worker knows;
+//! - [`sandbox`]: what each running container was given, so exec, exec probes and
+//!   hooks run the container's module again inside the same sandbox;
+//! - [`podnet`]: pod IPs from the node's podCIDR;
+//! - [`services`]: the Services cache behind the containers' Service variables;
 //! - [`events`]: Events on pods;
 //! - [`objects`]: the ConfigMaps and Secrets pods read, through a short cache;
-//! - [`server`]: the HTTPS endpoint only the API server may call.
+//! - [`server`]: the HTTPS endpoint only the API server may call, with [`exec`]
+//!   (websocket v5) and [`portforward`] (SPDY/3.1 over websocket or upgrade, [`spdy`]);
+//! - [`rlimit`]: the open-files limit raised to what many pods need.
 //!
 //! Data directory layout: `kubeconfig` and `pki/` (credentials), `modules/` (fetched
 //! modules by digest), `compiled/` (compiled artifacts), `pods/<uid>/` (a pod's
@@ -17,12 +25,18 @@
 
 pub mod bootstrap;
 pub mod events;
+pub mod exec;
 pub mod node;
 pub mod objects;
 pub mod podnet;
 pub mod pods;
+pub mod portforward;
+pub mod probes;
+pub mod rlimit;
 pub mod sandbox;
 pub mod server;
+pub mod services;
+pub mod spdy;
 pub mod status;
 pub mod worker;
 
@@ -97,6 +111,8 @@ impl AgentOptions {
 pub struct Agent {
     /// Where the HTTPS endpoint listens.
     pub addr: SocketAddr,
+    /// The node's credentials (for the Service proxy that runs beside the agent).
+    pub credentials: bootstrap::Credentials,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -106,6 +122,15 @@ impl Agent {
     pub async fn start(opts: AgentOptions) -> Result<Agent> {
         // Every TLS user in the process (kube, reqwest, oci-client) shares one provider.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        match rlimit::raise_open_files() {
+            Ok((soft, _)) if soft < u64::from(opts.max_pods) * 8 => tracing::warn!(
+                open_files = soft,
+                max_pods = opts.max_pods,
+                "the open-files limit may not hold max-pods pods (about 5 descriptors each)"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "reading the open-files limit"),
+        }
         std::fs::create_dir_all(&opts.data_dir)
             .with_context(|| format!("creating {}", opts.data_dir.display()))?;
         let creds = bootstrap::credentials(
@@ -117,12 +142,7 @@ impl Agent {
             opts.ca_cert.as_deref(),
         )
         .await?;
-        let kubeconfig = kube::config::Kubeconfig::read_from(&creds.kubeconfig)
-            .context("reading the node kubeconfig")?;
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-            .await
-            .context("loading the node kubeconfig")?;
-        let client = kube::Client::try_from(config).context("building the API client")?;
+        let client = creds.client().await?;
 
         let listener = tokio::net::TcpListener::bind((opts.node_ip, opts.kubelet_port))
             .await
@@ -178,6 +198,7 @@ impl Agent {
             server::router(logs.clone(), sandboxes.clone()),
             stop.clone(),
         )));
+        let services = services::Services::start(client.clone(), stop.clone());
         let ctx = Arc::new(pods::Context {
             client: client.clone(),
             node_name: opts.node_name.clone(),
@@ -190,10 +211,16 @@ impl Agent {
             pods_dir: opts.data_dir.join("pods"),
             sandboxes,
             pod_egress: Arc::from(vec![opts.cluster_cidr, opts.service_cidr]),
+            services,
         });
         tasks.push(tokio::spawn(pods::run(ctx, stop.clone())));
         tracing::info!(node = %opts.node_name, %addr, "node agent is up");
-        Ok(Agent { addr, stop, tasks })
+        Ok(Agent {
+            addr,
+            credentials: creds,
+            stop,
+            tasks,
+        })
     }
 
     /// Stops every pod instance and the agent's tasks. Pods stay bound to the node: a

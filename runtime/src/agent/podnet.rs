@@ -1,7 +1,7 @@
 //! Pod IPs: each pod on this node gets an address of its own from the node's
 //! `spec.podCIDR`.
 //!
-//! Pod addresses live in 127.0.0.0/8 (the node IPAM controller hands each node a /24 of
+//! Pod addresses live in 127.0.0.0/8 (the node IPAM controller hands each node a /22 of
 //! 127.128.0.0/10): Linux routes all of 127/8 to `lo`, so any of them can be bound
 //! without configuring an interface, and the execution layer makes a guest's binds to
 //! `0.0.0.0` land on its pod's address (see `crate::wasm`). The range's network address
@@ -108,14 +108,14 @@ impl std::fmt::Display for Ipv4Range {
     }
 }
 
-/// The range a node without a podCIDR uses: a /24 of 127.200.0.0/16 chosen by a hash of
+/// The range a node without a podCIDR uses: a /22 of 127.200.0.0/14 chosen by a hash of
 /// the node name, so that nodes sharing a host rarely collide (they may: that is why the
 /// IPAM controller's podCIDR is preferred).
 pub fn default_range(node_name: &str) -> Ipv4Range {
-    let third = Sha256::digest(node_name.as_bytes())[0];
+    let block = u32::from(Sha256::digest(node_name.as_bytes())[0]);
     Ipv4Range {
-        network: Ipv4Addr::new(127, 200, third, 0),
-        prefix: 24,
+        network: Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 200, 0, 0)) + (block << 10)),
+        prefix: 22,
     }
 }
 
@@ -378,7 +378,7 @@ mod tests {
     fn default_ranges_are_stable_per_node() {
         let r = default_range("node-1");
         assert_eq!(r, default_range("node-1"));
-        assert_eq!(r.prefix(), 24);
-        assert_eq!(r.network().octets()[..2], [127, 200]);
+        assert_eq!(r.prefix(), 22);
+        assert!((200..204).contains(&r.network().octets()[1]), "{r}");
     }
 }

@@ -42,6 +42,8 @@ pub struct Context {
     pub sandboxes: Arc<super::sandbox::Sandboxes>,
     /// Where pods' sockets may go: the cluster's pod and service ranges.
     pub pod_egress: Arc<[ipnet::IpNet]>,
+    /// The cluster's Services, for the containers' Service variables.
+    pub services: super::services::Services,
 }
 
 struct Worker {

@@ -73,7 +73,12 @@ pub struct ContainerRecord {
     pub restart_count: i32,
     pub state: ContainerState,
     pub last_state: Option<Terminated>,
+    /// Passes its readiness probe (or has none) and has started: drives the pod's
+    /// Ready and ContainersReady conditions.
     pub ready: bool,
+    /// Its startup probe succeeded (or it has none); shown as `started` while running.
+    /// Liveness and readiness probes wait for it.
+    pub started: bool,
 }
 
 impl ContainerRecord {
@@ -90,6 +95,7 @@ impl ContainerRecord {
             },
             last_state: None,
             ready: false,
+            started: false,
         }
     }
 
@@ -97,14 +103,19 @@ impl ContainerRecord {
     pub fn terminated(&mut self, t: Terminated) {
         self.state = ContainerState::Terminated(t);
         self.ready = false;
+        self.started = false;
     }
 
-    /// Records a new run starting: the previous termination becomes `lastState`.
+    /// Records a new run starting: the previous termination becomes `lastState`. The
+    /// run counts as started and not ready; a container with a startup or readiness
+    /// probe changes that as its probes say.
     pub fn running(&mut self, started_at: DateTime<Utc>) {
         if let ContainerState::Terminated(t) = &self.state {
             self.last_state = Some(t.clone());
         }
         self.state = ContainerState::Running { started_at };
+        self.started = true;
+        self.ready = false;
     }
 
     /// Waiting for a reason (a pull, a back-off); a termination shown so far moves to
@@ -118,9 +129,11 @@ impl ContainerRecord {
             message,
         };
         self.ready = false;
+        self.started = false;
     }
 
-    fn is_running(&self) -> bool {
+    /// Whether a run is going on now.
+    pub fn is_running(&self) -> bool {
         matches!(self.state, ContainerState::Running { .. })
     }
 
@@ -149,7 +162,7 @@ impl ContainerRecord {
             "containerID": (!self.container_id.is_empty()).then_some(&self.container_id),
             "restartCount": self.restart_count,
             "ready": self.ready,
-            "started": self.is_running(),
+            "started": self.is_running() && self.started,
             "state": state,
             "lastState": last,
         })
@@ -468,6 +481,50 @@ mod tests {
         assert_eq!(st["phase"], "Running");
         assert_eq!(st["conditions"][2]["status"], "True");
         assert_eq!(st["containerStatuses"][1]["started"], true);
+    }
+
+    #[test]
+    fn probes_drive_started_ready_and_the_ready_conditions() {
+        let mut s = PodState::new(&pod("Always", false), "h", "p", Utc::now());
+        for c in &mut s.containers {
+            c.running(Utc::now());
+            c.ready = true;
+        }
+        // A startup probe that has not succeeded: not started, hence not ready.
+        let a = s.container_mut("a").unwrap();
+        a.started = false;
+        a.ready = false;
+        let st = s.to_status(RestartPolicy::Always, Utc::now());
+        assert_eq!(st["containerStatuses"][0]["started"], false);
+        assert_eq!(st["containerStatuses"][0]["ready"], false);
+        assert_eq!(st["containerStatuses"][1]["started"], true);
+        for i in [2, 3] {
+            assert_eq!(st["conditions"][i]["status"], "False");
+            assert_eq!(st["conditions"][i]["reason"], "ContainersNotReady");
+            assert_eq!(
+                st["conditions"][i]["message"],
+                "containers with unready status: [a]"
+            );
+        }
+        assert_eq!(st["conditions"][3]["type"], "ContainersReady");
+        let a = s.container_mut("a").unwrap();
+        a.started = true;
+        a.ready = true;
+        let st = s.to_status(RestartPolicy::Always, Utc::now());
+        assert_eq!(st["conditions"][2]["status"], "True");
+        assert_eq!(st["conditions"][3]["status"], "True");
+        // A run killed by its liveness probe ends neither started nor ready; the next
+        // run starts over.
+        let a = s.container_mut("a").unwrap();
+        a.terminated(exit(137));
+        assert!(!a.started && !a.ready);
+        let st = s.to_status(RestartPolicy::Always, Utc::now());
+        assert_eq!(st["containerStatuses"][0]["started"], false);
+        assert_eq!(st["conditions"][2]["status"], "False");
+        let a = s.container_mut("a").unwrap();
+        a.running(Utc::now());
+        assert!(a.started && !a.ready);
+        assert_eq!(a.last_state.as_ref().map(|t| t.exit_code), Some(137));
     }
 
     #[test]

@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::events::EventType;
 use super::pods::Context;
+use super::probes;
 use super::sandbox::ContainerSandbox;
 use super::status::{ContainerState, PodState, RestartPolicy, Terminated};
 use crate::fetch::{Fetched, PullPolicy, RegistryAuth};
@@ -161,9 +162,15 @@ pub async fn run(
         ctx.sandboxes.add_pod(&uid, &ns, &name, own_ip, names);
         shared.changed.notify_one();
         let run_cancel = CancellationToken::new();
+        let latest = pod_rx.clone();
         tokio::select! {
             _ = run_pod(&shared, &mut pod_rx, &pod_dir, run_cancel.clone()) => {}
-            _ = terminate.cancelled() => {}
+            // The containers keep running while their preStop hooks do.
+            _ = async {
+                terminate.cancelled().await;
+                let pod = latest.borrow().clone();
+                pre_stop_all(&shared, &pod).await;
+            } => {}
             _ = stop.cancelled() => {}
         }
         run_cancel.cancel();
@@ -429,6 +436,103 @@ async fn container_loop(
     }
 }
 
+/// Runs the preStop hooks of the pod's running containers, together, within the pod's
+/// grace period (none for a deletion with grace 0). Failures are FailedPreStopHook
+/// events.
+async fn pre_stop_all(shared: &Arc<Shared>, pod: &Pod) {
+    let ctx = &shared.ctx;
+    let grace = probes::termination_grace(pod);
+    if grace.is_zero() {
+        return;
+    }
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let pod_ip = shared
+        .state
+        .lock()
+        .ok()
+        .and_then(|s| s.pod_ip.parse::<std::net::IpAddr>().ok())
+        .unwrap_or(ctx.node_ip);
+    let pod_ref = pod_ref(pod);
+    let hooks = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .filter(|c| c.lifecycle.as_ref().is_some_and(|l| l.pre_stop.is_some()))
+        .filter_map(|c| {
+            let sandbox = ctx.sandboxes.container(&uid, &c.name)?;
+            let target = probes::Target {
+                pod_ip,
+                sandbox: Some(sandbox),
+            };
+            let pod_ref = &pod_ref;
+            Some(async move {
+                if let Err(message) = probes::pre_stop(c, &target, pod_ref, grace).await {
+                    ctx.recorder.pod(
+                        pod,
+                        Some(&c.name),
+                        EventType::Warning,
+                        "FailedPreStopHook",
+                        &message,
+                    );
+                }
+            })
+        })
+        .collect::<Vec<_>>();
+    futures::future::join_all(hooks).await;
+}
+
+/// Where one container run's probe results go: the pod's state (written by the
+/// status writer, coalesced) and Events. Results of a run that has ended are ignored.
+struct RunSink {
+    shared: Arc<Shared>,
+    pod: Pod,
+    container: String,
+    /// The run the probes belong to.
+    container_id: String,
+    has_readiness: bool,
+}
+
+impl RunSink {
+    fn update(&self, f: impl FnOnce(&mut super::status::ContainerRecord)) {
+        let mut changed = false;
+        if let Ok(mut s) = self.shared.state.lock() {
+            if let Some(r) = s.container_mut(&self.container) {
+                if r.container_id == self.container_id && r.is_running() {
+                    let before = (r.ready, r.started);
+                    f(r);
+                    changed = before != (r.ready, r.started);
+                }
+            }
+        }
+        if changed {
+            self.shared.changed.notify_one();
+        }
+    }
+}
+
+impl probes::ProbeSink for RunSink {
+    fn set_ready(&self, ready: bool) {
+        self.update(|r| r.ready = ready && r.started);
+    }
+
+    fn set_started(&self) {
+        let has_readiness = self.has_readiness;
+        self.update(|r| {
+            r.started = true;
+            if !has_readiness {
+                r.ready = true;
+            }
+        });
+    }
+
+    fn event(&self, kind: EventType, reason: &str, message: &str) {
+        self.shared
+            .ctx
+            .recorder
+            .pod(&self.pod, Some(&self.container), kind, reason, message);
+    }
+}
+
 /// The next crash back-off for a container of this pod: 10 s, doubling to 5 min.
 fn backoff_for(shared: &Shared, container: &str) -> Duration {
     let mut map = match shared.backoffs.lock() {
@@ -460,6 +564,7 @@ async fn run_once(
     // The container's configuration: a problem here is CreateContainerConfigError,
     // retried (the missing ConfigMap may appear).
     let mut backoff = Backoff::new();
+    let service_env = ctx.services.env_for(pod).await;
     let (env, preopens) = loop {
         let (host_ip, pod_ip) = shared
             .state
@@ -471,7 +576,7 @@ async fn run_once(
             host_ip,
             pod_ip,
         };
-        let env = crate::env::container_env(&ctx.objects, pod, c, &facts, &[]).await;
+        let env = crate::env::container_env(&ctx.objects, pod, c, &facts, &service_env).await;
         let result = env.map_err(|e| e.to_string()).and_then(|env| {
             volumes
                 .preopens(c, &env)
@@ -561,12 +666,15 @@ async fn run_once(
         egress,
     };
     let started_at = Utc::now();
+    let container_id = format!("wasmtime://{uid}/{}/{restart}", c.name);
     shared.update(|s| {
         if let Some(r) = s.container_mut(&c.name) {
-            r.container_id = format!("wasmtime://{uid}/{}/{restart}", c.name);
+            r.container_id = container_id.clone();
             r.running(started_at);
-            // Without a readiness probe a running container is ready.
-            r.ready = c.readiness_probe.is_none();
+            // A startup probe holds `started` back; without a readiness probe a
+            // started container is ready.
+            r.started = c.startup_probe.is_none();
+            r.ready = r.started && c.readiness_probe.is_none();
         }
     });
     ctx.recorder.pod(
@@ -583,12 +691,56 @@ async fn run_once(
         "Started",
         &format!("Started container {}", c.name),
     );
-    ctx.sandboxes.set_container(&uid, &c.name, Some(sandbox));
-    let exit = program.run(spec, cancel.child_token()).await;
+    ctx.sandboxes
+        .set_container(&uid, &c.name, Some(sandbox.clone()));
+    let instance = cancel.child_token();
+    let run = program.run(spec, instance.clone());
+    // Probes and hooks are watched next to the instance, in the same task: a liveness
+    // kill's preStop hook runs while the instance still runs.
+    let (exit, killed) = if probes::needs_supervision(c) {
+        let probe_ip = shared
+            .state
+            .lock()
+            .ok()
+            .and_then(|s| s.pod_ip.parse::<std::net::IpAddr>().ok())
+            .unwrap_or(ctx.node_ip);
+        let sink = Arc::new(RunSink {
+            shared: shared.clone(),
+            pod: pod.clone(),
+            container: c.name.clone(),
+            container_id: container_id.clone(),
+            has_readiness: c.readiness_probe.is_some(),
+        });
+        let watch = probes::supervise(
+            probes::RunProbes {
+                container: c.clone(),
+                pod_ref: pod_ref(pod),
+                target: probes::Target {
+                    pod_ip: probe_ip,
+                    sandbox: Some(sandbox),
+                },
+                grace: probes::termination_grace(pod),
+                started_at: tokio::time::Instant::now(),
+            },
+            sink,
+            instance.clone(),
+        );
+        tokio::pin!(run);
+        tokio::select! {
+            biased;
+            exit = &mut run => (exit, None),
+            cause = watch => (run.await, Some(cause)),
+        }
+    } else {
+        (run.await, None)
+    };
     ctx.sandboxes.set_container(&uid, &c.name, None);
     drop(log);
     let finished_at = Utc::now();
-    if exit == Exit::Cancelled {
+    // Killed by a probe or a failed postStart hook, the run ends as a killed container
+    // does (137, Error) and restarts as restartPolicy says; otherwise a cancelled run
+    // means the pod is terminating or the agent stopping.
+    if exit == Exit::Cancelled && killed.is_none() {
         return None;
     }
     // A trap is reported like a container killed by SIGABRT (134), running out of

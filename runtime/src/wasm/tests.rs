@@ -1235,7 +1235,9 @@ async fn binds_land_on_the_pod_ip() {
         Exit::Exited(0)
     );
     assert!(
-        run.stdout.text().contains(&format!("connected from {pod_ip}:")),
+        run.stdout
+            .text()
+            .contains(&format!("connected from {pod_ip}:")),
         "{}",
         run.stdout.text()
     );

@@ -38,11 +38,11 @@ enum Command {
     /// Run the control plane: the API server on etcd (a managed etcd child unless
     /// --etcd-servers is given), the scheduler and the controllers.
     Server(ServerArgs),
-    /// Run a single-node cluster in one process (the control plane and a node agent)
-    /// and write DATA_DIR/kubeconfig.
+    /// Run a single-node cluster in one process (the control plane, a node agent and
+    /// its Service proxy) and write DATA_DIR/kubeconfig.
     Up(UpArgs),
-    /// Run a node agent: join the cluster, register this node and run the pods bound
-    /// to it as WASI modules.
+    /// Run a node agent: join the cluster, register this node, run the pods bound to it
+    /// as WASI modules, and run the node's Service proxy.
     Agent(AgentArgs),
     /// Push a WebAssembly module to an OCI registry as a Wasm OCI artifact.
     Push(PushArgs),

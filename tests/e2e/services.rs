@@ -624,3 +624,172 @@ async fn two_nodes_in_separate_network_namespaces_reach_each_others_pods() {
         on_a.into_iter().map(|(n, _)| n).collect::<BTreeSet<_>>()
     );
 }
+
+/// The http-echo Deployment `flaky`: ready while `/data/<pod name>` exists (a hostPath
+/// the test writes), behind the Service `flaky` on port 80.
+fn flaky_app(dir: &std::path::Path) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: flaky
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {{app: flaky}}
+  template:
+    metadata:
+      labels: {{app: flaky}}
+    spec:
+      volumes:
+      - name: data
+        hostPath: {{path: {dir}}}
+      containers:
+      - name: web
+        image: {image}
+        ports:
+        - {{name: http, containerPort: 8080}}
+        env:
+        - name: POD_NAME
+          valueFrom:
+            fieldRef: {{fieldPath: metadata.name}}
+        - {{name: READY_FILE, value: "/data/$(POD_NAME)"}}
+        volumeMounts:
+        - {{name: data, mountPath: /data}}
+        readinessProbe:
+          httpGet: {{path: /ready, port: http}}
+          periodSeconds: 1
+          failureThreshold: 1
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: flaky
+spec:
+  selector: {{app: flaky}}
+  ports:
+  - {{name: web, port: 80, targetPort: http}}
+"#,
+        dir = dir.display(),
+        image = sample_image("http-echo")
+    )
+}
+
+/// Names of the pods of `app` that are not being deleted, ready or not.
+async fn live_pods(cluster: &Cluster, app: &str) -> Vec<String> {
+    let list = cluster
+        .get_json(&["pods", "-l", &format!("app={app}")])
+        .await;
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Readiness steers traffic: a replica failing its probe stops getting requests and gets
+/// them again when it recovers; a backend deleted mid-traffic makes no request hang or
+/// fail; and a pod reaches the Service through the variables the agent gave it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_and_deleted_backends_steer_traffic_and_pods_use_service_variables() {
+    let cluster = isolated().start().await;
+    let node = up_node(&cluster).await;
+    let dir = cluster.path("ready");
+    std::fs::create_dir_all(&dir).expect("create the readiness dir");
+    cluster.apply_stdin(&flaky_app(&dir)).await;
+    let pods = eventually("3 flaky pods", DEADLINE, async || {
+        let pods = live_pods(&cluster, "flaky").await;
+        if pods.len() == 3 {
+            Ok(pods)
+        } else {
+            Err(format!("pods: {pods:?}"))
+        }
+    })
+    .await;
+    for pod in &pods {
+        std::fs::write(dir.join(pod), "ok").expect("write a ready file");
+    }
+    let vip = cluster_ip(&cluster, "flaky").await;
+    let addr = SocketAddr::new(vip, 80);
+    answered_by_all(&cluster, "flaky", addr, 3).await;
+
+    // One replica fails readiness: only the other two answer; back when it recovers.
+    std::fs::remove_file(dir.join(&pods[0])).expect("remove a ready file");
+    let two = answered_by_all(&cluster, "flaky", addr, 2).await;
+    assert!(!two.contains(&pods[0]), "{} is not ready: {two:?}", pods[0]);
+    std::fs::write(dir.join(&pods[0]), "ok").expect("write a ready file");
+    answered_by_all(&cluster, "flaky", addr, 3).await;
+
+    // A backend deleted while requests flow: none hangs, none fails.
+    let victim = pods[1].clone();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let load = tokio::spawn({
+        let sent = sent.clone();
+        async move {
+            let mut outcomes = Vec::new();
+            let started = std::time::Instant::now();
+            while started.elapsed() < Duration::from_secs(6) {
+                outcomes.push(pod_behind(addr).await);
+                sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            outcomes
+        }
+    });
+    eventually("requests to flow", DEADLINE, async || {
+        match sent.load(std::sync::atomic::Ordering::Relaxed) {
+            n if n >= 5 => Ok(()),
+            n => Err(format!("{n} requests so far")),
+        }
+    })
+    .await;
+    cluster
+        .kubectl_ok(&["delete", "pod", &victim, "--wait=false"])
+        .await;
+    let outcomes = load.await.expect("the load task");
+    let failures: Vec<&String> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed while {victim} went away: {failures:?}",
+        failures.len(),
+        outcomes.len()
+    );
+    let tail: Vec<&String> = outcomes.iter().rev().take(10).flatten().collect();
+    assert!(
+        !tail.iter().any(|p| **p == victim),
+        "the deleted {victim} still answered at the end: {tail:?}"
+    );
+
+    // A pod calls the Service by the address in its environment.
+    cluster
+        .create_stdin(&format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: caller
+spec:
+  nodeName: {node}
+  restartPolicy: Never
+  containers:
+  - name: get
+    image: {image}
+    command: ["get", "http://$(FLAKY_SERVICE_HOST):$(FLAKY_SERVICE_PORT)/"]
+"#,
+            image = sample_image("http-echo")
+        ))
+        .await;
+    eventually("the caller to finish", SLOW, async || {
+        let p = cluster.get_json(&["pod", "caller"]).await;
+        match p["status"]["phase"].as_str() {
+            Some("Succeeded") => Ok(()),
+            Some("Failed") => Ok(()),
+            _ => Err(format!("status: {}", p["status"])),
+        }
+    })
+    .await;
+    let log = cluster.kubectl_ok(&["logs", "caller"]).await;
+    let phase = cluster.get_json(&["pod", "caller"]).await["status"]["phase"].clone();
+    assert_eq!(phase, "Succeeded", "{log}");
+    assert!(log.contains("pod: flaky-"), "{log}");
+}

@@ -3,10 +3,7 @@
 //! with the command as argv (the samples' toolbox answers `cat`, `sh -c`, …), and
 //! port-forward reaches http-echo's port.
 
-use std::time::Duration;
-
 use serde_json::Value;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::agents::{sample_image, up_node};
 use crate::harness::{eventually, Cluster, DEADLINE};
@@ -183,26 +180,9 @@ async fn exec_runs_commands_in_the_pods_sandbox() {
     assert!(out.stderr.contains("nope"), "{out}");
 }
 
-/// One HTTP/1.1 GET of `/hello` at 127.0.0.1:`port`; the whole response.
+/// One GET of `/hello` at 127.0.0.1:`port`; the whole response.
 async fn http_get(port: u16) -> Result<String, String> {
-    let get = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .map_err(|e| format!("connect 127.0.0.1:{port}: {e}"))?;
-        stream
-            .write_all(b"GET /hello HTTP/1.1\r\nHost: forwarded\r\nConnection: close\r\n\r\n")
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-        let mut response = Vec::new();
-        stream
-            .read_to_end(&mut response)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
-        Ok(String::from_utf8_lossy(&response).into_owned())
-    };
-    tokio::time::timeout(Duration::from_secs(10), get)
-        .await
-        .map_err(|_| format!("GET 127.0.0.1:{port} timed out"))?
+    crate::harness::http_get(std::net::SocketAddr::from(([127, 0, 0, 1], port)), "/hello").await
 }
 
 fn free_port() -> u16 {

@@ -919,6 +919,29 @@ pub async fn eventually<T>(
     }
 }
 
+/// One HTTP/1.1 `GET path` on a fresh connection to `addr` (`Connection: close`); the
+/// whole response, or what went wrong (nothing may take longer than 10 s).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<String, String> {
+    let get = async {
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut response = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut response)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        Ok(String::from_utf8_lossy(&response).into_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(10), get)
+        .await
+        .map_err(|_| format!("GET {addr}{path} timed out"))?
+}
+
 /// Whether a kubectl AGE cell looks like one (`0s`, `5m3s`, `2d`).
 pub fn is_age(cell: &str) -> bool {
     !cell.is_empty()

@@ -4,8 +4,6 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
 use crate::agents::{sample_image, up_node};
 use crate::harness::{eventually, Cluster, DEADLINE};
 
@@ -14,22 +12,10 @@ use crate::harness::{eventually, Cluster, DEADLINE};
 /// for a loaded CI machine running other tests alongside.
 const NEIGHBOUR_BOUND: Duration = Duration::from_secs(1);
 
-/// One HTTP/1.0 GET of `/` at `ip:8080`; the status line.
+/// One GET of `/` at `ip:8080`; the status line.
 async fn get(ip: IpAddr) -> Result<String, String> {
-    let mut stream = tokio::net::TcpStream::connect((ip, 8080))
-        .await
-        .map_err(|e| format!("connect {ip}:8080: {e}"))?;
-    stream
-        .write_all(b"GET / HTTP/1.0\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .await
-        .map_err(|e| format!("write: {e}"))?;
-    let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .await
-        .map_err(|e| format!("read: {e}"))?;
-    let text = String::from_utf8_lossy(&response);
-    Ok(text.lines().next().unwrap_or_default().to_string())
+    let response = crate::harness::http_get(std::net::SocketAddr::new(ip, 8080), "/").await?;
+    Ok(response.lines().next().unwrap_or_default().to_string())
 }
 
 async fn pod_ip(cluster: &Cluster, name: &str) -> IpAddr {

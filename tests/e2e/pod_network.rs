@@ -6,7 +6,6 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::agents::{sample_image, up_node};
 use crate::harness::{eventually, Cluster, DEADLINE};
@@ -48,26 +47,9 @@ fn in_cidr(ip: Ipv4Addr, (net, prefix): (Ipv4Addr, u32)) -> bool {
     u32::from(ip) & mask == u32::from(net) & mask
 }
 
-/// One HTTP/1.0 GET of `/` at `ip:8080`; the whole response.
+/// One GET of `/` at `ip:8080`; the whole response.
 async fn http_get(ip: IpAddr) -> Result<String, String> {
-    let get = async {
-        let mut stream = tokio::net::TcpStream::connect((ip, 8080))
-            .await
-            .map_err(|e| format!("connect {ip}:8080: {e}"))?;
-        stream
-            .write_all(b"GET / HTTP/1.0\r\nHost: test\r\nConnection: close\r\n\r\n")
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-        let mut response = Vec::new();
-        stream
-            .read_to_end(&mut response)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
-        Ok(String::from_utf8_lossy(&response).into_owned())
-    };
-    tokio::time::timeout(Duration::from_secs(5), get)
-        .await
-        .map_err(|_| format!("GET {ip}:8080 timed out"))?
+    crate::harness::http_get(std::net::SocketAddr::new(ip, 8080), "/").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -578,6 +578,36 @@ pub(crate) fn agent_error(status: StatusCode, message: String, node: &str) -> Ap
     }
 }
 
+/// The TLS configuration of a stand-in agent in tests: a serving certificate of the
+/// cluster CA for 127.0.0.1 and a required client certificate of the same CA.
+#[cfg(test)]
+pub(crate) fn agent_tls_config(pki: &Pki) -> rustls::ServerConfig {
+    let (cert_pem, key_pem) = pki
+        .issue_node_serving_cert("node1", &["127.0.0.1".to_string()])
+        .expect("serving cert");
+    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .expect("certs");
+    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+        .expect("key")
+        .expect("a key");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca_cert_der().clone()).expect("ca");
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .expect("verifier");
+    rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .expect("server config")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -817,30 +847,7 @@ mod tests {
     }
 
     async fn fake_agent(pki: &Pki) -> FakeAgent {
-        let (cert_pem, key_pem) = pki
-            .issue_node_serving_cert("node1", &["127.0.0.1".to_string()])
-            .expect("serving cert");
-        let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .expect("certs");
-        let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
-            .expect("key")
-            .expect("a key");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(pki.ca_cert_der().clone()).expect("ca");
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            Arc::new(roots),
-            provider.clone(),
-        )
-        .build()
-        .expect("verifier");
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(certs, key)
-            .expect("server config");
+        let config = agent_tls_config(pki);
         let acceptor = TlsAcceptor::from(Arc::new(config));
 
         let (feed_tx, feeds) = mpsc::channel::<mpsc::Sender<String>>(16);

@@ -268,7 +268,6 @@ mod tests {
     use hyper_util::rt::TokioExecutor;
     use hyper_util::server::conn::auto;
     use hyper_util::service::TowerToHyperService;
-    use rustls::pki_types::CertificateDer;
     use serde_json::json;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
@@ -285,30 +284,7 @@ mod tests {
     /// that first writes the request line and the offered protocol, then echoes in
     /// upper case; other paths are refused with 400 and a message.
     async fn fake_agent(pki: &Pki) -> u16 {
-        let (cert_pem, key_pem) = pki
-            .issue_node_serving_cert("node1", &["127.0.0.1".to_string()])
-            .expect("serving cert");
-        let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .expect("certs");
-        let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
-            .expect("key")
-            .expect("a key");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(pki.ca_cert_der().clone()).expect("ca");
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            Arc::new(roots),
-            provider.clone(),
-        )
-        .build()
-        .expect("verifier");
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(certs, key)
-            .expect("server config");
+        let config = crate::apiserver::pod_proxy::agent_tls_config(pki);
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let router = axum::Router::new().fallback(|mut req: Request| async move {
             let path = req.uri().to_string();

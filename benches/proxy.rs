@@ -1,0 +1,2422 @@
+//! Service proxy benchmark (issue 7, "Speed"): not a test, it prints figures next to the
+//! goals and what they are compared with, and never fails on them.
+//!
+//! Side by side in one run, against the same backends on loopback, each row is measured
+//! on three paths: a **direct** connection to the backend, through **our proxy**
+//! (wasmkube-proxy, at the Service's ClusterIP), and through **HAProxy** (Debian's
+//! `haproxy` in TCP mode, its config written to the temp dir, on free ports of
+//! 127.0.0.1) as the userspace reference.
+//!
+//! The setup is the real thing minus pods: a `wasmkube server` (the built binary, with
+//! its managed etcd); a node whose proxy runs in a child process of this benchmark
+//! (this binary again, started with `WASMKUBE_PROXY_BENCH_ROLE=proxy`, calling
+//! `wasmkube_proxy::start` with node credentials from a throwaway CA — the tunnel is
+//! unused on one node — and the same multi-threaded runtime and allocator as the
+//! `wasmkube` binary), so its CPU and RSS are its own and the load generators never share
+//! its process; and one selector-less Service whose EndpointSlice (written here, ready,
+//! on the proxy's node) points at the backends on 127.192.0.10, an address of the
+//! cluster's pod range (the server gets pod and Service ranges of its own, 127.192.0.0/16
+//! and 127.97.0.0/16, away from the defaults other clusters on the host use). The
+//! backends and load generators are separate processes too:
+//! `iperf3 -s`, nginx (one worker) serving a 1 KiB file, and an echo server (this binary
+//! with `WASMKUBE_PROXY_BENCH_ROLE=echo`, one thread).
+//!
+//! Rows (`WASMKUBE_PROXY_BENCH_ROWS`, comma-separated):
+//! - `tcp`: iperf3 bulk TCP, 1 and 4 streams (Gbit/s received);
+//! - `udp`: iperf3 UDP at 50,000 datagrams/s of 1,000 bytes (loss %; HAProxy has no UDP
+//!   proxying). Both iperf3 ends get 2 MiB socket buffers (`-w 2M`): with the default
+//!   208 KiB the receiver drops a few percent of the paced bursts even on the direct
+//!   path, which would hide the proxy's own loss;
+//! - `http`: wrk against nginx's 1 KiB file, with keep-alive and with a new connection
+//!   per request (`Connection: close`): req/s, p50 and p99;
+//! - `latency`: one pinned connection, 64-byte ping-pong with the echo server: RTT p50
+//!   and p99 per path and what the proxies add to the direct RTT (the client is a
+//!   blocking socket on its own thread of this process);
+//! - `idle`: many concurrent idle connections through our proxy (and HAProxy): each
+//!   opened with one echoed byte, held idle, then checked with another; how many
+//!   stayed open, and the proxy's RSS and open files with them. Each proxied
+//!   connection takes two file descriptors in the proxy: where the open-files hard
+//!   limit is 20,000, as on this machine, 10,000 cannot all fit;
+//! - `services`: the proxy's RSS with many Services of one endpoint each (created
+//!   through the API, read once the proxy listens on all of them, then deleted; twice:
+//!   the second round tells memory kept for reuse from a leak). It runs before the idle
+//!   row, whose connections need the listeners' file descriptors.
+//!
+//! They run in the order latency, tcp, udp, http, services, idle. Each row also notes
+//! the CPU the proxy (and HAProxy) used while it ran. The machine has 2 cores: the load
+//! generator, the backend and the proxy compete for them (on the direct path only the
+//! first two), so a proxy that needs less CPU leaves more to the others.
+//!
+//! `cargo bench --bench proxy` runs the full sizes in release mode (`scripts/bench.sh
+//! proxy` installs haproxy, iperf3, wrk and nginx first); a missing tool skips its rows.
+//! A debug run (debug `wasmkube` and a debug proxy: the figures mean nothing):
+//! `WASMKUBE_PROXY_BENCH_SECONDS=1 WASMKUBE_PROXY_BENCH_ROUND_TRIPS=2000
+//! WASMKUBE_PROXY_BENCH_IDLE_CONNECTIONS=500 WASMKUBE_PROXY_BENCH_IDLE_SECS=1
+//! WASMKUBE_PROXY_BENCH_SERVICES=50 cargo test --bench proxy`.
+//!
+//! Environment knobs:
+//! - `WASMKUBE_PROXY_BENCH_ROWS` (`tcp,udp,http,latency,idle,services`): which rows run;
+//! - `WASMKUBE_PROXY_BENCH_SECONDS` (3): length of each iperf3 and wrk run;
+//! - `WASMKUBE_PROXY_BENCH_UDP_RATE` (50000): UDP datagrams per second;
+//! - `WASMKUBE_PROXY_BENCH_WRK_CONNECTIONS` (32) and `_WRK_THREADS` (1): wrk's `-c`, `-t`;
+//! - `WASMKUBE_PROXY_BENCH_ROUND_TRIPS` (20000): timed ping-pongs per path;
+//! - `WASMKUBE_PROXY_BENCH_IDLE_CONNECTIONS` (10000) and `_IDLE_SECS` (5): how many idle
+//!   connections, held for how long;
+//! - `WASMKUBE_PROXY_BENCH_SERVICES` (1000): Services for the RSS row;
+//! - `WASMKUBE_BENCH_KEEP` (unset): keep the temp dir (configs and process logs).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::PostParams;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::{Child, ChildStdin, Command};
+
+// The same allocator as the `wasmkube` binary, so the proxy's RSS and speed are its own.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Selects what this process is: the benchmark (unset), or one of its children.
+const ROLE_ENV: &str = "WASMKUBE_PROXY_BENCH_ROLE";
+/// The proxy child's settings.
+const KUBECONFIG_ENV: &str = "WASMKUBE_PROXY_BENCH_KUBECONFIG";
+const NODE_ENV: &str = "WASMKUBE_PROXY_BENCH_NODE";
+const CREDENTIALS_ENV: &str = "WASMKUBE_PROXY_BENCH_CREDENTIALS";
+const METRICS_ENV: &str = "WASMKUBE_PROXY_BENCH_METRICS";
+/// The echo child's listening address.
+const LISTEN_ENV: &str = "WASMKUBE_PROXY_BENCH_LISTEN";
+
+/// The cluster's pod and Service ranges: outside the defaults (127.128.0.0/10,
+/// 127.96.0.0/16), which `wasmkube up` and the end-to-end tests on the same host use, so
+/// that no other cluster's proxy holds our ClusterIPs or pod addresses.
+const CLUSTER_CIDR: &str = "127.192.0.0/16";
+const SERVICE_CIDR: &str = "127.97.0.0/16";
+/// Where the backends listen: an address of the pod range, as a pod's would be.
+const BACKEND_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 192, 0, 10));
+/// Where HAProxy listens.
+const HAPROXY_IP: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+/// The proxy's node.
+const NODE: &str = "proxy-bench-node";
+const NAMESPACE: &str = "proxy-bench";
+/// The Service every row but `services` goes through, and its ports.
+const SERVICE: &str = "bench";
+const ECHO_PORT: u16 = 7007;
+const IPERF_PORT: u16 = 5201;
+const HTTP_PORT: u16 = 8080;
+/// The port of each Service of the `services` row.
+const SCALE_PORT: u16 = 9000;
+/// The label that ties an EndpointSlice to its Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// How long a process gets to start serving (a debug build starts slowly).
+const START_DEADLINE: Duration = Duration::from_secs(120);
+/// How long a stopped process gets to exit after SIGTERM before it is killed.
+const STOP_DEADLINE: Duration = Duration::from_secs(20);
+/// How long one connect, echo or small request may take.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// The size of the file nginx serves.
+const HTTP_BODY: usize = 1024;
+/// The UDP payload (with the rate: 400 Mbit/s at 50,000 datagrams/s).
+const UDP_DATAGRAM: u64 = 1000;
+/// The socket buffers iperf3 asks for on both ends in the UDP row.
+const UDP_WINDOW: &str = "2M";
+/// The ping-pong message of the latency row.
+const PING_SIZE: usize = 64;
+/// Untimed round trips before the timed ones.
+const PING_WARMUP: usize = 500;
+/// The echo server's listen backlog (as the proxy's listeners).
+const ECHO_BACKLOG: u32 = 4096;
+/// Connections opened at once in the idle row.
+const IDLE_OPEN_CONCURRENCY: usize = 256;
+/// Services (and their slices) created at once in the services row.
+const CREATE_CONCURRENCY: usize = 16;
+/// A pause before a process's RSS is read, for freed memory and late work to settle.
+const SETTLE: Duration = Duration::from_secs(2);
+/// The goals of issue 7.
+const GOAL_UDP_LOSS_PERCENT: f64 = 0.2;
+const GOAL_IDLE_CONNECTIONS: f64 = 10_000.0;
+
+// ---------------------------------------------------------------------------------
+// Options
+
+/// Sizes and switches from the environment.
+#[derive(Debug, Clone)]
+struct Opts {
+    seconds: u64,
+    udp_rate: u64,
+    wrk_connections: usize,
+    wrk_threads: usize,
+    round_trips: usize,
+    idle_connections: usize,
+    idle: Duration,
+    services: usize,
+    tcp: bool,
+    udp: bool,
+    http: bool,
+    latency: bool,
+    idle_row: bool,
+    services_row: bool,
+    keep: bool,
+}
+
+impl Opts {
+    fn from_env() -> Result<Opts> {
+        fn num(name: &str, default: u64) -> Result<u64> {
+            match std::env::var(name) {
+                Ok(v) if !v.trim().is_empty() => v
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("{name}={v:?} is not a number")),
+                _ => Ok(default),
+            }
+        }
+        let rows = std::env::var("WASMKUBE_PROXY_BENCH_ROWS")
+            .unwrap_or_else(|_| "tcp,udp,http,latency,idle,services".into());
+        let has = |s: &str| rows.split(',').any(|x| x.trim() == s);
+        let opts = Opts {
+            seconds: num("WASMKUBE_PROXY_BENCH_SECONDS", 3)?,
+            udp_rate: num("WASMKUBE_PROXY_BENCH_UDP_RATE", 50_000)?,
+            wrk_connections: num("WASMKUBE_PROXY_BENCH_WRK_CONNECTIONS", 32)? as usize,
+            wrk_threads: num("WASMKUBE_PROXY_BENCH_WRK_THREADS", 1)? as usize,
+            round_trips: num("WASMKUBE_PROXY_BENCH_ROUND_TRIPS", 20_000)? as usize,
+            idle_connections: num("WASMKUBE_PROXY_BENCH_IDLE_CONNECTIONS", 10_000)? as usize,
+            idle: Duration::from_secs(num("WASMKUBE_PROXY_BENCH_IDLE_SECS", 5)?),
+            services: num("WASMKUBE_PROXY_BENCH_SERVICES", 1000)? as usize,
+            tcp: has("tcp"),
+            udp: has("udp"),
+            http: has("http"),
+            latency: has("latency"),
+            idle_row: has("idle"),
+            services_row: has("services"),
+            keep: std::env::var_os("WASMKUBE_BENCH_KEEP").is_some_and(|v| !v.is_empty()),
+        };
+        if opts.seconds == 0
+            || opts.udp_rate == 0
+            || opts.wrk_connections == 0
+            || opts.wrk_threads == 0
+            || opts.round_trips == 0
+            || opts.idle_connections == 0
+            || opts.services == 0
+        {
+            bail!("the WASMKUBE_PROXY_BENCH_ sizes must be at least 1");
+        }
+        if opts.wrk_connections < opts.wrk_threads {
+            bail!("WASMKUBE_PROXY_BENCH_WRK_CONNECTIONS must be at least _WRK_THREADS");
+        }
+        Ok(opts)
+    }
+
+    fn rows(&self) -> String {
+        let rows: Vec<&str> = [
+            (self.tcp, "tcp"),
+            (self.udp, "udp"),
+            (self.http, "http"),
+            (self.latency, "latency"),
+            (self.idle_row, "idle"),
+            (self.services_row, "services"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| *name)
+        .collect();
+        rows.join(",")
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Figures and the report
+
+/// Latency figures of one set of samples.
+#[derive(Debug, Clone, Copy, Default)]
+struct Stats {
+    count: usize,
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+impl Stats {
+    fn of(samples: &mut [Duration]) -> Stats {
+        if samples.is_empty() {
+            return Stats::default();
+        }
+        samples.sort_unstable();
+        let at = |q: f64| {
+            let idx = ((samples.len() as f64 * q).ceil() as usize).saturating_sub(1);
+            samples[idx.min(samples.len() - 1)]
+        };
+        Stats {
+            count: samples.len(),
+            p50: at(0.50),
+            p99: at(0.99),
+            max: samples[samples.len() - 1],
+        }
+    }
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// The three ways a row reaches its backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Direct,
+    Proxy,
+    Haproxy,
+}
+
+const VIAS: [Via; 3] = [Via::Direct, Via::Proxy, Via::Haproxy];
+
+impl Via {
+    fn name(self) -> &'static str {
+        match self {
+            Via::Direct => "direct",
+            Via::Proxy => "proxy",
+            Via::Haproxy => "HAProxy",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Via::Direct => 0,
+            Via::Proxy => 1,
+            Via::Haproxy => 2,
+        }
+    }
+}
+
+/// Where one backend is reached on each path.
+#[derive(Debug, Clone, Copy)]
+struct Route {
+    direct: SocketAddr,
+    proxy: SocketAddr,
+    haproxy: Option<SocketAddr>,
+}
+
+impl Route {
+    fn get(&self, via: Via) -> Option<SocketAddr> {
+        match via {
+            Via::Direct => Some(self.direct),
+            Via::Proxy => Some(self.proxy),
+            Via::Haproxy => self.haproxy,
+        }
+    }
+}
+
+/// One figure on one path.
+#[derive(Debug, Clone)]
+enum Cell {
+    Value(f64),
+    Failed,
+    /// Not measured on this path, and why.
+    Absent(&'static str),
+}
+
+impl Cell {
+    fn value(&self) -> Option<f64> {
+        match self {
+            Cell::Value(v) => Some(*v),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Better {
+    Higher,
+    Lower,
+}
+
+/// What a line is held to (always about our proxy's figure).
+#[derive(Debug, Clone, Copy)]
+enum Goal {
+    /// At least HAProxy's figure (higher or lower, as the line is better).
+    NoWorseThanHaproxy,
+    AtMost(f64),
+    AtLeast(f64),
+    /// No goal: a figure to report.
+    Report,
+}
+
+/// One line of the table: a figure on each path.
+#[derive(Debug, Clone)]
+struct Line {
+    name: String,
+    unit: &'static str,
+    decimals: usize,
+    better: Better,
+    cells: [Cell; 3],
+    goal: Goal,
+}
+
+impl Line {
+    fn new(name: impl Into<String>, unit: &'static str, decimals: usize, better: Better) -> Line {
+        Line {
+            name: name.into(),
+            unit,
+            decimals,
+            better,
+            cells: [
+                Cell::Absent("not run"),
+                Cell::Absent("not run"),
+                Cell::Absent("not run"),
+            ],
+            goal: Goal::NoWorseThanHaproxy,
+        }
+    }
+
+    fn goal(mut self, goal: Goal) -> Line {
+        self.goal = goal;
+        self
+    }
+
+    fn set(&mut self, via: Via, cell: Cell) {
+        self.cells[via.index()] = cell;
+    }
+
+    fn get(&self, via: Via) -> &Cell {
+        &self.cells[via.index()]
+    }
+
+    fn ratio(&self, to: Via) -> String {
+        match (self.get(Via::Proxy).value(), self.get(to).value()) {
+            (Some(p), Some(o)) if o != 0.0 => format!("×{:.2}", p / o),
+            _ => "—".to_string(),
+        }
+    }
+
+    fn goal_text(&self) -> String {
+        match self.goal {
+            Goal::NoWorseThanHaproxy => match self.better {
+                Better::Higher => "≥ HAProxy".to_string(),
+                Better::Lower => "≤ HAProxy".to_string(),
+            },
+            Goal::AtMost(x) => format!("≤ {x} {}", self.unit),
+            Goal::AtLeast(x) => format!("≥ {x:.0} {}", self.unit),
+            Goal::Report => "(report)".to_string(),
+        }
+    }
+
+    fn verdict(&self) -> &'static str {
+        let ok = |b: bool| if b { "ok" } else { "MISS" };
+        let proxy = self.get(Via::Proxy).value();
+        match (self.goal, proxy) {
+            (Goal::Report, _) => "—",
+            (_, None) => "n/a",
+            (Goal::NoWorseThanHaproxy, Some(p)) => match self.get(Via::Haproxy).value() {
+                Some(h) => ok(match self.better {
+                    Better::Higher => p >= h,
+                    Better::Lower => p <= h,
+                }),
+                None => "n/a",
+            },
+            (Goal::AtMost(x), Some(p)) => ok(p <= x),
+            (Goal::AtLeast(x), Some(p)) => ok(p >= x),
+        }
+    }
+
+    fn cell_text(&self, via: Via) -> String {
+        match self.get(via) {
+            Cell::Value(v) => format!("{v:.*}", self.decimals),
+            Cell::Failed => "FAILED".to_string(),
+            Cell::Absent(why) => why.to_string(),
+        }
+    }
+}
+
+/// A group of lines measured together, with notes (CPU, errors, settings).
+#[derive(Debug, Default)]
+struct Section {
+    title: String,
+    lines: Vec<Line>,
+    notes: Vec<String>,
+}
+
+impl Section {
+    fn new(title: impl Into<String>) -> Section {
+        Section {
+            title: title.into(),
+            ..Section::default()
+        }
+    }
+
+    /// Records a failure in a cell and its reason in the notes.
+    fn failure(&mut self, line: usize, via: Via, e: &anyhow::Error) {
+        let what = format!("{}, {}: {e:#}", self.lines[line].name, via.name());
+        self.lines[line].set(via, Cell::Failed);
+        self.notes.push(format!("FAILED {what}"));
+    }
+}
+
+fn print_report(opts: &Opts, header: &[String], sections: &[Section]) {
+    let build = if cfg!(debug_assertions) {
+        " [DEBUG build: not representative]"
+    } else {
+        ""
+    };
+    println!();
+    println!("==================== wasmkube Service proxy benchmark{build} ====================");
+    for h in header {
+        println!("{h}");
+    }
+    println!(
+        "1-minute load average at the end: {:.2} (2-core machine shared with other work)",
+        load_average()
+    );
+    println!(
+        "goals (issue 7): at least HAProxy's figures on every row; added p99 no worse than HAProxy's; UDP loss ≤ {GOAL_UDP_LOSS_PERCENT}% at 50k datagrams/s; 10,000 idle connections held; RSS with 1,000 Services reported"
+    );
+    let (mut met, mut missed) = (0, 0);
+    for s in sections {
+        println!("--- {}", s.title);
+        println!(
+            "    {:<40} {:>10} {:>10} {:>10} {:>8} {:>8}  {:<16} verdict",
+            "", "direct", "proxy", "HAProxy", "/direct", "/HAProxy", "goal"
+        );
+        for l in &s.lines {
+            let verdict = l.verdict();
+            match verdict {
+                "ok" => met += 1,
+                "MISS" => missed += 1,
+                _ => {}
+            }
+            let name = if l.unit.is_empty() {
+                l.name.clone()
+            } else {
+                format!("{} ({})", l.name, l.unit)
+            };
+            println!(
+                "    {:<40} {:>10} {:>10} {:>10} {:>8} {:>8}  {:<16} {}",
+                name,
+                l.cell_text(Via::Direct),
+                l.cell_text(Via::Proxy),
+                l.cell_text(Via::Haproxy),
+                l.ratio(Via::Direct),
+                l.ratio(Via::Haproxy),
+                l.goal_text(),
+                verdict
+            );
+        }
+        for n in &s.notes {
+            println!("    · {n}");
+        }
+    }
+    println!("goals met: {met}, missed: {missed} (a MISS is a figure to look at, not a failure)");
+    println!(
+        "(knobs: WASMKUBE_PROXY_BENCH_ROWS={}, _SECONDS={}, _UDP_RATE={}, _WRK_CONNECTIONS={}, _WRK_THREADS={}, _ROUND_TRIPS={}, _IDLE_CONNECTIONS={}, _IDLE_SECS={}, _SERVICES={})",
+        opts.rows(),
+        opts.seconds,
+        opts.udp_rate,
+        opts.wrk_connections,
+        opts.wrk_threads,
+        opts.round_trips,
+        opts.idle_connections,
+        opts.idle.as_secs(),
+        opts.services
+    );
+    println!("{}", "=".repeat(80));
+}
+
+// ---------------------------------------------------------------------------------
+// /proc readings
+
+/// CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    // utime and stime are fields 14 and 15 of the line: 11 and 12 after the name.
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // USER_HZ is 100 on every Linux configuration we run on.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The 1-minute load average: other work on this shared 2-core machine skews figures.
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().and_then(|f| f.parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// A `/proc/<pid>/status` field in kB (`VmRSS:`, `VmHWM:`), in MiB.
+fn status_mib(pid: u32, field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmRSS:").unwrap_or(f64::NAN)
+}
+
+/// How many file descriptors a process has open.
+fn open_fds(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
+/// A process's (soft, hard) limit on open files, from /proc/<pid>/limits.
+fn open_files_limit(pid: u32) -> Option<(u64, u64)> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let mut nums = line
+        .trim_start_matches("Max open files")
+        .split_whitespace()
+        .filter_map(|n| n.parse::<u64>().ok());
+    Some((nums.next()?, nums.next()?))
+}
+
+/// Whether a process with `pid` exists and has not exited (zombies have).
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// The direct children of `pid` (from every thread's `children` list).
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Sends a signal (`TERM`, `KILL`) with the `kill` program (no libc dependency here).
+fn signal(pid: u32, name: &str) {
+    let _ = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+// ---------------------------------------------------------------------------------
+// Processes
+
+/// A child process of the benchmark with its log; stopped (TERM, then KILL, then any
+/// children it left, such as the managed etcd of `wasmkube server`) when dropped.
+struct Proc {
+    name: String,
+    child: Option<Child>,
+    /// Held open so that a child of this binary sees EOF, and exits, if we die.
+    _stdin: Option<ChildStdin>,
+    pid: u32,
+    log: PathBuf,
+    descendants: Vec<u32>,
+}
+
+impl Proc {
+    fn spawn(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        envs: &[(&str, String)],
+        log: &Path,
+    ) -> Result<Proc> {
+        let file = std::fs::File::create(log)
+            .with_context(|| format!("create the {name} log {}", log.display()))?;
+        let file_err = file.try_clone().context("clone the log handle")?;
+        let mut child = Command::new(program)
+            .args(args)
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("NO_COLOR", "1")
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::from(file))
+            .stderr(Stdio::from(file_err))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("start {name} ({})", program.display()))?;
+        let pid = child.id().with_context(|| format!("{name} has no pid"))?;
+        let stdin = child.stdin.take();
+        Ok(Proc {
+            name: name.to_string(),
+            child: Some(child),
+            _stdin: stdin,
+            pid,
+            log: log.to_path_buf(),
+            descendants: Vec::new(),
+        })
+    }
+
+    /// Fails with the log's tail if the process has exited.
+    fn check_alive(&mut self) -> Result<()> {
+        if let Some(child) = self.child.as_mut() {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "{} exited ({status}); last log lines:\n{}",
+                    self.name,
+                    tail(&self.log, 30)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn note_descendants(&mut self) {
+        self.descendants = children_of(self.pid);
+    }
+
+    /// Polls `ready` until it holds, while the process runs, for [`START_DEADLINE`].
+    async fn wait_ready(&mut self, what: &str, mut ready: impl AsyncFnMut() -> bool) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            if ready().await {
+                return Ok(());
+            }
+            self.check_alive()?;
+            if started.elapsed() > START_DEADLINE {
+                bail!(
+                    "{}: {what} not within {START_DEADLINE:?}; last log lines:\n{}",
+                    self.name,
+                    tail(&self.log, 30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after [`STOP_DEADLINE`]; then any recorded child still alive.
+    async fn stop(mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(self.pid, "TERM");
+            if tokio::time::timeout(STOP_DEADLINE, child.wait())
+                .await
+                .is_err()
+            {
+                eprintln!(
+                    "  {} ignored SIGTERM for {STOP_DEADLINE:?}; killing it",
+                    self.name
+                );
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+            }
+        }
+        self.kill_descendants();
+    }
+
+    fn kill_descendants(&self) {
+        for pid in &self.descendants {
+            if process_alive(*pid) {
+                signal(*pid, "KILL");
+            }
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if matches!(child.try_wait(), Ok(None)) {
+            // Not stopped explicitly (an error path): ask politely, so that the process
+            // stops its own children, then make sure.
+            signal(self.pid, "TERM");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while process_alive(self.pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.start_kill();
+        }
+        self.kill_descendants();
+    }
+}
+
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// "N warnings or errors (first: …)" from a tracing log.
+fn log_summary(name: &str, log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let bad: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    match bad.first() {
+        None => format!("{name} log ({}): no warnings", log.display()),
+        Some(first) => format!(
+            "{name} log ({}): {} warnings or errors, the first: {}",
+            log.display(),
+            bad.len(),
+            first.trim()
+        ),
+    }
+}
+
+/// A program on PATH, or in the sbin directories (haproxy and nginx live there, and
+/// they are not on every user's PATH).
+fn find_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The external tools the rows use.
+struct Tools {
+    iperf3: Option<PathBuf>,
+    wrk: Option<PathBuf>,
+    nginx: Option<PathBuf>,
+    haproxy: Option<PathBuf>,
+}
+
+impl Tools {
+    fn find() -> Tools {
+        Tools {
+            iperf3: find_tool("iperf3"),
+            wrk: find_tool("wrk"),
+            nginx: find_tool("nginx"),
+            haproxy: find_tool("haproxy"),
+        }
+    }
+
+    fn describe(&self) -> String {
+        let one = |name: &str, p: &Option<PathBuf>| match p {
+            Some(p) => format!("{name} {}", p.display()),
+            None => format!("{name} MISSING"),
+        };
+        [
+            one("iperf3", &self.iperf3),
+            one("wrk", &self.wrk),
+            one("nginx", &self.nginx),
+            one("haproxy", &self.haproxy),
+        ]
+        .join(", ")
+    }
+}
+
+/// A free port on `ip` (the listener is closed again: a small race, fine here).
+fn free_port(ip: IpAddr) -> Result<u16> {
+    let l = std::net::TcpListener::bind((ip, 0)).with_context(|| format!("bind {ip}:0"))?;
+    Ok(l.local_addr()?.port())
+}
+
+/// A port free on `ip` for both TCP and UDP (iperf3 uses one number for both).
+fn free_port_tcp_udp(ip: IpAddr) -> Result<u16> {
+    for _ in 0..50 {
+        let l = std::net::TcpListener::bind((ip, 0)).with_context(|| format!("bind {ip}:0"))?;
+        let port = l.local_addr()?.port();
+        if std::net::UdpSocket::bind((ip, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no port free for both TCP and UDP on {ip}")
+}
+
+// ---------------------------------------------------------------------------------
+// Small clients
+
+/// One request on a new connection (HTTP/1.0, closed after it): the whole response.
+async fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
+    let get = async {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connect {addr}"))?;
+        let req = format!("GET {path} HTTP/1.0\r\nHost: bench\r\nConnection: close\r\n\r\n");
+        stream
+            .write_all(req.as_bytes())
+            .await
+            .with_context(|| format!("write to {addr}"))?;
+        let mut response = Vec::new();
+        stream
+            .read_to_end(&mut response)
+            .await
+            .with_context(|| format!("read from {addr}"))?;
+        anyhow::Ok(String::from_utf8_lossy(&response).into_owned())
+    };
+    tokio::time::timeout(IO_TIMEOUT, get)
+        .await
+        .map_err(|_| anyhow!("GET {addr}{path} timed out after {IO_TIMEOUT:?}"))?
+}
+
+/// The sum of a Prometheus metric's samples (every label set) in `text`.
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Connects to an echo server and has one byte echoed: the path works end to end.
+async fn echo_connect(addr: SocketAddr) -> Result<TcpStream> {
+    let open = async {
+        let mut s = TcpStream::connect(addr).await.context("connect")?;
+        s.set_nodelay(true).context("nodelay")?;
+        s.write_all(&[1]).await.context("write")?;
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.context("read the echo")?;
+        anyhow::Ok(s)
+    };
+    tokio::time::timeout(IO_TIMEOUT, open)
+        .await
+        .map_err(|_| anyhow!("no echo within {IO_TIMEOUT:?}"))?
+}
+
+/// Another echoed byte on an open connection: it is still there.
+async fn echo_again(s: &mut TcpStream) -> Result<()> {
+    let check = async {
+        s.write_all(&[2]).await.context("write")?;
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.context("read the echo")?;
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(IO_TIMEOUT, check)
+        .await
+        .map_err(|_| anyhow!("no echo within {IO_TIMEOUT:?}"))?
+}
+
+/// `warmup + n` ping-pongs of [`PING_SIZE`] bytes on one blocking connection; the
+/// round-trip times of the last `n`.
+fn ping_pong(addr: SocketAddr, warmup: usize, n: usize) -> Result<Vec<Duration>> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+        .with_context(|| format!("connect {addr}"))?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    let msg = [0x5au8; PING_SIZE];
+    let mut buf = [0u8; PING_SIZE];
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..warmup + n {
+        let t = Instant::now();
+        s.write_all(&msg).context("write")?;
+        s.read_exact(&mut buf).context("read the echo")?;
+        if i >= warmup {
+            samples.push(t.elapsed());
+        }
+    }
+    Ok(samples)
+}
+
+/// Runs a program to completion within `limit`; its stdout, or an error with its
+/// stderr.
+async fn run_tool(program: &Path, args: &[String], limit: Duration) -> Result<String> {
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("start {}", program.display()))?;
+    let out = tokio::time::timeout(limit, child.wait_with_output())
+        .await
+        .map_err(|_| anyhow!("{} took over {limit:?}", program.display()))??;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // iperf3 -J reports its errors in the JSON on stdout.
+        let why = serde_json::from_str::<serde_json::Value>(&stdout)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or_else(|| stderr.trim().to_string());
+        bail!("{} failed ({}): {why}", program.display(), out.status);
+    }
+    Ok(stdout)
+}
+
+/// Runs `f` and measures the CPU `pid` used meanwhile, in cores.
+async fn with_cpu<T>(pid: Option<u32>, f: impl Future<Output = T>) -> (T, Option<f64>) {
+    let before = pid.map(cpu_seconds);
+    let started = Instant::now();
+    let r = f.await;
+    let wall = started.elapsed().as_secs_f64().max(1e-9);
+    let cores = pid.zip(before).map(|(p, b)| (cpu_seconds(p) - b) / wall);
+    (r, cores)
+}
+
+fn cores_note(cpu: &[(Via, Option<f64>)]) -> String {
+    let parts: Vec<String> = cpu
+        .iter()
+        .filter_map(|(via, c)| c.map(|c| format!("{} {c:.2}", via.name())))
+        .collect();
+    parts.join(", ")
+}
+
+// ---------------------------------------------------------------------------------
+// Children of this binary
+
+fn main() -> Result<()> {
+    // As the agent does at start (the proxy runs in it): many connections need many
+    // file descriptors. Children inherit the raised limit.
+    let _ = wasmkube_runtime::agent::rlimit::raise_open_files();
+    match std::env::var(ROLE_ENV).as_deref() {
+        Ok("proxy") => return proxy_role(),
+        Ok("echo") => return echo_role(),
+        Ok(other) => bail!("unknown {ROLE_ENV}={other:?}"),
+        Err(_) => {}
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(bench_main())
+}
+
+fn env_var(name: &str) -> Result<String> {
+    std::env::var(name).with_context(|| format!("{name} is not set"))
+}
+
+/// Resolves when the benchmark is done with this child: SIGTERM, or EOF on stdin (the
+/// benchmark exited without stopping it).
+async fn parent_done() {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    // A plain thread, not the runtime's blocking pool: the runtime would wait for it on
+    // shutdown, and a read from stdin never ends by itself.
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        let mut stdin = std::io::stdin();
+        while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
+        let _ = tx.send(());
+    });
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = rx => {}
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// The proxy child: `wasmkube_proxy::start` for [`NODE`] on the runtime the `wasmkube`
+/// binary uses, until the benchmark is done with it.
+fn proxy_role() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let kubeconfig = PathBuf::from(env_var(KUBECONFIG_ENV)?);
+    let node = env_var(NODE_ENV)?;
+    let creds = PathBuf::from(env_var(CREDENTIALS_ENV)?);
+    let metrics: SocketAddr = env_var(METRICS_ENV)?
+        .parse()
+        .context("the metrics address")?;
+    let read = |f: &str| {
+        std::fs::read_to_string(creds.join(f))
+            .with_context(|| format!("read {}", creds.join(f).display()))
+    };
+    let tls = wasmkube_proxy::TunnelCredentials {
+        ca_pem: read("ca.crt")?,
+        serving_cert_pem: read("serving.crt")?,
+        serving_key_pem: read("serving.key")?,
+        client_cert_pem: read("client.crt")?,
+        client_key_pem: read("client.key")?,
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(async move {
+            let config = kube_config(&kubeconfig).await?;
+            let client = Client::try_from(config).context("build a kube client")?;
+            let mut options =
+                wasmkube_proxy::ProxyOptions::new(node, IpAddr::V4(Ipv4Addr::LOCALHOST), tls);
+            options.metrics_addr = Some(metrics);
+            // `start` takes a tokio-util CancellationToken, a crate this package does not
+            // name: the token's type is inferred from the call.
+            let stop = Default::default();
+            let proxy = wasmkube_proxy::start(client, options, Clone::clone(&stop))
+                .await
+                .context("start the proxy")?;
+            parent_done().await;
+            stop.cancel();
+            if tokio::time::timeout(Duration::from_secs(10), proxy.wait())
+                .await
+                .is_err()
+            {
+                eprintln!("the proxy did not stop within 10 s");
+            }
+            anyhow::Ok(())
+        })
+}
+
+/// The echo child: echoes every byte on every connection, on one thread.
+fn echo_role() -> Result<()> {
+    let addr: SocketAddr = env_var(LISTEN_ENV)?.parse().context("the listen address")?;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(async move {
+            // The backlog of the proxy's listeners, not std's 128: the idle row opens
+            // connections faster than one thread accepts them.
+            let socket = tokio::net::TcpSocket::new_v4().context("a socket")?;
+            socket.set_reuseaddr(true).context("SO_REUSEADDR")?;
+            socket.bind(addr).with_context(|| format!("bind {addr}"))?;
+            let listener = socket
+                .listen(ECHO_BACKLOG)
+                .with_context(|| format!("listen on {addr}"))?;
+            let serve = async {
+                loop {
+                    match listener.accept().await {
+                        Ok((s, _)) => {
+                            let _ = s.set_nodelay(true);
+                            tokio::spawn(echo(s));
+                        }
+                        Err(e) => {
+                            eprintln!("accept: {e}");
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                }
+            };
+            tokio::select! {
+                _ = serve => {}
+                _ = parent_done() => {}
+            }
+            anyhow::Ok(())
+        })
+}
+
+async fn echo(mut s: TcpStream) {
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if s.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Setup
+
+async fn kube_config(kubeconfig: &Path) -> Result<Config> {
+    let kc = Kubeconfig::read_from(kubeconfig).context("read the kubeconfig")?;
+    Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .context("load the kubeconfig")
+}
+
+fn object<T: k8s_openapi::serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T> {
+    serde_json::from_value(v).context("build an API object")
+}
+
+/// `wasmkube server` with its managed etcd; its client once it serves.
+async fn start_server(dir: &Path) -> Result<(Proc, Client, PathBuf)> {
+    let data = dir.join("server");
+    std::fs::create_dir_all(&data).context("create the server data dir")?;
+    let args: Vec<String> = vec![
+        "server".into(),
+        "--data-dir".into(),
+        data.display().to_string(),
+        "--secure-port".into(),
+        "0".into(),
+        "--bind-address".into(),
+        "127.0.0.1".into(),
+        "--cluster-cidr".into(),
+        CLUSTER_CIDR.into(),
+        "--service-cidr".into(),
+        SERVICE_CIDR.into(),
+    ];
+    let mut server = Proc::spawn(
+        "wasmkube server",
+        Path::new(env!("CARGO_BIN_EXE_wasmkube")),
+        &args,
+        &[],
+        &dir.join("server.log"),
+    )?;
+    println!(
+        "  wasmkube server: pid {} (log {})",
+        server.pid,
+        server.log.display()
+    );
+    let kubeconfig = data.join("kubeconfig");
+    server
+        .wait_ready("the kubeconfig", async || {
+            std::fs::read_to_string(&kubeconfig).is_ok_and(|t| t.contains("current-context"))
+        })
+        .await?;
+    server.note_descendants();
+    let client = Client::try_from(kube_config(&kubeconfig).await?).context("build a client")?;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = object(json!({"metadata": {"name": NAMESPACE}}))?;
+    let mut last = String::new();
+    server
+        .wait_ready("the bench namespace created", async || {
+            match namespaces.create(&PostParams::default(), &ns).await {
+                Ok(_) => true,
+                Err(kube::Error::Api(e)) if e.code == 409 => true,
+                Err(e) => {
+                    last = e.to_string();
+                    false
+                }
+            }
+        })
+        .await
+        .with_context(|| format!("last error: {last}"))?;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node: Node = object(json!({
+        "metadata": {"name": NODE, "labels": {"kubernetes.io/hostname": NODE}},
+    }))?;
+    nodes
+        .create(&PostParams::default(), &node)
+        .await
+        .context("create the proxy's Node")?;
+    Ok((server, client, kubeconfig))
+}
+
+/// The node's credentials from a throwaway CA (the tunnel, their only use, is idle with
+/// one node), written where the proxy child reads them.
+fn write_credentials(dir: &Path) -> Result<PathBuf> {
+    let pki = wasmkube_control::pki::Pki::load_or_create(&dir.join("node-ca"), &[])
+        .context("create a throwaway CA")?;
+    let (serving_cert, serving_key) = pki
+        .issue_node_serving_cert(NODE, &["127.0.0.1".to_string()])
+        .context("issue the node's serving certificate")?;
+    let (client_cert, client_key) = pki
+        .issue_client_cert(&format!("system:node:{NODE}"), &["system:nodes"])
+        .context("issue the node's client certificate")?;
+    let out = dir.join("node-credentials");
+    std::fs::create_dir_all(&out)?;
+    for (file, text) in [
+        ("ca.crt", pki.ca_cert_pem()),
+        ("serving.crt", serving_cert.as_str()),
+        ("serving.key", serving_key.as_str()),
+        ("client.crt", client_cert.as_str()),
+        ("client.key", client_key.as_str()),
+    ] {
+        std::fs::write(out.join(file), text).with_context(|| format!("write {file}"))?;
+    }
+    Ok(out)
+}
+
+/// The backends on [`BACKEND_IP`] and the processes serving them.
+struct Backends {
+    echo: SocketAddr,
+    echo_proc: Proc,
+    /// TCP and UDP on one port.
+    iperf: Option<(SocketAddr, Proc)>,
+    /// nginx serving `/1k`.
+    http: Option<(SocketAddr, Proc)>,
+}
+
+impl Backends {
+    async fn start(dir: &Path, tools: &Tools, want_iperf: bool, want_http: bool) -> Result<Self> {
+        let this = std::env::current_exe().context("find this benchmark's binary")?;
+        let echo = SocketAddr::new(BACKEND_IP, free_port(BACKEND_IP)?);
+        let mut echo_proc = Proc::spawn(
+            "echo server",
+            &this,
+            &[],
+            &[(ROLE_ENV, "echo".into()), (LISTEN_ENV, echo.to_string())],
+            &dir.join("echo.log"),
+        )?;
+        echo_proc
+            .wait_ready("echoing", async || echo_connect(echo).await.is_ok())
+            .await?;
+
+        let iperf = match (&tools.iperf3, want_iperf) {
+            (Some(iperf3), true) => {
+                let addr = SocketAddr::new(BACKEND_IP, free_port_tcp_udp(BACKEND_IP)?);
+                let args: Vec<String> = [
+                    "-s",
+                    "-B",
+                    &BACKEND_IP.to_string(),
+                    "-p",
+                    &addr.port().to_string(),
+                    "--forceflush",
+                ]
+                .map(String::from)
+                .to_vec();
+                let log = dir.join("iperf3-server.log");
+                let mut p = Proc::spawn("iperf3 server", iperf3, &args, &[], &log)?;
+                p.wait_ready("listening", async || {
+                    std::fs::read_to_string(&log).is_ok_and(|t| t.contains("Server listening"))
+                })
+                .await?;
+                Some((addr, p))
+            }
+            _ => None,
+        };
+
+        let http = match (&tools.nginx, &tools.wrk, want_http) {
+            (Some(nginx), Some(_), true) => {
+                let addr = SocketAddr::new(BACKEND_IP, free_port(BACKEND_IP)?);
+                let p = start_nginx(dir, nginx, addr).await?;
+                Some((addr, p))
+            }
+            _ => None,
+        };
+        Ok(Backends {
+            echo,
+            echo_proc,
+            iperf,
+            http,
+        })
+    }
+
+    async fn stop(self) {
+        if let Some((_, p)) = self.http {
+            p.stop().await;
+        }
+        if let Some((_, p)) = self.iperf {
+            p.stop().await;
+        }
+        self.echo_proc.stop().await;
+    }
+}
+
+/// nginx (one worker, in the foreground) serving a 1 KiB file at `/1k` on `addr`.
+async fn start_nginx(dir: &Path, nginx: &Path, addr: SocketAddr) -> Result<Proc> {
+    let root = dir.join("nginx");
+    let www = root.join("www");
+    std::fs::create_dir_all(&www).context("create nginx's dirs")?;
+    // Run as root, nginx's workers run as nobody: they must reach the file.
+    for d in [dir, root.as_path(), www.as_path()] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("chmod {}", d.display()))?;
+    }
+    let body: Vec<u8> = (0..HTTP_BODY).map(|i| b'a' + (i % 26) as u8).collect();
+    std::fs::write(www.join("1k"), body).context("write the 1 KiB file")?;
+    let r = root.display();
+    let conf = format!(
+        "worker_processes 1;
+pid {r}/nginx.pid;
+error_log {r}/error.log warn;
+daemon off;
+events {{ worker_connections 16384; }}
+http {{
+  access_log off;
+  client_body_temp_path {r}/body;
+  proxy_temp_path {r}/proxy;
+  fastcgi_temp_path {r}/fastcgi;
+  uwsgi_temp_path {r}/uwsgi;
+  scgi_temp_path {r}/scgi;
+  keepalive_requests 100000000;
+  keepalive_timeout 3600s;
+  server {{
+    listen {addr};
+    root {www};
+  }}
+}}
+",
+        www = www.display()
+    );
+    let conf_path = root.join("nginx.conf");
+    std::fs::write(&conf_path, conf).context("write nginx.conf")?;
+    let args: Vec<String> = vec![
+        "-p".into(),
+        root.display().to_string(),
+        "-c".into(),
+        conf_path.display().to_string(),
+        "-e".into(),
+        root.join("error.log").display().to_string(),
+    ];
+    let mut p = Proc::spawn("nginx", nginx, &args, &[], &dir.join("nginx.log"))?;
+    p.wait_ready("serving /1k", async || {
+        http_get(addr, "/1k")
+            .await
+            .is_ok_and(|r| r.starts_with("HTTP/1.1 200"))
+    })
+    .await?;
+    p.note_descendants();
+    Ok(p)
+}
+
+/// HAProxy in TCP mode with one frontend per backend, on free ports of [`HAPROXY_IP`].
+/// Returns the process and each backend's frontend.
+async fn start_haproxy(
+    dir: &Path,
+    haproxy: &Path,
+    backends: &[(&str, SocketAddr)],
+) -> Result<(Proc, HashMap<String, SocketAddr>)> {
+    let mut conf = String::from(
+        "global
+  # Defaults otherwise: threads = CPUs, maxconn from the open-files limit.
+  log stderr format raw local0 warning
+defaults
+  mode tcp
+  log global
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+",
+    );
+    let mut frontends = HashMap::new();
+    for (name, backend) in backends {
+        let front = SocketAddr::new(HAPROXY_IP, free_port(HAPROXY_IP)?);
+        conf.push_str(&format!(
+            "listen {name}\n  bind {front}\n  server {name} {backend}\n"
+        ));
+        frontends.insert(name.to_string(), front);
+    }
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, conf).context("write haproxy.cfg")?;
+    let args: Vec<String> = vec!["-f".into(), path.display().to_string(), "-db".into()];
+    let mut p = Proc::spawn("haproxy", haproxy, &args, &[], &dir.join("haproxy.log"))?;
+    let echo = frontends.get("echo").copied().context("no echo frontend")?;
+    p.wait_ready("forwarding", async || echo_connect(echo).await.is_ok())
+        .await?;
+    Ok((p, frontends))
+}
+
+/// Creates the bench Service (no selector) and its EndpointSlice: one ready endpoint
+/// on [`BACKEND_IP`] on the proxy's node. Returns the ClusterIP.
+async fn create_bench_service(client: &Client, backends: &Backends) -> Result<IpAddr> {
+    let mut ports = vec![("echo", "TCP", ECHO_PORT, backends.echo.port())];
+    if let Some((addr, _)) = &backends.iperf {
+        ports.push(("iperf", "TCP", IPERF_PORT, addr.port()));
+        ports.push(("iperf-udp", "UDP", IPERF_PORT, addr.port()));
+    }
+    if let Some((addr, _)) = &backends.http {
+        ports.push(("http", "TCP", HTTP_PORT, addr.port()));
+    }
+    let svc_ports: Vec<serde_json::Value> = ports
+        .iter()
+        .map(|(name, proto, port, target)| {
+            json!({"name": name, "protocol": proto, "port": port, "targetPort": target})
+        })
+        .collect();
+    let slice_ports: Vec<serde_json::Value> = ports
+        .iter()
+        .map(|(name, proto, _, target)| json!({"name": name, "protocol": proto, "port": target}))
+        .collect();
+    create_service_with_endpoint(client, SERVICE, svc_ports, slice_ports).await
+}
+
+/// A selector-less Service and the EndpointSlice naming its one endpoint; the
+/// Service's ClusterIP.
+async fn create_service_with_endpoint(
+    client: &Client,
+    name: &str,
+    svc_ports: Vec<serde_json::Value>,
+    slice_ports: Vec<serde_json::Value>,
+) -> Result<IpAddr> {
+    let services: Api<Service> = Api::namespaced(client.clone(), NAMESPACE);
+    let svc: Service = object(json!({
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {"ports": svc_ports},
+    }))?;
+    let created = services
+        .create(&PostParams::default(), &svc)
+        .await
+        .with_context(|| format!("create Service {name}"))?;
+    let ip: IpAddr = created
+        .spec
+        .as_ref()
+        .and_then(|s| s.cluster_ip.as_deref())
+        .and_then(|ip| ip.parse().ok())
+        .with_context(|| format!("Service {name} got no ClusterIP"))?;
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NAMESPACE);
+    let slice: EndpointSlice = object(json!({
+        "metadata": {
+            "name": format!("{name}-bench"),
+            "namespace": NAMESPACE,
+            "labels": {SERVICE_NAME_LABEL: name},
+        },
+        "addressType": "IPv4",
+        "ports": slice_ports,
+        "endpoints": [{
+            "addresses": [BACKEND_IP.to_string()],
+            "conditions": {"ready": true},
+            "nodeName": NODE,
+        }],
+    }))?;
+    slices
+        .create(&PostParams::default(), &slice)
+        .await
+        .with_context(|| format!("create the EndpointSlice of {name}"))?;
+    Ok(ip)
+}
+
+/// The proxy child, with its `/metrics` address.
+async fn start_proxy(
+    dir: &Path,
+    kubeconfig: &Path,
+    credentials: &Path,
+    through: SocketAddr,
+) -> Result<(Proc, SocketAddr)> {
+    let this = std::env::current_exe().context("find this benchmark's binary")?;
+    let metrics = SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        free_port(IpAddr::V4(Ipv4Addr::LOCALHOST))?,
+    );
+    let mut p = Proc::spawn(
+        "proxy",
+        &this,
+        &[],
+        &[
+            (ROLE_ENV, "proxy".into()),
+            (KUBECONFIG_ENV, kubeconfig.display().to_string()),
+            (NODE_ENV, NODE.into()),
+            (CREDENTIALS_ENV, credentials.display().to_string()),
+            (METRICS_ENV, metrics.to_string()),
+        ],
+        &dir.join("proxy.log"),
+    )?;
+    p.wait_ready("forwarding to the echo server", async || {
+        echo_connect(through).await.is_ok()
+    })
+    .await?;
+    Ok((p, metrics))
+}
+
+// ---------------------------------------------------------------------------------
+// Main
+
+async fn bench_main() -> Result<()> {
+    let opts = Opts::from_env()?;
+    let build = if cfg!(debug_assertions) {
+        "DEBUG"
+    } else {
+        "release"
+    };
+    let tools = Tools::find();
+    let mut header = vec![
+        format!(
+            "wasmkube Service proxy benchmark ({build} build); rows: {}",
+            opts.rows()
+        ),
+        format!(
+            "{} CPUs; 1-minute load average before starting: {:.2}; open-files limit {}",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            load_average(),
+            open_files_limit(std::process::id())
+                .map_or("?".to_string(), |(s, h)| format!("{s} (hard {h})"))
+        ),
+        format!("tools: {}", tools.describe()),
+    ];
+    if let Some(h) = &tools.haproxy {
+        if let Ok(v) = run_tool(h, &["-v".to_string()], IO_TIMEOUT).await {
+            header.push(v.lines().next().unwrap_or_default().to_string());
+        }
+    }
+    for h in &header {
+        println!("{h}");
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("wasmkube-proxy-bench-")
+        .tempdir()
+        .context("create a temp dir")?;
+    let result = run(&opts, &tools, dir.path()).await;
+    if opts.keep || result.is_err() {
+        let kept = dir.keep();
+        println!("logs kept in {}", kept.display());
+    }
+    let (sections, notes) = result?;
+    header.extend(notes);
+    print_report(&opts, &header, &sections);
+    Ok(())
+}
+
+/// Everything the rows use.
+struct Setup {
+    client: Client,
+    echo: Route,
+    iperf: Option<Route>,
+    http: Option<Route>,
+    proxy_pid: u32,
+    haproxy_pid: Option<u32>,
+    metrics: SocketAddr,
+    backend_echo: SocketAddr,
+    echo_pid: u32,
+    iperf3: Option<PathBuf>,
+    wrk: Option<PathBuf>,
+}
+
+impl Setup {
+    /// The process in the middle of a path, whose CPU a row reports.
+    fn middle(&self, via: Via) -> Option<u32> {
+        match via {
+            Via::Direct => None,
+            Via::Proxy => Some(self.proxy_pid),
+            Via::Haproxy => self.haproxy_pid,
+        }
+    }
+}
+
+async fn run(opts: &Opts, tools: &Tools, dir: &Path) -> Result<(Vec<Section>, Vec<String>)> {
+    println!("starting `wasmkube server`, the backends, the proxy and HAProxy…");
+    let (server, client, kubeconfig) = start_server(dir).await?;
+    let credentials = write_credentials(dir)?;
+    let backends = Backends::start(dir, tools, opts.tcp || opts.udp, opts.http).await?;
+    let cluster_ip = create_bench_service(&client, &backends).await?;
+    let (proxy, metrics) = start_proxy(
+        dir,
+        &kubeconfig,
+        &credentials,
+        SocketAddr::new(cluster_ip, ECHO_PORT),
+    )
+    .await?;
+    println!(
+        "  Service {NAMESPACE}/{SERVICE} at {cluster_ip}; proxy pid {} (log {}), metrics on {metrics}",
+        proxy.pid,
+        proxy.log.display()
+    );
+    let haproxy = match &tools.haproxy {
+        Some(h) => {
+            let mut list = vec![("echo", backends.echo)];
+            if let Some((a, _)) = &backends.iperf {
+                list.push(("iperf", *a));
+            }
+            if let Some((a, _)) = &backends.http {
+                list.push(("http", *a));
+            }
+            let (p, fronts) = start_haproxy(dir, h, &list).await?;
+            println!("  haproxy pid {} (log {})", p.pid, p.log.display());
+            Some((p, fronts))
+        }
+        None => None,
+    };
+    let front = |name: &str| haproxy.as_ref().and_then(|(_, f)| f.get(name).copied());
+    let setup = Setup {
+        client,
+        echo: Route {
+            direct: backends.echo,
+            proxy: SocketAddr::new(cluster_ip, ECHO_PORT),
+            haproxy: front("echo"),
+        },
+        iperf: backends.iperf.as_ref().map(|(a, _)| Route {
+            direct: *a,
+            proxy: SocketAddr::new(cluster_ip, IPERF_PORT),
+            haproxy: front("iperf"),
+        }),
+        http: backends.http.as_ref().map(|(a, _)| Route {
+            direct: *a,
+            proxy: SocketAddr::new(cluster_ip, HTTP_PORT),
+            haproxy: front("http"),
+        }),
+        proxy_pid: proxy.pid,
+        haproxy_pid: haproxy.as_ref().map(|(p, _)| p.pid),
+        metrics,
+        backend_echo: backends.echo,
+        echo_pid: backends.echo_proc.pid,
+        iperf3: tools.iperf3.clone(),
+        wrk: tools.wrk.clone(),
+    };
+    let mut notes = vec![format!(
+        "proxy: a child process (wasmkube_proxy::start, multi-threaded runtime, mimalloc), RSS {:.1} MiB after start with the bench Service; backends on {BACKEND_IP}: echo {}, iperf3 {}, nginx {}",
+        rss_mib(proxy.pid),
+        backends.echo,
+        backends.iperf.as_ref().map_or("—".into(), |(a, _)| a.to_string()),
+        backends.http.as_ref().map_or("—".into(), |(a, _)| a.to_string()),
+    )];
+    if let Some((_, f)) = &haproxy {
+        let mut fronts: Vec<String> = f.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        fronts.sort();
+        notes.push(format!("HAProxy frontends: {}", fronts.join(", ")));
+    }
+
+    let rows = rows(opts, &setup).await;
+    notes.push(log_summary("proxy", &proxy.log));
+
+    if let Some((p, _)) = haproxy {
+        p.stop().await;
+    }
+    proxy.stop().await;
+    backends.stop().await;
+    server.stop().await;
+    Ok((rows, notes))
+}
+
+async fn rows(opts: &Opts, setup: &Setup) -> Vec<Section> {
+    let mut sections = Vec::new();
+    if opts.latency {
+        println!("latency: one pinned connection, ping-pong…");
+        sections.push(latency_row(opts, setup).await);
+    }
+    if opts.tcp {
+        println!("tcp: iperf3 bulk TCP…");
+        sections.push(tcp_row(opts, setup).await);
+    }
+    if opts.udp {
+        println!("udp: iperf3 at {} datagrams/s…", opts.udp_rate);
+        sections.push(udp_row(opts, setup).await);
+    }
+    if opts.http {
+        println!("http: wrk against nginx…");
+        sections.push(http_row(opts, setup).await);
+    }
+    if opts.services_row {
+        println!("services: the proxy's RSS with {} Services…", opts.services);
+        sections.push(services_row(opts, setup).await);
+    }
+    // Last: the allocator keeps some of what 10,000 connections took, which would blur
+    // the Services' RSS.
+    if opts.idle_row {
+        println!(
+            "idle: {} idle connections through the proxy and HAProxy…",
+            opts.idle_connections
+        );
+        sections.push(idle_row(opts, setup).await);
+    }
+    sections
+}
+
+// ---------------------------------------------------------------------------------
+// Rows
+
+async fn latency_row(opts: &Opts, setup: &Setup) -> Section {
+    let mut s = Section::new(format!(
+        "one pinned connection: {}-byte ping-pong with the echo server, {} round trips per path after {PING_WARMUP} untimed",
+        PING_SIZE, opts.round_trips
+    ));
+    s.lines.push(Line::new("RTT p50", "µs", 1, Better::Lower));
+    s.lines.push(Line::new("RTT p99", "µs", 1, Better::Lower));
+    s.lines
+        .push(Line::new("added to direct, p50", "µs", 1, Better::Lower));
+    s.lines
+        .push(Line::new("added to direct, p99", "µs", 1, Better::Lower));
+    let mut stats: [Option<Stats>; 3] = [None; 3];
+    let mut cpu = Vec::new();
+    for via in VIAS {
+        let Some(addr) = setup.echo.get(via) else {
+            for l in 0..4 {
+                s.lines[l].set(via, Cell::Absent("no HAProxy"));
+            }
+            continue;
+        };
+        let n = opts.round_trips;
+        let (r, cores) = with_cpu(setup.middle(via), async {
+            tokio::task::spawn_blocking(move || ping_pong(addr, PING_WARMUP, n))
+                .await
+                .map_err(|e| anyhow!("the ping-pong thread: {e}"))?
+        })
+        .await;
+        cpu.push((via, cores));
+        match r {
+            Ok(mut samples) => {
+                let st = Stats::of(&mut samples);
+                s.lines[0].set(via, Cell::Value(us(st.p50)));
+                s.lines[1].set(via, Cell::Value(us(st.p99)));
+                stats[via.index()] = Some(st);
+            }
+            Err(e) => {
+                s.failure(0, via, &e);
+                s.lines[1].set(via, Cell::Failed);
+            }
+        }
+    }
+    for l in 2..4 {
+        s.lines[l].set(Via::Direct, Cell::Absent("—"));
+    }
+    if let Some(direct) = stats[0] {
+        for via in [Via::Proxy, Via::Haproxy] {
+            if let Some(st) = stats[via.index()] {
+                s.lines[2].set(via, Cell::Value(us(st.p50) - us(direct.p50)));
+                s.lines[3].set(via, Cell::Value(us(st.p99) - us(direct.p99)));
+            }
+        }
+    }
+    let maxes: Vec<String> = VIAS
+        .iter()
+        .filter_map(|v| {
+            stats[v.index()].map(|st| format!("{} {:.0} µs (n={})", v.name(), us(st.max), st.count))
+        })
+        .collect();
+    s.notes.push(format!("max RTT: {}", maxes.join(", ")));
+    s.notes.push(format!(
+        "CPU of the process in the middle while the round trips ran (cores): {}; the ping-pong client runs on a thread of this benchmark, the echo server in a child process",
+        cores_note(&cpu)
+    ));
+    s
+}
+
+/// Parses iperf3's JSON: the received rate (bit/s) of a TCP test.
+fn iperf3_tcp_rate(json: &str) -> Result<f64> {
+    let v: serde_json::Value = serde_json::from_str(json).context("iperf3's JSON")?;
+    if let Some(e) = v["error"].as_str() {
+        bail!("iperf3: {e}");
+    }
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("no end.sum_received.bits_per_second in iperf3's JSON")
+}
+
+async fn tcp_row(opts: &Opts, setup: &Setup) -> Section {
+    let mut s = Section::new(format!(
+        "bulk TCP: iperf3 -t {} (client → server), received rate",
+        opts.seconds
+    ));
+    let (Some(route), Some(iperf3)) = (setup.iperf, &setup.iperf3) else {
+        s.notes.push("skipped: iperf3 is not installed".into());
+        return s;
+    };
+    for (i, streams) in [1usize, 4].into_iter().enumerate() {
+        let name = if streams == 1 {
+            "1 stream".to_string()
+        } else {
+            format!("{streams} streams")
+        };
+        s.lines
+            .push(Line::new(name.clone(), "Gbit/s", 2, Better::Higher));
+        let mut cpu = Vec::new();
+        for via in VIAS {
+            let Some(addr) = route.get(via) else {
+                s.lines[i].set(via, Cell::Absent("no HAProxy"));
+                continue;
+            };
+            let args: Vec<String> = vec![
+                "-c".into(),
+                addr.ip().to_string(),
+                "-p".into(),
+                addr.port().to_string(),
+                "-t".into(),
+                opts.seconds.to_string(),
+                "-P".into(),
+                streams.to_string(),
+                "-J".into(),
+                "--connect-timeout".into(),
+                "5000".into(),
+            ];
+            let limit = Duration::from_secs(opts.seconds + 60);
+            let (r, cores) = with_cpu(setup.middle(via), run_tool(iperf3, &args, limit)).await;
+            cpu.push((via, cores));
+            match r.and_then(|out| iperf3_tcp_rate(&out)) {
+                Ok(bps) => s.lines[i].set(via, Cell::Value(bps / 1e9)),
+                Err(e) => s.failure(i, via, &e),
+            }
+        }
+        s.notes.push(format!(
+            "{name}: CPU in the middle (cores) {}",
+            cores_note(&cpu)
+        ));
+    }
+    s.notes.push(
+        "issue 7: on this 2-core machine HAProxy reaches about 0.6–0.75 of direct for bulk TCP"
+            .into(),
+    );
+    s
+}
+
+/// iperf3's UDP figures.
+struct UdpFigures {
+    lost_percent: f64,
+    packets: u64,
+    lost: u64,
+    seconds: f64,
+}
+
+fn iperf3_udp(json: &str) -> Result<UdpFigures> {
+    let v: serde_json::Value = serde_json::from_str(json).context("iperf3's JSON")?;
+    if let Some(e) = v["error"].as_str() {
+        bail!("iperf3: {e}");
+    }
+    let sum = &v["end"]["sum"];
+    Ok(UdpFigures {
+        lost_percent: sum["lost_percent"]
+            .as_f64()
+            .context("no end.sum.lost_percent in iperf3's JSON")?,
+        packets: sum["packets"].as_u64().unwrap_or(0),
+        lost: sum["lost_packets"].as_u64().unwrap_or(0),
+        seconds: sum["seconds"].as_f64().unwrap_or(0.0),
+    })
+}
+
+async fn udp_row(opts: &Opts, setup: &Setup) -> Section {
+    let mut s = Section::new(format!(
+        "UDP: iperf3 -u at {} datagrams/s of {UDP_DATAGRAM} B for {} s (-w {UDP_WINDOW}), loss",
+        opts.udp_rate, opts.seconds
+    ));
+    let (Some(route), Some(iperf3)) = (setup.iperf, &setup.iperf3) else {
+        s.notes.push("skipped: iperf3 is not installed".into());
+        return s;
+    };
+    s.lines.push(
+        Line::new("datagrams lost", "%", 3, Better::Lower)
+            .goal(Goal::AtMost(GOAL_UDP_LOSS_PERCENT)),
+    );
+    s.lines[0].set(Via::Haproxy, Cell::Absent("no UDP"));
+    let mut cpu = Vec::new();
+    let mut details = Vec::new();
+    for via in [Via::Direct, Via::Proxy] {
+        let addr = route.get(via).unwrap_or(route.direct);
+        let bits = opts.udp_rate * UDP_DATAGRAM * 8;
+        let args: Vec<String> = vec![
+            "-c".into(),
+            addr.ip().to_string(),
+            "-p".into(),
+            addr.port().to_string(),
+            "-u".into(),
+            "-b".into(),
+            bits.to_string(),
+            "-l".into(),
+            UDP_DATAGRAM.to_string(),
+            "-w".into(),
+            UDP_WINDOW.into(),
+            "-t".into(),
+            opts.seconds.to_string(),
+            "-J".into(),
+            "--connect-timeout".into(),
+            "5000".into(),
+        ];
+        let limit = Duration::from_secs(opts.seconds + 60);
+        let (r, cores) = with_cpu(setup.middle(via), run_tool(iperf3, &args, limit)).await;
+        cpu.push((via, cores));
+        match r.and_then(|out| iperf3_udp(&out)) {
+            Ok(f) => {
+                s.lines[0].set(via, Cell::Value(f.lost_percent));
+                details.push(format!(
+                    "{} {} of {} lost, {:.0} datagrams/s sent",
+                    via.name(),
+                    f.lost,
+                    f.packets,
+                    f.packets as f64 / f.seconds.max(1e-9)
+                ));
+            }
+            Err(e) => s.failure(0, via, &e),
+        }
+    }
+    s.notes.push(details.join("; "));
+    s.notes.push(format!(
+        "CPU of the proxy (cores): {}; HAProxy does not proxy UDP",
+        cores_note(&cpu)
+    ));
+    s
+}
+
+/// wrk's figures.
+struct WrkFigures {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    requests: u64,
+    errors: Option<String>,
+    non_2xx: u64,
+}
+
+/// A wrk latency ("95.00us", "1.20ms", "2.00s", "1.00m") in µs.
+fn wrk_duration_us(s: &str) -> Option<f64> {
+    let (num, scale) = if let Some(v) = s.strip_suffix("us") {
+        (v, 1.0)
+    } else if let Some(v) = s.strip_suffix("ms") {
+        (v, 1e3)
+    } else if let Some(v) = s.strip_suffix('s') {
+        (v, 1e6)
+    } else if let Some(v) = s.strip_suffix('m') {
+        (v, 6e7)
+    } else {
+        return None;
+    };
+    num.parse::<f64>().ok().map(|n| n * scale)
+}
+
+fn parse_wrk(out: &str) -> Result<WrkFigures> {
+    let mut rps = None;
+    let mut p50 = None;
+    let mut p99 = None;
+    let mut requests = 0;
+    let mut errors = None;
+    let mut non_2xx = 0;
+    for line in out.lines().map(str::trim) {
+        if let Some(v) = line.strip_prefix("Requests/sec:") {
+            rps = v.trim().parse::<f64>().ok();
+        } else if let Some(v) = line.strip_prefix("50%") {
+            p50 = wrk_duration_us(v.trim());
+        } else if let Some(v) = line.strip_prefix("99%") {
+            p99 = wrk_duration_us(v.trim());
+        } else if line.starts_with("Socket errors:") {
+            errors = Some(line.to_string());
+        } else if let Some(v) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            non_2xx = v.trim().parse().unwrap_or(0);
+        } else if line.contains(" requests in ") {
+            requests = line
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    Ok(WrkFigures {
+        rps: rps.with_context(|| format!("no Requests/sec in wrk's output:\n{out}"))?,
+        p50_us: p50.context("no 50% latency in wrk's output")?,
+        p99_us: p99.context("no 99% latency in wrk's output")?,
+        requests,
+        errors,
+        non_2xx,
+    })
+}
+
+async fn http_row(opts: &Opts, setup: &Setup) -> Section {
+    let mut s = Section::new(format!(
+        "HTTP: wrk -t{} -c{} -d{}s --latency against nginx (1 worker) serving {HTTP_BODY} B",
+        opts.wrk_threads, opts.wrk_connections, opts.seconds
+    ));
+    let (Some(route), Some(wrk)) = (setup.http, &setup.wrk) else {
+        s.notes
+            .push("skipped: wrk or nginx is not installed".into());
+        return s;
+    };
+    for (k, close) in [false, true].into_iter().enumerate() {
+        let mode = if close {
+            "new connection each"
+        } else {
+            "keep-alive"
+        };
+        let base = k * 3;
+        s.lines.push(Line::new(
+            format!("{mode}: requests/s"),
+            "req/s",
+            0,
+            Better::Higher,
+        ));
+        s.lines
+            .push(Line::new(format!("{mode}: p50"), "µs", 0, Better::Lower));
+        s.lines
+            .push(Line::new(format!("{mode}: p99"), "µs", 0, Better::Lower));
+        let mut cpu = Vec::new();
+        let mut problems = Vec::new();
+        for via in VIAS {
+            let Some(addr) = route.get(via) else {
+                for l in base..base + 3 {
+                    s.lines[l].set(via, Cell::Absent("no HAProxy"));
+                }
+                continue;
+            };
+            let mut args: Vec<String> = vec![
+                format!("-t{}", opts.wrk_threads),
+                format!("-c{}", opts.wrk_connections),
+                format!("-d{}s", opts.seconds),
+                "--latency".into(),
+            ];
+            if close {
+                args.push("-H".into());
+                args.push("Connection: close".into());
+            }
+            args.push(format!("http://{addr}/1k"));
+            let limit = Duration::from_secs(opts.seconds + 60);
+            let (r, cores) = with_cpu(setup.middle(via), run_tool(wrk, &args, limit)).await;
+            cpu.push((via, cores));
+            match r.and_then(|out| parse_wrk(&out)) {
+                Ok(f) => {
+                    s.lines[base].set(via, Cell::Value(f.rps));
+                    s.lines[base + 1].set(via, Cell::Value(f.p50_us));
+                    s.lines[base + 2].set(via, Cell::Value(f.p99_us));
+                    if let Some(e) = f.errors {
+                        problems.push(format!("{} {e}", via.name()));
+                    }
+                    if f.non_2xx > 0 {
+                        problems.push(format!(
+                            "{} {} of {} responses not 2xx",
+                            via.name(),
+                            f.non_2xx,
+                            f.requests
+                        ));
+                    }
+                }
+                Err(e) => {
+                    s.failure(base, via, &e);
+                    for l in base + 1..base + 3 {
+                        s.lines[l].set(via, Cell::Failed);
+                    }
+                }
+            }
+        }
+        s.notes.push(format!(
+            "{mode}: CPU in the middle (cores) {}{}",
+            cores_note(&cpu),
+            if problems.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", problems.join("; "))
+            }
+        ));
+    }
+    s
+}
+
+/// What holding many idle connections on one path gave.
+struct IdleFigures {
+    opened: usize,
+    held: usize,
+    open_wall: Duration,
+    first_error: Option<String>,
+    /// The middle process's RSS (MiB) and open files before and with the connections.
+    rss_before: Option<f64>,
+    rss_with: Option<f64>,
+    fds_before: Option<usize>,
+    fds_with: Option<usize>,
+}
+
+async fn hold_idle(
+    addr: SocketAddr,
+    n: usize,
+    idle: Duration,
+    pid: Option<u32>,
+    echo_pid: u32,
+) -> IdleFigures {
+    let rss_before = pid.map(rss_mib);
+    let fds_before = pid.and_then(open_fds);
+    let echo_fds_before = open_fds(echo_pid);
+    let started = Instant::now();
+    let results: Vec<Result<TcpStream>> = futures::stream::iter(0..n)
+        .map(|_| echo_connect(addr))
+        .buffer_unordered(IDLE_OPEN_CONCURRENCY)
+        .collect()
+        .await;
+    let open_wall = started.elapsed();
+    let mut first_error = None;
+    let mut conns = Vec::with_capacity(n);
+    for r in results {
+        match r {
+            Ok(c) => conns.push(c),
+            Err(e) => {
+                first_error.get_or_insert_with(|| format!("{e:#}"));
+            }
+        }
+    }
+    let opened = conns.len();
+    tokio::time::sleep(idle).await;
+    let rss_with = pid.map(rss_mib);
+    let fds_with = pid.and_then(open_fds);
+    let checks: Vec<Result<()>> = futures::stream::iter(conns.iter_mut())
+        .map(echo_again)
+        .buffer_unordered(IDLE_OPEN_CONCURRENCY)
+        .collect()
+        .await;
+    let mut held = 0;
+    for r in checks {
+        match r {
+            Ok(()) => held += 1,
+            Err(e) => {
+                first_error.get_or_insert_with(|| format!("after the idle time: {e:#}"));
+            }
+        }
+    }
+    drop(conns);
+    // Let the middle process and the echo server close their sides before the next
+    // path is measured.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (pid, before) in [(pid, fds_before), (Some(echo_pid), echo_fds_before)] {
+        let (Some(pid), Some(before)) = (pid, before) else {
+            continue;
+        };
+        while open_fds(pid).is_some_and(|f| f > before + 16) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    IdleFigures {
+        opened,
+        held,
+        open_wall,
+        first_error,
+        rss_before,
+        rss_with,
+        fds_before,
+        fds_with,
+    }
+}
+
+async fn idle_row(opts: &Opts, setup: &Setup) -> Section {
+    let n = opts.idle_connections;
+    let mut s = Section::new(format!(
+        "{n} concurrent idle connections to the echo server (each: one echoed byte, {} s idle, another echoed byte)",
+        opts.idle.as_secs()
+    ));
+    s.lines.push(
+        Line::new("connections held", "", 0, Better::Higher)
+            .goal(Goal::AtLeast(GOAL_IDLE_CONNECTIONS)),
+    );
+    s.lines
+        .push(Line::new("RSS with them", "MiB", 1, Better::Lower).goal(Goal::Report));
+    s.lines
+        .push(Line::new("RSS per connection", "KiB", 2, Better::Lower).goal(Goal::Report));
+    for l in 1..3 {
+        s.lines[l].set(Via::Direct, Cell::Absent("—"));
+    }
+    for via in VIAS {
+        let Some(addr) = setup.echo.get(via) else {
+            for l in 0..3 {
+                s.lines[l].set(via, Cell::Absent("no HAProxy"));
+            }
+            continue;
+        };
+        let pid = setup.middle(via);
+        let f = hold_idle(addr, n, opts.idle, pid, setup.echo_pid).await;
+        s.lines[0].set(via, Cell::Value(f.held as f64));
+        if let (Some(before), Some(with)) = (f.rss_before, f.rss_with) {
+            s.lines[1].set(via, Cell::Value(with));
+            s.lines[2].set(
+                via,
+                Cell::Value((with - before) * 1024.0 / f.held.max(1) as f64),
+            );
+        }
+        // Each proxied connection takes two descriptors: what fits beside those open.
+        let limit = match (pid.and_then(open_files_limit), f.fds_before) {
+            (Some((soft, _)), Some(before)) => format!(
+                "; open-files limit {soft}: room for {} connections",
+                soft.saturating_sub(before as u64) / 2
+            ),
+            _ => String::new(),
+        };
+        s.notes.push(format!(
+            "{}: {} of {n} opened in {:.1} s, {} still open after the idle time{}{}{}",
+            via.name(),
+            f.opened,
+            f.open_wall.as_secs_f64(),
+            f.held,
+            match (f.rss_before, f.fds_before, f.fds_with) {
+                (Some(r), Some(a), Some(b)) =>
+                    format!("; its RSS {r:.1} MiB before, open files {a} → {b}"),
+                _ => String::new(),
+            },
+            limit,
+            f.first_error
+                .map_or(String::new(), |e| format!("; first failure: {e}"))
+        ));
+    }
+    s.notes.push(
+        "a proxied connection takes 2 file descriptors in the proxy (client side and upstream): holding 10,000 needs an open-files limit above 20,000 (the agent raises its soft limit to the hard one, and as root to the kernel's maximum where it may)".into(),
+    );
+    s
+}
+
+async fn services_row(opts: &Opts, setup: &Setup) -> Section {
+    let n = opts.services;
+    let mut s = Section::new(format!(
+        "the proxy's RSS with {n} Services (ClusterIP, one TCP port, one endpoint each) besides the bench Service; created, deleted, and created and deleted once more"
+    ));
+    s.lines
+        .push(Line::new("Services listened on", "", 0, Better::Higher).goal(Goal::Report));
+    s.lines
+        .push(Line::new("RSS before", "MiB", 1, Better::Lower).goal(Goal::Report));
+    s.lines.push(
+        Line::new(format!("RSS with {n} Services"), "MiB", 1, Better::Lower).goal(Goal::Report),
+    );
+    s.lines
+        .push(Line::new("RSS per Service", "KiB", 1, Better::Lower).goal(Goal::Report));
+    s.lines
+        .push(Line::new("RSS per Service, 2nd round", "KiB", 1, Better::Lower).goal(Goal::Report));
+    for l in &mut s.lines {
+        l.set(Via::Direct, Cell::Absent("—"));
+        l.set(Via::Haproxy, Cell::Absent("—"));
+    }
+    for round in 0..2 {
+        let f = match services_measure(n, setup).await {
+            Ok(f) => f,
+            Err(e) => {
+                s.failure(if round == 0 { 2 } else { 4 }, Via::Proxy, &e);
+                break;
+            }
+        };
+        let per_service = (f.rss_with - f.rss_before) * 1024.0 / n as f64;
+        if round == 0 {
+            s.lines[0].set(Via::Proxy, Cell::Value(f.listening as f64));
+            s.lines[1].set(Via::Proxy, Cell::Value(f.rss_before));
+            s.lines[2].set(Via::Proxy, Cell::Value(f.rss_with));
+            s.lines[3].set(Via::Proxy, Cell::Value(per_service));
+        } else {
+            s.lines[4].set(Via::Proxy, Cell::Value(per_service));
+        }
+        s.notes.push(format!(
+            "round {}: {n} Services + EndpointSlices created in {:.1} s ({CREATE_CONCURRENCY} at once); the proxy listened on {} of them {:.1} s after the first create; RSS {:.1} → {:.1} MiB (peak so far {:.1} MiB); {} of {} sampled ClusterIPs forwarded to the echo server{}",
+            round + 1,
+            f.create_wall.as_secs_f64(),
+            f.listening,
+            f.to_listening.as_secs_f64(),
+            f.rss_before,
+            f.rss_with,
+            f.hwm,
+            f.sample_ok,
+            f.sampled,
+            f.sample_error
+                .map_or(String::new(), |e| format!(" (first failure: {e})"))
+        ));
+        match f.teardown {
+            Ok((d, rss)) => s.notes.push(format!(
+                "round {}: deleted: listeners closed {:.1} s after the first delete; RSS then {rss:.1} MiB",
+                round + 1,
+                d.as_secs_f64()
+            )),
+            Err(e) => {
+                s.notes
+                    .push(format!("round {}: deleting them failed: {e}", round + 1));
+                break;
+            }
+        }
+    }
+    s.notes.push(
+        "RSS is read 2 s after the proxy listens on them all; the 2nd round shows what a Service costs once the memory the first round freed is kept for reuse (the allocator and the runtime's I/O slabs hold on to it, so RSS stays up after a delete): growth there would be a leak".into(),
+    );
+    s
+}
+
+struct ServicesFigures {
+    listening: usize,
+    rss_before: f64,
+    rss_with: f64,
+    hwm: f64,
+    create_wall: Duration,
+    to_listening: Duration,
+    sampled: usize,
+    sample_ok: usize,
+    sample_error: Option<String>,
+    /// How long deleting them took until the proxy closed their listeners, and its RSS
+    /// then; or why that failed.
+    teardown: Result<(Duration, f64), String>,
+}
+
+async fn listeners(metrics: SocketAddr) -> Result<f64> {
+    let text = http_get(metrics, "/metrics").await?;
+    Ok(metric_sum(&text, "wasmkube_proxy_listeners"))
+}
+
+async fn services_measure(n: usize, setup: &Setup) -> Result<ServicesFigures> {
+    let pid = setup.proxy_pid;
+    let base = listeners(setup.metrics).await?;
+    let rss_before = rss_mib(pid);
+    let started = Instant::now();
+    let backend_port = setup.backend_echo.port();
+    let results: Vec<Result<IpAddr>> = futures::stream::iter(0..n)
+        .map(|i| {
+            let client = setup.client.clone();
+            async move {
+                create_service_with_endpoint(
+                    &client,
+                    &format!("scale-{i}"),
+                    vec![json!({"name": "echo", "protocol": "TCP", "port": SCALE_PORT})],
+                    vec![json!({"name": "echo", "protocol": "TCP", "port": backend_port})],
+                )
+                .await
+            }
+        })
+        .buffer_unordered(CREATE_CONCURRENCY)
+        .collect()
+        .await;
+    let create_wall = started.elapsed();
+    let ips: Vec<IpAddr> = results.into_iter().collect::<Result<_>>()?;
+    let deadline = Duration::from_secs(120).max(Duration::from_millis(300) * n as u32);
+    let mut listening = 0.0;
+    loop {
+        if let Ok(l) = listeners(setup.metrics).await {
+            listening = l - base;
+            if listening >= n as f64 {
+                break;
+            }
+        }
+        if started.elapsed() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let to_listening = started.elapsed();
+    tokio::time::sleep(SETTLE).await;
+    let rss_with = rss_mib(pid);
+    let hwm = status_mib(pid, "VmHWM:").unwrap_or(f64::NAN);
+    let step = (ips.len() / 20).max(1);
+    let sample: Vec<IpAddr> = ips.iter().step_by(step).copied().collect();
+    let mut sample_ok = 0;
+    let mut sample_error = None;
+    for ip in &sample {
+        match echo_connect(SocketAddr::new(*ip, SCALE_PORT)).await {
+            Ok(_) => sample_ok += 1,
+            Err(e) => {
+                sample_error.get_or_insert_with(|| format!("{ip}:{SCALE_PORT}: {e:#}"));
+            }
+        }
+    }
+    let teardown = delete_scale_services(n, setup, base)
+        .await
+        .map(|d| (d, rss_mib(pid)))
+        .map_err(|e| format!("{e:#}"));
+    Ok(ServicesFigures {
+        listening: listening.max(0.0) as usize,
+        rss_before,
+        rss_with,
+        hwm,
+        create_wall,
+        to_listening,
+        sampled: sample.len(),
+        sample_ok,
+        sample_error,
+        teardown,
+    })
+}
+
+/// Deletes the services row's Services and slices and waits until the proxy listens on
+/// `base` frontends again (their listeners are file descriptors the idle row needs).
+async fn delete_scale_services(n: usize, setup: &Setup, base: f64) -> Result<Duration> {
+    let started = Instant::now();
+    let services: Api<Service> = Api::namespaced(setup.client.clone(), NAMESPACE);
+    let slices: Api<EndpointSlice> = Api::namespaced(setup.client.clone(), NAMESPACE);
+    let results: Vec<Result<()>> = futures::stream::iter(0..n)
+        .map(|i| {
+            let (services, slices) = (services.clone(), slices.clone());
+            async move {
+                let name = format!("scale-{i}");
+                let dp = kube::api::DeleteParams::default();
+                services
+                    .delete(&name, &dp)
+                    .await
+                    .with_context(|| format!("delete Service {name}"))?;
+                slices
+                    .delete(&format!("{name}-bench"), &dp)
+                    .await
+                    .with_context(|| format!("delete the EndpointSlice of {name}"))?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(CREATE_CONCURRENCY)
+        .collect()
+        .await;
+    results.into_iter().collect::<Result<Vec<()>>>()?;
+    let deadline = Duration::from_secs(120);
+    loop {
+        if listeners(setup.metrics).await.is_ok_and(|l| l <= base) {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > deadline {
+            bail!("the proxy still listens for deleted Services after {deadline:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

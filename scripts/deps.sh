@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Installs what building and testing wasmkube needs on a fresh Debian machine: etcd (the
 # control plane's store), protoc (etcd-client's build), an OCI registry (module pulls in
-# the tests), the WebAssembly targets the samples are built for, and the Python
-# Kubernetes client (the e2e tests prove the official client works). Safe to run
-# repeatedly: only what is missing is installed.
+# the tests), iproute2 (network namespaces for the two-node Service test), curl, the
+# WebAssembly targets the samples are built for, and the Python Kubernetes client (the
+# e2e tests prove the official client works). Safe to run repeatedly: only what is
+# missing is installed.
 set -euo pipefail
 
 need=()
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v kubectl >/dev/null 2>&1 || echo "warning: kubectl is not installed; the e2e tests need it" >&2
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""

@@ -14,8 +14,8 @@ use serde_json::Value;
 use crate::agents::{sample_image, up_node};
 use crate::harness::{eventually, Cluster, DEADLINE};
 
-/// Long enough for a liveness kill (a few failed periods) plus the first crash
-/// back-off (10 s) before the restart.
+/// Long enough for a liveness kill (a few failed periods) and the restart (the first
+/// one is at once), on a loaded machine.
 const RESTART_DEADLINE: Duration = Duration::from_secs(90);
 
 /// A `wasmkube up` cluster (the harness gives it pod and Service ranges of its own).

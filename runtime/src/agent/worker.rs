@@ -12,8 +12,8 @@
 //!   is a `FailedMount` event and a retry.
 //! - **Init(i)**: init containers run in order, each to completion.
 //! - **Running**: each container runs under its own loop that applies restartPolicy
-//!   with the kubelet's back-off (10 s doubling to 5 min, reset after 10 min of good
-//!   running), shown as `CrashLoopBackOff`.
+//!   with the kubelet's back-off (the first restart at once, then 10 s doubling to
+//!   5 min, reset after 10 min of good running), shown as `CrashLoopBackOff`.
 //! - **Finished**: restartPolicy ended every container (Succeeded or Failed); the pod
 //!   stays until deleted.
 //! - **Terminating**: instances are stopped (within the grace period), the pod's files
@@ -303,38 +303,9 @@ async fn run_pod(
                         refresher.abort();
                         return;
                     }
-                    let delay = backoff_for(shared, &c.name);
-                    let msg = format!(
-                        "back-off {} restarting failed container={} pod={}",
-                        human(delay),
-                        c.name,
-                        pod_ref(&pod)
-                    );
-                    shared.update(|s| {
-                        if let Some(r) = s.container_mut(&c.name) {
-                            r.waiting("CrashLoopBackOff", Some(msg.clone()));
-                        }
-                    });
-                    ctx.recorder.pod(
-                        &pod,
-                        Some(&c.name),
-                        EventType::Warning,
-                        "BackOff",
-                        &format!(
-                            "Back-off restarting failed container {} in pod {}",
-                            c.name,
-                            pod_ref(&pod)
-                        ),
-                    );
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = cancel.cancelled() => return,
+                    if !back_off_and_count_restart(shared, &pod, c, &cancel).await {
+                        return;
                     }
-                    shared.update(|s| {
-                        if let Some(r) = s.container_mut(&c.name) {
-                            r.restart_count += 1;
-                        }
-                    });
                 }
             }
         }
@@ -402,7 +373,22 @@ async fn container_loop(
                 b.remove(&c.name);
             }
         }
-        let delay = backoff_for(shared, &c.name);
+        if !back_off_and_count_restart(shared, pod, c, cancel).await {
+            return;
+        }
+    }
+}
+
+/// Waits out a failed container's crash back-off as the kubelet does — the first
+/// restart at once, then 10 s doubling to 5 min, shown as `CrashLoopBackOff` with a
+/// BackOff event — and counts the restart. False when cancelled meanwhile.
+async fn back_off_and_count_restart(
+    shared: &Arc<Shared>,
+    pod: &Pod,
+    c: &Container,
+    cancel: &CancellationToken,
+) -> bool {
+    if let Some(delay) = backoff_for(shared, &c.name) {
         let pod_ref = pod_ref(pod);
         let msg = format!(
             "back-off {} restarting failed container={} pod={pod_ref}",
@@ -426,14 +412,15 @@ async fn container_loop(
         );
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => return false,
         }
-        shared.update(|s| {
-            if let Some(r) = s.container_mut(&c.name) {
-                r.restart_count += 1;
-            }
-        });
     }
+    shared.update(|s| {
+        if let Some(r) = s.container_mut(&c.name) {
+            r.restart_count += 1;
+        }
+    });
+    true
 }
 
 /// Runs the preStop hooks of the pod's running containers, together, within the pod's
@@ -533,18 +520,17 @@ impl probes::ProbeSink for RunSink {
     }
 }
 
-/// The next crash back-off for a container of this pod: 10 s, doubling to 5 min.
-fn backoff_for(shared: &Shared, container: &str) -> Duration {
+/// How long a container of this pod waits before its next restart: nothing the first
+/// time, then 10 s, doubling to 5 min (the kubelet's crash back-off).
+fn backoff_for(shared: &Shared, container: &str) -> Option<Duration> {
     let mut map = match shared.backoffs.lock() {
         Ok(g) => g,
         Err(p) => p.into_inner(),
     };
-    let next = match map.get(container) {
-        None => BACKOFF_INITIAL,
-        Some(d) => (*d * 2).min(BACKOFF_MAX),
-    };
+    let wait = map.get(container).copied();
+    let next = wait.map_or(BACKOFF_INITIAL, |d| (d * 2).min(BACKOFF_MAX));
     map.insert(container.to_string(), next);
-    next
+    wait
 }
 
 /// Runs one instance of a container to its end. `None` when cancelled (the pod is

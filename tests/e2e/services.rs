@@ -176,7 +176,10 @@ async fn a_cluster_ip_spreads_over_the_replicas_follows_scaling_and_node_ports_a
         .kubectl_ok(&["scale", "deployment/echo", "--replicas=5"])
         .await;
     let five = answered_by_all(&cluster, "echo", addr, 5).await;
-    assert!(three.is_subset(&five), "{three:?} should still answer: {five:?}");
+    assert!(
+        three.is_subset(&five),
+        "{three:?} should still answer: {five:?}"
+    );
 
     cluster
         .kubectl_ok(&["scale", "deployment/echo", "--replicas=1"])

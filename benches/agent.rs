@@ -60,27 +60,34 @@
 //!   requests and CPU they cost while nothing changes;
 //! - `WASMKUBE_BENCH_KEEP` (unset): keep the temp dir (process logs).
 
+// Not every shared helper is used by this bench (the others need the rest).
+#[allow(dead_code)]
+mod common;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
 use kube::api::{DeleteParams, ListParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
 use kube::{Api, Client, Config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
 use wasmkube_control::etcd_process::ManagedEtcd;
 use wasmkube_runtime::fetch::{ModuleStore, PullPolicy, StoreOptions};
 use wasmkube_runtime::wasm::{EngineOptions, Exit, OutputSink, Program, RunSpec, WasmEngine};
+
+use common::{
+    build, create_namespace, env_flag, env_list, env_number_or, http_get, in_temp_dir, kube_client,
+    kube_config, load_average, ms, open_files_limit, rss_mib, start_server, status_field,
+    status_mib, us, wait_kubeconfig, CpuMeter, PhaseCpu, Proc, Server, Stats, START_DEADLINE,
+};
 
 /// The namespace every benchmark pod lives in.
 const NAMESPACE: &str = "agent-bench";
@@ -91,12 +98,8 @@ const AGENT_NODE: &str = "bench-agent";
 /// A scheduler nobody runs: the API baseline's pods stay unbound, so nothing but the
 /// API server and etcd works on them.
 const NO_SCHEDULER: &str = "bench-nobody";
-/// How long a process gets to start serving (a debug build starts slowly).
-const START_DEADLINE: Duration = Duration::from_secs(120);
 /// How long deleting a run's pods (and the agent removing their files) may take.
 const TEARDOWN_DEADLINE: Duration = Duration::from_secs(180);
-/// How long a stopped process gets to exit after SIGTERM before it is killed.
-const STOP_DEADLINE: Duration = Duration::from_secs(30);
 /// Untimed instance runs before the timed ones (first touches of pool memory).
 const INSTANCE_WARMUP_RUNS: usize = 20;
 /// The engine's instance capacity, as the agent sizes it (`max_pods` 1000, × 2).
@@ -156,18 +159,12 @@ struct Opts {
 
 impl Opts {
     fn from_env() -> Result<Opts> {
-        fn num(name: &str, default: usize) -> Result<usize> {
-            match std::env::var(name) {
-                Ok(v) if !v.trim().is_empty() => v
-                    .trim()
-                    .parse()
-                    .with_context(|| format!("{name}={v:?} is not a number")),
-                _ => Ok(default),
-            }
-        }
-        let sections = std::env::var("WASMKUBE_BENCH_SECTIONS")
-            .unwrap_or_else(|_| "instance,burst,rss,ready,idle,neighbours".into());
-        let has = |s: &str| sections.split(',').any(|x| x.trim() == s);
+        let num = env_number_or::<usize>;
+        let sections = env_list(
+            "WASMKUBE_BENCH_SECTIONS",
+            "instance,burst,rss,ready,idle,neighbours",
+        );
+        let has = |s: &str| sections.iter().any(|x| x == s);
         let opts = Opts {
             pods: num("WASMKUBE_BENCH_PODS", 500)?,
             clients: num("WASMKUBE_BENCH_CLIENTS", 16)?,
@@ -183,7 +180,7 @@ impl Opts {
             timeout: Duration::from_secs(num("WASMKUBE_BENCH_TIMEOUT_SECS", 300)? as u64),
             idle: Duration::from_secs(num("WASMKUBE_BENCH_IDLE_SECS", 5)? as u64),
             steady: Duration::from_secs(num("WASMKUBE_BENCH_STEADY_SECS", 10)? as u64),
-            keep: std::env::var_os("WASMKUBE_BENCH_KEEP").is_some_and(|v| !v.is_empty()),
+            keep: env_flag("WASMKUBE_BENCH_KEEP"),
         };
         if opts.pods == 0
             || opts.clients == 0
@@ -198,114 +195,7 @@ impl Opts {
 }
 
 // ---------------------------------------------------------------------------------
-// Figures
-
-/// Latency figures of one set of samples.
-#[derive(Debug, Clone, Copy, Default)]
-struct Stats {
-    count: usize,
-    p50: Duration,
-    p99: Duration,
-    max: Duration,
-}
-
-impl Stats {
-    fn of(samples: &mut [Duration]) -> Stats {
-        if samples.is_empty() {
-            return Stats::default();
-        }
-        samples.sort_unstable();
-        let at = |q: f64| {
-            let idx = ((samples.len() as f64 * q).ceil() as usize).saturating_sub(1);
-            samples[idx.min(samples.len() - 1)]
-        };
-        Stats {
-            count: samples.len(),
-            p50: at(0.50),
-            p99: at(0.99),
-            max: samples[samples.len() - 1],
-        }
-    }
-
-    fn ms(&self) -> String {
-        format!(
-            "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (n={})",
-            ms(self.p50),
-            ms(self.p99),
-            ms(self.max),
-            self.count
-        )
-    }
-
-    fn us(&self) -> String {
-        format!(
-            "p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs (n={})",
-            us(self.p50),
-            us(self.p99),
-            us(self.max),
-            self.count
-        )
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn us(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
-// ---------------------------------------------------------------------------------
 // /proc readings
-
-/// CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat.
-fn cpu_seconds(pid: &str) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0.0;
-    };
-    // utime and stime are fields 14 and 15 of the line: 11 and 12 after the name.
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // USER_HZ is 100 on every Linux configuration we run on.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-/// The 1-minute load average: other work on this shared 2-core machine skews figures.
-fn load_average() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().and_then(|f| f.parse().ok()))
-        .unwrap_or(0.0)
-}
-
-/// A `/proc/<pid>/status` field given in kB (`VmRSS:`, `VmHWM:`), in MiB.
-fn status_mib(pid: u32, field: &str) -> Result<f64> {
-    Ok(status_field(pid, field)? / 1024.0)
-}
-
-/// The number of a `/proc/<pid>/status` field (`Threads:`, or kB for `VmRSS:`).
-fn status_field(pid: u32, field: &str) -> Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("read /proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .with_context(|| format!("no {field} in /proc/{pid}/status"))?;
-    line.split_whitespace()
-        .nth(1)
-        .with_context(|| format!("malformed {field} line"))?
-        .parse()
-        .with_context(|| format!("malformed {field} value"))
-}
 
 /// A process's open file descriptors by kind (`socket`, `file`, `pipe`,
 /// `anon_inode:[eventpoll]`…), most first; None if /proc does not show them.
@@ -344,22 +234,6 @@ fn describe_fds(fds: &Option<Vec<(String, usize)>>) -> String {
 
 fn fd_total(fds: &Option<Vec<(String, usize)>>) -> usize {
     fds.as_ref().map_or(0, |k| k.iter().map(|(_, n)| n).sum())
-}
-
-/// A process's soft limit on open files (`Max open files` in /proc/<pid>/limits).
-fn open_files_limit(pid: u32) -> Option<u64> {
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.trim_start_matches("Max open files")
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// (VmRSS, VmHWM) in MiB.
-fn rss_mib(pid: u32) -> Result<(f64, f64)> {
-    Ok((status_mib(pid, "VmRSS:")?, status_mib(pid, "VmHWM:")?))
 }
 
 /// A run of adjacent mappings of one process, anonymous or of one file. wasmtime's
@@ -459,247 +333,8 @@ fn rss_split(regions: &[Region]) -> (f64, f64) {
     (file as f64 / 1024.0, (all - file) as f64 / 1024.0)
 }
 
-/// Whether a process with `pid` exists and has not exited (zombies have).
-fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
-/// The direct children of `pid` (from every thread's `children` list).
-fn children_of(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return out;
-    };
-    for task in tasks.flatten() {
-        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
-            out.extend(
-                text.split_whitespace()
-                    .filter_map(|p| p.parse::<u32>().ok()),
-            );
-        }
-    }
-    out.sort_unstable();
-    out.dedup();
-    out
-}
-
-/// Sends a signal (`TERM`, `KILL`) with the `kill` program (no libc dependency here).
-fn signal(pid: u32, name: &str) {
-    let _ = std::process::Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
-
-/// CPU used by the measured processes and this benchmark during one phase.
-#[derive(Debug, Clone, Default)]
-struct PhaseCpu {
-    /// (name, CPU seconds) per measured process.
-    processes: Vec<(String, f64)>,
-    bench: f64,
-    load_before: f64,
-    load_after: f64,
-}
-
-impl PhaseCpu {
-    fn describe(&self, per: usize) -> String {
-        let per = per.max(1) as f64;
-        let mut parts: Vec<String> = self
-            .processes
-            .iter()
-            .map(|(n, s)| format!("{n} {s:.2} s ({:.2} ms/pod)", s * 1e3 / per))
-            .collect();
-        parts.push(format!(
-            "this client {:.2} s ({:.2} ms/pod)",
-            self.bench,
-            self.bench * 1e3 / per
-        ));
-        format!(
-            "{}; load {:.2} → {:.2}",
-            parts.join(", "),
-            self.load_before,
-            self.load_after
-        )
-    }
-}
-
-/// Takes CPU readings at the start of a phase; [`CpuMeter::finish`] gives the phase's use.
-#[derive(Clone)]
-struct CpuMeter {
-    processes: Vec<(String, u32, f64)>,
-    bench: f64,
-    load: f64,
-}
-
-impl CpuMeter {
-    fn start(processes: &[(String, u32)]) -> CpuMeter {
-        CpuMeter {
-            processes: processes
-                .iter()
-                .map(|(n, p)| (n.clone(), *p, cpu_seconds(&p.to_string())))
-                .collect(),
-            bench: cpu_seconds("self"),
-            load: load_average(),
-        }
-    }
-
-    fn finish(&self) -> PhaseCpu {
-        PhaseCpu {
-            processes: self
-                .processes
-                .iter()
-                .map(|(n, p, s)| (n.clone(), cpu_seconds(&p.to_string()) - s))
-                .collect(),
-            bench: cpu_seconds("self") - self.bench,
-            load_before: self.load,
-            load_after: load_average(),
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------
 // Processes
-
-/// A child process of the benchmark with its log; stopped (TERM, then KILL, then any
-/// children it left, such as the managed etcd of `wasmkube up`) when dropped.
-struct Proc {
-    name: String,
-    child: Option<Child>,
-    pid: u32,
-    log: PathBuf,
-    /// Children found once it served (the managed etcd of `up`/`server`).
-    descendants: Vec<u32>,
-}
-
-impl Proc {
-    fn spawn(name: &str, args: &[String], log: &Path) -> Result<Proc> {
-        let file = std::fs::File::create(log)
-            .with_context(|| format!("create the {name} log {}", log.display()))?;
-        let file_err = file.try_clone().context("clone the log handle")?;
-        let child = Command::new(env!("CARGO_BIN_EXE_wasmkube"))
-            .args(args)
-            .env("NO_COLOR", "1")
-            .env("RUST_BACKTRACE", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(file))
-            .stderr(Stdio::from(file_err))
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("start {name}"))?;
-        let pid = child.id().with_context(|| format!("{name} has no pid"))?;
-        Ok(Proc {
-            name: name.to_string(),
-            child: Some(child),
-            pid,
-            log: log.to_path_buf(),
-            descendants: Vec::new(),
-        })
-    }
-
-    /// Fails with the log's tail if the process has exited.
-    fn check_alive(&mut self) -> Result<()> {
-        if let Some(child) = self.child.as_mut() {
-            if let Some(status) = child.try_wait()? {
-                bail!(
-                    "{} exited ({status}); last log lines:\n{}",
-                    self.name,
-                    tail(&self.log, 40)
-                );
-            }
-        }
-        Ok(())
-    }
-
-    fn note_descendants(&mut self) {
-        self.descendants = children_of(self.pid);
-    }
-
-    /// SIGTERM, then SIGKILL after [`STOP_DEADLINE`]; then any recorded child still alive.
-    async fn stop(mut self) {
-        if let Some(mut child) = self.child.take() {
-            signal(self.pid, "TERM");
-            if tokio::time::timeout(STOP_DEADLINE, child.wait())
-                .await
-                .is_err()
-            {
-                eprintln!(
-                    "  {} ignored SIGTERM for {STOP_DEADLINE:?}; killing it",
-                    self.name
-                );
-                let _ = child.start_kill();
-                let _ = child.wait().await;
-            }
-        }
-        self.kill_descendants();
-    }
-
-    fn kill_descendants(&self) {
-        for pid in &self.descendants {
-            if process_alive(*pid) {
-                signal(*pid, "KILL");
-            }
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if matches!(child.try_wait(), Ok(None)) {
-            // Not stopped explicitly (an error path): ask politely, so that the process
-            // stops its own children, then make sure.
-            signal(self.pid, "TERM");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while process_alive(self.pid) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.start_kill();
-        }
-        self.kill_descendants();
-    }
-}
-
-fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// Waits until `kubeconfig` is complete (the server writes it last), while `proc` runs.
-async fn wait_kubeconfig(proc: &mut Proc, kubeconfig: &Path) -> Result<()> {
-    let started = Instant::now();
-    loop {
-        if std::fs::read_to_string(kubeconfig).is_ok_and(|t| t.contains("current-context")) {
-            return Ok(());
-        }
-        proc.check_alive()?;
-        if started.elapsed() > START_DEADLINE {
-            bail!(
-                "{} wrote no {} within {START_DEADLINE:?}; see {}",
-                proc.name,
-                kubeconfig.display(),
-                proc.log.display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn kube_config(kubeconfig: &Path) -> Result<Config> {
-    let kc = Kubeconfig::read_from(kubeconfig).context("read the kubeconfig")?;
-    Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .context("load the kubeconfig")
-}
 
 /// Polls until node `name` is Ready; returns how long that took.
 async fn wait_node_ready(client: &Client, name: &str, proc: &mut Proc) -> Result<Duration> {
@@ -727,14 +362,7 @@ async fn wait_node_ready(client: &Client, name: &str, proc: &mut Proc) -> Result
 /// Creates the bench namespace and waits for its `default` ServiceAccount (made by the
 /// controllers), which pod creates need.
 async fn prepare_namespace(client: &Client) -> Result<()> {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}
-    }))?;
-    namespaces
-        .create(&PostParams::default(), &ns)
-        .await
-        .context("create the bench namespace")?;
+    create_namespace(client, NAMESPACE).await?;
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), NAMESPACE);
     let started = Instant::now();
     while accounts.get_opt("default").await?.is_none() {
@@ -783,7 +411,7 @@ fn spawn_up(dir: &Path, max_pods: usize) -> Result<(Proc, PathBuf)> {
         "--node-cidr-mask-size".into(),
         node_cidr_mask_for(max_pods).to_string(),
     ];
-    let up = Proc::spawn("wasmkube up", &args, &dir.join("up.log"))?;
+    let up = Proc::wasmkube("wasmkube up", &args, &dir.join("up.log"))?;
     println!("  wasmkube up: pid {} (log {})", up.pid, up.log.display());
     Ok((up, data_dir))
 }
@@ -796,7 +424,7 @@ async fn connect_up(up: &mut Proc, data_dir: &Path) -> Result<(Config, Vec<(Stri
     wait_kubeconfig(up, &data_dir.join("kubeconfig")).await?;
     up.note_descendants();
     let config = kube_config(&data_dir.join("kubeconfig")).await?;
-    let client = Client::try_from(config.clone()).context("build a kube client")?;
+    let client = kube_client(&config)?;
     wait_node_ready(&client, UP_NODE, up).await?;
     println!(
         "  node {UP_NODE} Ready {:.1} s after start",
@@ -829,31 +457,18 @@ impl SeparateAgent {
         let etcd = ManagedEtcd::start(&dir.join("etcd"))
             .await
             .context("start etcd")?;
-        let server_dir = dir.join("server");
-        std::fs::create_dir_all(&server_dir).context("create the server data dir")?;
         let args: Vec<String> = vec![
-            "server".into(),
-            "--data-dir".into(),
-            server_dir.display().to_string(),
             "--etcd-servers".into(),
             etcd.client_url(),
-            "--secure-port".into(),
-            "0".into(),
-            "--bind-address".into(),
-            "127.0.0.1".into(),
             "--node-cidr-mask-size".into(),
             node_cidr_mask_for(max_pods).to_string(),
         ];
-        let mut server = Proc::spawn("wasmkube server", &args, &dir.join("server.log"))?;
-        println!(
-            "  wasmkube server: pid {} (log {})",
-            server.pid,
-            server.log.display()
-        );
-        let kubeconfig = server_dir.join("kubeconfig");
-        wait_kubeconfig(&mut server, &kubeconfig).await?;
-        let config = kube_config(&kubeconfig).await?;
-        let client = Client::try_from(config.clone()).context("build a kube client")?;
+        let Server {
+            proc: server,
+            data_dir: server_dir,
+            config,
+        } = start_server(dir, &args).await?;
+        let client = kube_client(&config)?;
         let url = config
             .cluster_url
             .to_string()
@@ -879,7 +494,7 @@ impl SeparateAgent {
             "--max-pods".into(),
             max_pods.to_string(),
         ];
-        let agent = Proc::spawn("wasmkube agent", &args, &dir.join("agent.log"))?;
+        let agent = Proc::wasmkube("wasmkube agent", &args, &dir.join("agent.log"))?;
         println!(
             "  wasmkube agent: pid {} (log {})",
             agent.pid,
@@ -1474,7 +1089,7 @@ async fn burst(
     ));
 
     // The watch first: it must be open before the first create.
-    let watch_client = Client::try_from(target.config.clone()).context("build a kube client")?;
+    let watch_client = kube_client(&target.config)?;
     let api: Api<Pod> = Api::namespaced(watch_client, NAMESPACE);
     let cfg = watcher::Config::default().labels(&format!("bench-run={run}"));
     let (running_tx, mut running_rx) = tokio::sync::watch::channel(0usize);
@@ -1526,10 +1141,10 @@ async fn burst(
 
     let mut apis = Vec::with_capacity(clients);
     for _ in 0..clients {
-        let client = Client::try_from(target.config.clone()).context("build a kube client")?;
+        let client = kube_client(&target.config)?;
         apis.push(Api::<Pod>::namespaced(client, NAMESPACE));
     }
-    let metrics_client = Client::try_from(target.config.clone()).context("build a kube client")?;
+    let metrics_client = kube_client(&target.config)?;
     let counters_before = request_counters(&metrics_client).await;
     let meter = CpuMeter::start(&target.cpu_of);
     let next = Arc::new(AtomicUsize::new(0));
@@ -1676,7 +1291,7 @@ async fn teardown(
     agent_pods_dir: &Path,
     other_pods: usize,
 ) -> Result<Duration> {
-    let client = Client::try_from(config.clone()).context("build a kube client")?;
+    let client = kube_client(config)?;
     let api: Api<Pod> = Api::namespaced(client, NAMESPACE);
     let selector = format!("bench-run={run}");
     let names: Vec<String> = api
@@ -1962,7 +1577,7 @@ async fn rss_with_agent(
     let (with_pods, hwm) = rss_mib(agent.pid)?;
     let pods_regions = regions(agent.pid)?;
     // Steady state: the pods run and nothing changes; what does that cost?
-    let metrics_client = Client::try_from(config.clone()).context("build a kube client")?;
+    let metrics_client = kube_client(config)?;
     let before = request_counters(&metrics_client).await;
     let meter = CpuMeter::start(&target.cpu_of);
     let steady_started = Instant::now();
@@ -2028,34 +1643,12 @@ async fn pod_ip(client: &Client, name: &str) -> Result<IpAddr> {
     }
 }
 
-/// One `GET /` on a new connection (HTTP/1.0, closed after it): the whole response.
-async fn http_get(addr: SocketAddr) -> Result<String> {
-    let get = async {
-        let mut stream = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connect {addr}"))?;
-        stream
-            .write_all(b"GET / HTTP/1.0\r\nHost: bench\r\nConnection: close\r\n\r\n")
-            .await
-            .with_context(|| format!("write to {addr}"))?;
-        let mut response = Vec::new();
-        stream
-            .read_to_end(&mut response)
-            .await
-            .with_context(|| format!("read from {addr}"))?;
-        anyhow::Ok(String::from_utf8_lossy(&response).into_owned())
-    };
-    tokio::time::timeout(REQUEST_TIMEOUT, get)
-        .await
-        .map_err(|_| anyhow!("GET {addr} timed out after {REQUEST_TIMEOUT:?}"))?
-}
-
 /// Polls `addr` until it answers 200: Running says the instance started, not that its
 /// server listens yet.
 async fn wait_answers(addr: SocketAddr, proc: &mut Proc) -> Result<()> {
     let started = Instant::now();
     loop {
-        let last = match http_get(addr).await {
+        let last = match http_get(addr, "/", REQUEST_TIMEOUT).await {
             Ok(r) if r.starts_with("HTTP/1.1 200") => return Ok(()),
             Ok(r) => format!("answered {:?}", r.lines().next().unwrap_or_default()),
             Err(e) => format!("{e:#}"),
@@ -2178,7 +1771,7 @@ async fn request_latencies(addr: SocketAddr, n: usize) -> RequestFigures {
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
-        match http_get(addr).await {
+        match http_get(addr, "/", REQUEST_TIMEOUT).await {
             Ok(r) if r.starts_with("HTTP/1.1 200") => samples.push(t.elapsed()),
             Ok(r) => {
                 figures.fresh_failed += 1;
@@ -2384,7 +1977,7 @@ async fn http_check(client: &Client, run: &str, sample: usize) -> Result<HttpChe
             continue;
         };
         let t = Instant::now();
-        match http_get(SocketAddr::new(ip, 8080)).await {
+        match http_get(SocketAddr::new(ip, 8080), "/", REQUEST_TIMEOUT).await {
             Ok(r) if r.starts_with("HTTP/1.1 200") && r.contains(name.as_str()) => {
                 latencies.push(t.elapsed());
                 check.answered += 1;
@@ -2553,7 +2146,7 @@ async fn idle_with_agent(
     Ok(IdleSection {
         max_pods,
         cidr_mask: node_cidr_mask_for(max_pods),
-        open_files_limit: open_files_limit(agent.pid),
+        open_files_limit: open_files_limit(agent.pid).map(|(soft, _)| soft),
         registered_after,
         idle,
         warmup_to_running: warm.to_running.max,
@@ -2620,7 +2213,7 @@ async fn neighbours_measure(
     spinner_image: &str,
 ) -> Result<NeighboursSection> {
     let (config, cpu_of) = connect_up(up, data_dir).await?;
-    let client = Client::try_from(config.clone()).context("build a kube client")?;
+    let client = kube_client(&config)?;
     let target = |template: PodTemplate| Target {
         config: config.clone(),
         template,
@@ -2654,7 +2247,7 @@ async fn neighbours_measure(
     let addr = SocketAddr::new(echo_ip, 8080);
     wait_answers(addr, up).await?;
     for _ in 0..REQUEST_WARMUP {
-        let _ = http_get(addr).await;
+        let _ = http_get(addr, "/", REQUEST_TIMEOUT).await;
     }
     println!("  http-echo answers on {addr}");
 
@@ -2755,13 +2348,9 @@ async fn neighbours_measure(
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
     let opts = Opts::from_env()?;
-    let build = if cfg!(debug_assertions) {
-        "DEBUG"
-    } else {
-        "release"
-    };
     println!(
-        "wasmkube agent benchmark ({build} build): {} pods per burst, {} concurrent clients, {} instance runs, {} idle pods, {} requests; sections:{}{}{}{}{}{}",
+        "wasmkube agent benchmark ({} build): {} pods per burst, {} concurrent clients, {} instance runs, {} idle pods, {} requests; sections:{}{}{}{}{}{}",
+        build(),
         opts.pods,
         opts.clients,
         opts.instance_runs,
@@ -2779,16 +2368,10 @@ async fn main() -> Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         load_average()
     );
-    let dir = tempfile::Builder::new()
-        .prefix("wasmkube-agent-bench-")
-        .tempdir()
-        .context("create a temp dir")?;
-    let result = run(&opts, dir.path()).await;
-    if opts.keep || result.is_err() {
-        let kept = dir.keep();
-        println!("logs kept in {}", kept.display());
-    }
-    result
+    in_temp_dir("wasmkube-agent-bench-", opts.keep, async |dir| {
+        run(&opts, dir).await
+    })
+    .await
 }
 
 async fn run(opts: &Opts, dir: &Path) -> Result<()> {

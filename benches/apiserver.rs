@@ -15,28 +15,31 @@
 //! keeps the temp dir (server and etcd logs), `--perf FILE` records the server with
 //! `perf record` during the create phase.
 
+// Not every shared helper is used by this bench (the others need the rest).
+#[allow(dead_code)]
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::api::{
     DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
-use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use wasmkube_control::etcd_process::ManagedEtcd;
 
+use common::{
+    build, create_namespace, in_temp_dir, kube_client, load_average, ms, rss_mib, run_concurrently,
+    start_server, CpuMeter, PerfRecording, PhaseCpu, Rate, Server, Stats,
+};
+
 /// The namespace every benchmark pod lives in.
 const NAMESPACE: &str = "bench";
-/// How long the server gets to write its kubeconfig (a debug build starts slowly).
-const SERVER_START_DEADLINE: Duration = Duration::from_secs(120);
 /// How long one watch round waits for the stragglers before counting them as missed.
 const WATCH_ROUND_DEADLINE: Duration = Duration::from_secs(15);
 /// Measured watch rounds (after one warm-up round).
@@ -98,245 +101,9 @@ impl Opts {
     }
 }
 
-/// Latency figures of one phase.
-#[derive(Debug, Clone, Copy, Default)]
-struct Stats {
-    count: usize,
-    p50: Duration,
-    p99: Duration,
-    max: Duration,
-}
-
-impl Stats {
-    fn of(samples: &mut [Duration]) -> Stats {
-        if samples.is_empty() {
-            return Stats::default();
-        }
-        samples.sort_unstable();
-        let at = |q: f64| {
-            let idx = ((samples.len() as f64 * q).ceil() as usize).saturating_sub(1);
-            samples[idx.min(samples.len() - 1)]
-        };
-        Stats {
-            count: samples.len(),
-            p50: at(0.50),
-            p99: at(0.99),
-            max: samples[samples.len() - 1],
-        }
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat.
-fn cpu_seconds(pid: &str) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the parenthesised command name; utime and stime are fields 14 and
-    // 15 of the whole line, so 12 and 13 here (0-based, starting at field 3).
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // USER_HZ is 100 on every Linux configuration we run on.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-/// The 1-minute load average: other work on this shared 2-core machine skews figures.
-fn load_average() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().and_then(|f| f.parse().ok()))
-        .unwrap_or(0.0)
-}
-
-/// CPU used by the server, etcd and this benchmark during one phase.
-#[derive(Debug, Clone, Copy, Default)]
-struct PhaseCpu {
-    server: f64,
-    etcd: f64,
-    bench: f64,
-    load_before: f64,
-    load_after: f64,
-}
-
-/// Takes CPU readings at the start of a phase; [`CpuMeter::finish`] gives the phase's use.
-struct CpuMeter {
-    server_pid: String,
-    etcd_pid: String,
-    start: (f64, f64, f64),
-    load: f64,
-}
-
-impl CpuMeter {
-    fn start(server_pid: u32, etcd_pid: Option<u32>) -> CpuMeter {
-        let server_pid = server_pid.to_string();
-        let etcd_pid = etcd_pid.map(|p| p.to_string()).unwrap_or_default();
-        CpuMeter {
-            start: (
-                cpu_seconds(&server_pid),
-                cpu_seconds(&etcd_pid),
-                cpu_seconds("self"),
-            ),
-            server_pid,
-            etcd_pid,
-            load: load_average(),
-        }
-    }
-
-    fn finish(&self) -> PhaseCpu {
-        PhaseCpu {
-            server: cpu_seconds(&self.server_pid) - self.start.0,
-            etcd: cpu_seconds(&self.etcd_pid) - self.start.1,
-            bench: cpu_seconds("self") - self.start.2,
-            load_before: self.load,
-            load_after: load_average(),
-        }
-    }
-}
-
 fn median(samples: &mut [Duration]) -> Duration {
     samples.sort_unstable();
     samples.get(samples.len() / 2).copied().unwrap_or_default()
-}
-
-/// A throughput phase: operations per second and their latencies.
-#[derive(Debug, Clone, Copy, Default)]
-struct Rate {
-    per_sec: f64,
-    wall: Duration,
-    errors: usize,
-    latency: Stats,
-    /// Throughput of each tenth of the operations in completion order: a falling
-    /// series means each operation gets slower as more objects exist.
-    tenths: [f64; 10],
-}
-
-/// The server child process with its data directory.
-struct ServerProcess {
-    child: Child,
-    pid: u32,
-    log: PathBuf,
-    kubeconfig: PathBuf,
-}
-
-impl ServerProcess {
-    async fn start(data_dir: &Path, etcd_url: &str) -> Result<ServerProcess> {
-        std::fs::create_dir_all(data_dir).context("create the server data dir")?;
-        let log = data_dir.join("server.log");
-        let log_file = std::fs::File::create(&log).context("create the server log")?;
-        let kubeconfig = data_dir.join("kubeconfig");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wasmkube"))
-            .arg("server")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--etcd-servers")
-            .arg(etcd_url)
-            .arg("--secure-port")
-            .arg("0")
-            .arg("--bind-address")
-            .arg("127.0.0.1")
-            .arg("--disable-controllers")
-            .arg("--disable-scheduler")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log_file))
-            .kill_on_drop(true)
-            .spawn()
-            .context("start the wasmkube server")?;
-        let pid = child.id().context("the server has no pid")?;
-        let started = Instant::now();
-        while !kubeconfig.exists() {
-            if let Some(status) = child.try_wait()? {
-                let tail = std::fs::read_to_string(&log).unwrap_or_default();
-                bail!("the server exited ({status}) before serving:\n{tail}");
-            }
-            if started.elapsed() > SERVER_START_DEADLINE {
-                bail!(
-                    "the server wrote no kubeconfig within {SERVER_START_DEADLINE:?}; see {}",
-                    log.display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(ServerProcess {
-            child,
-            pid,
-            log,
-            kubeconfig,
-        })
-    }
-
-    /// (VmRSS, VmHWM) in MiB from /proc.
-    fn rss_mib(&self) -> Result<(f64, f64)> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
-            .context("read the server's /proc status")?;
-        let field = |name: &str| -> Result<f64> {
-            let line = status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .with_context(|| format!("no {name} in /proc status"))?;
-            let kb: f64 = line
-                .split_whitespace()
-                .nth(1)
-                .with_context(|| format!("malformed {name} line"))?
-                .parse()
-                .with_context(|| format!("malformed {name} value"))?;
-            Ok(kb / 1024.0)
-        };
-        Ok((field("VmRSS:")?, field("VmHWM:")?))
-    }
-}
-
-/// `perf record` attached to the server while it runs.
-struct PerfRecording {
-    child: Child,
-}
-
-impl PerfRecording {
-    fn start(pid: u32, out: &Path) -> Result<PerfRecording> {
-        let child = Command::new("perf")
-            .args([
-                "record",
-                "-F",
-                "199",
-                "--call-graph",
-                "dwarf,16384",
-                "-p",
-                &pid.to_string(),
-                "-o",
-            ])
-            .arg(out)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("start perf record")?;
-        Ok(PerfRecording { child })
-    }
-
-    /// perf writes its file on SIGINT; there is no signal API in std, so use kill(1).
-    async fn stop(mut self) -> Result<()> {
-        if let Some(pid) = self.child.id() {
-            Command::new("kill")
-                .args(["-INT", &pid.to_string()])
-                .status()
-                .await
-                .context("signal perf")?;
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await;
-        Ok(())
-    }
 }
 
 /// A small but realistic pod: labels, annotations, one container with ports, env,
@@ -374,81 +141,6 @@ fn bench_pod(i: usize) -> Result<Pod> {
         }
     });
     serde_json::from_value(value).context("build the bench pod")
-}
-
-/// Runs `total` operations over `workers` tasks; `op(worker, index)` is one operation.
-async fn run_concurrently<F, Fut>(total: usize, workers: usize, op: F) -> Rate
-where
-    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<()>> + Send,
-{
-    let next = Arc::new(AtomicUsize::new(0));
-    let op = Arc::new(op);
-    let started = Instant::now();
-    let mut tasks = Vec::with_capacity(workers);
-    for w in 0..workers {
-        let next = next.clone();
-        let op = op.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut finished = Vec::new();
-            let mut errors = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
-                    break;
-                }
-                let t = Instant::now();
-                match op(w, i).await {
-                    Ok(()) => {
-                        latencies.push(t.elapsed());
-                        finished.push(started.elapsed());
-                    }
-                    Err(e) => errors.push(format!("{e:#}")),
-                }
-            }
-            (latencies, finished, errors)
-        }));
-    }
-    let mut latencies = Vec::with_capacity(total);
-    let mut finished = Vec::with_capacity(total);
-    let mut errors = Vec::new();
-    for task in tasks {
-        match task.await {
-            Ok((l, f, e)) => {
-                latencies.extend(l);
-                finished.extend(f);
-                errors.extend(e);
-            }
-            Err(e) => errors.push(format!("worker panicked: {e}")),
-        }
-    }
-    let wall = started.elapsed();
-    for e in errors.iter().take(5) {
-        eprintln!("  error: {e}");
-    }
-    finished.sort_unstable();
-    let mut tenths = [0.0; 10];
-    for (k, tenth) in tenths.iter_mut().enumerate() {
-        let from = finished.len() * k / 10;
-        let to = finished.len() * (k + 1) / 10;
-        if to > from {
-            let begin = if from == 0 {
-                Duration::ZERO
-            } else {
-                finished[from - 1]
-            };
-            let span = finished[to - 1].saturating_sub(begin).as_secs_f64();
-            *tenth = (to - from) as f64 / span.max(1e-9);
-        }
-    }
-    Rate {
-        per_sec: latencies.len() as f64 / wall.as_secs_f64(),
-        wall,
-        errors: errors.len(),
-        latency: Stats::of(&mut latencies),
-        tenths,
-    }
 }
 
 async fn raw_etcd_puts(
@@ -670,7 +362,7 @@ struct WatchFigures {
 async fn watch_fanout(
     config: &Config,
     client: &Client,
-    server: &ServerProcess,
+    server: &Server,
     watchers: usize,
     resource_version: &str,
 ) -> Result<WatchFigures> {
@@ -760,7 +452,7 @@ async fn watch_fanout(
         "  {} of {watchers} watches open after {:.0} ms; RSS now {:.1} MiB",
         figures.ready,
         ms(figures.open_time),
-        server.rss_mib().map(|r| r.0).unwrap_or(0.0)
+        rss_mib(server.proc.pid).map(|r| r.0).unwrap_or(0.0)
     );
 
     let pods = Api::<Pod>::namespaced(client.clone(), NAMESPACE);
@@ -808,7 +500,7 @@ async fn watch_fanout(
         }
     }
     figures.all = Stats::of(&mut all);
-    figures.rss_mib = server.rss_mib().map(|r| r.0).unwrap_or(0.0);
+    figures.rss_mib = rss_mib(server.proc.pid).map(|r| r.0).unwrap_or(0.0);
     for task in tasks {
         task.abort();
     }
@@ -823,22 +515,12 @@ async fn main() -> Result<()> {
         opts.pods,
         opts.clients,
         opts.watches,
-        if cfg!(debug_assertions) {
-            "DEBUG"
-        } else {
-            "release"
-        }
+        build()
     );
-    let dir = tempfile::Builder::new()
-        .prefix("wasmkube-bench-")
-        .tempdir()
-        .context("create a temp dir")?;
-    let result = run(&opts, dir.path()).await;
-    if opts.keep || result.is_err() {
-        let kept = dir.keep();
-        println!("logs kept in {}", kept.display());
-    }
-    result
+    in_temp_dir("wasmkube-bench-", opts.keep, async |dir| {
+        run(&opts, dir).await
+    })
+    .await
 }
 
 async fn run(opts: &Opts, dir: &Path) -> Result<()> {
@@ -851,10 +533,15 @@ async fn run(opts: &Opts, dir: &Path) -> Result<()> {
         .context("start etcd")?;
     let etcd_url = etcd.client_url();
     println!("etcd at {etcd_url}");
-    let mut server = ServerProcess::start(&dir.join("server"), &etcd_url).await?;
-    println!("server pid {} (log {})", server.pid, server.log.display());
+    let args: Vec<String> = vec![
+        "--etcd-servers".into(),
+        etcd_url.clone(),
+        "--disable-controllers".into(),
+        "--disable-scheduler".into(),
+    ];
+    let server = start_server(dir, &args).await?;
     let outcome = measure(opts, &etcd_url, etcd.pid(), &server).await;
-    let _ = server.child.kill().await;
+    server.proc.stop().await;
     etcd.stop().await;
     outcome
 }
@@ -863,25 +550,15 @@ async fn measure(
     opts: &Opts,
     etcd_url: &str,
     etcd_pid: Option<u32>,
-    server: &ServerProcess,
+    server: &Server,
 ) -> Result<()> {
-    let kubeconfig = Kubeconfig::read_from(&server.kubeconfig).context("read the kubeconfig")?;
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .context("load the kubeconfig")?;
-    let client = Client::try_from(config.clone()).context("build a kube client")?;
+    let config = server.config.clone();
+    let client = kube_client(&config)?;
     let etcd = etcd_client::Client::connect([etcd_url], None)
         .await
         .context("connect to etcd")?;
 
-    let namespaces = Api::<Namespace>::all(client.clone());
-    let ns: Namespace = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}
-    }))?;
-    namespaces
-        .create(&PostParams::default(), &ns)
-        .await
-        .context("create the bench namespace")?;
+    create_namespace(&client, NAMESPACE).await?;
     // The server runs without controllers, so nobody creates the namespace's `default`
     // ServiceAccount, which pod admission requires (as in Kubernetes).
     let accounts = Api::<ServiceAccount>::namespaced(client.clone(), NAMESPACE);
@@ -892,7 +569,10 @@ async fn measure(
         .create(&PostParams::default(), &sa)
         .await
         .context("create the bench namespace's default ServiceAccount")?;
-    let rss_idle = server.rss_mib()?.0;
+    let rss_idle = rss_mib(server.proc.pid)?.0;
+    // etcd is a process of its own here, not a child of the server.
+    let mut cpu_of = vec![("server".to_string(), server.proc.pid)];
+    cpu_of.extend(etcd_pid.map(|p| ("etcd".to_string(), p)));
 
     // The raw baseline writes values as large as a stored pod: store one and look.
     let pods = Api::<Pod>::namespaced(client.clone(), NAMESPACE);
@@ -921,7 +601,7 @@ async fn measure(
         "raw etcd puts: {} × {pod_size} B from {} tasks…",
         opts.pods, opts.clients
     );
-    let meter = CpuMeter::start(server.pid, etcd_pid);
+    let meter = CpuMeter::start(&cpu_of);
     let raw = raw_etcd_puts(&etcd, opts.pods, opts.clients, pod_size).await;
     let raw_cpu = meter.finish();
     etcd.kv_client()
@@ -936,7 +616,7 @@ async fn measure(
         "raw etcd create-equivalents (get + txn): {} from {} tasks…",
         opts.pods, opts.clients
     );
-    let meter = CpuMeter::start(server.pid, etcd_pid);
+    let meter = CpuMeter::start(&cpu_of);
     let raw_create =
         raw_etcd_create_equivalents(&etcd, opts.pods, opts.clients, pod_size, true).await;
     let raw_create_cpu = meter.finish();
@@ -945,7 +625,7 @@ async fn measure(
         "raw etcd create-if-absent txns alone: {} from {} tasks…",
         opts.pods, opts.clients
     );
-    let meter = CpuMeter::start(server.pid, etcd_pid);
+    let meter = CpuMeter::start(&cpu_of);
     let raw_create_ser =
         raw_etcd_create_equivalents(&etcd, opts.pods, opts.clients, pod_size, false).await;
     let raw_create_ser_cpu = meter.finish();
@@ -961,10 +641,10 @@ async fn measure(
 
     println!("pod creates: {} from {} clients…", opts.pods, opts.clients);
     let perf = match &opts.perf {
-        Some(out) => Some(PerfRecording::start(server.pid, out)?),
+        Some(out) => Some(PerfRecording::start(server.proc.pid, out)?),
         None => None,
     };
-    let meter = CpuMeter::start(server.pid, etcd_pid);
+    let meter = CpuMeter::start(&cpu_of);
     let creates = pod_creates(&config, opts.pods, opts.clients).await?;
     let creates_cpu = meter.finish();
     if let Some(perf) = perf {
@@ -984,16 +664,16 @@ async fn measure(
         })
         .filter(|c| c.1 > 0.0)
         .collect();
-    let rss_after_creates = server.rss_mib()?.0;
+    let rss_after_creates = rss_mib(server.proc.pid)?.0;
 
     println!("list {} pods…", opts.pods);
-    let meter = CpuMeter::start(server.pid, etcd_pid);
+    let meter = CpuMeter::start(&cpu_of);
     let list = list_pods(&client, opts.pods).await?;
     let list_cpu = meter.finish();
-    let (rss_stored, hwm_stored) = server.rss_mib()?;
+    let (rss_stored, hwm_stored) = rss_mib(server.proc.pid)?;
 
     println!("{} watches…", opts.watches);
-    let meter = CpuMeter::start(server.pid, etcd_pid);
+    let meter = CpuMeter::start(&cpu_of);
     let watch = watch_fanout(
         &config,
         &client,
@@ -1003,7 +683,7 @@ async fn measure(
     )
     .await?;
     let watch_cpu = meter.finish();
-    let (_, hwm_end) = server.rss_mib()?;
+    let (_, hwm_end) = rss_mib(server.proc.pid)?;
 
     print_report(
         opts,
@@ -1185,17 +865,21 @@ fn print_report(opts: &Opts, r: &Report) {
     for (name, cpu) in &r.cpu {
         println!(
             "                 {name:<14} {:>6.1} / {:>5.1} / {:>5.1}   load {:.2} → {:.2}",
-            cpu.server, cpu.etcd, cpu.bench, cpu.load_before, cpu.load_after
+            cpu.of("server"),
+            cpu.of("etcd"),
+            cpu.bench,
+            cpu.load_before,
+            cpu.load_after
         );
     }
     let per_create = |x: f64| x * 1e3 / r.creates.latency.count.max(1) as f64;
     let c = &r.cpu[3].1;
     println!(
         "                 per pod create: server {:.2} ms CPU, etcd {:.2} ms, client {:.2} ms (per raw put: etcd {:.2} ms)",
-        per_create(c.server),
-        per_create(c.etcd),
+        per_create(c.of("server")),
+        per_create(c.of("etcd")),
         per_create(c.bench),
-        r.cpu[0].1.etcd * 1e3 / r.raw.latency.count.max(1) as f64
+        r.cpu[0].1.of("etcd") * 1e3 / r.raw.latency.count.max(1) as f64
     );
     println!("{}", "=".repeat(85));
 }

@@ -65,6 +65,10 @@
 //! - `WASMKUBE_PROXY_BENCH_SERVICES` (1000): Services for the RSS row;
 //! - `WASMKUBE_BENCH_KEEP` (unset): keep the temp dir (configs and process logs).
 
+// Not every shared helper is used by this bench (the others need the rest).
+#[allow(dead_code)]
+mod common;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::io::{Read, Write};
@@ -78,12 +82,16 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::PostParams;
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config};
+use kube::{Api, Client};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::process::Command;
+
+use common::{
+    build, cpu_seconds, env_flag, env_list, env_number_or, http_get, in_temp_dir, kube_client,
+    kube_config, load_average, open_files_limit, start_server, status_mib, us, Proc, Stats,
+};
 
 // The same allocator as the `wasmkube` binary, so the proxy's RSS and speed are its own.
 #[global_allocator]
@@ -121,10 +129,6 @@ const SCALE_PORT: u16 = 9000;
 /// The label that ties an EndpointSlice to its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// How long a process gets to start serving (a debug build starts slowly).
-const START_DEADLINE: Duration = Duration::from_secs(120);
-/// How long a stopped process gets to exit after SIGTERM before it is killed.
-const STOP_DEADLINE: Duration = Duration::from_secs(20);
 /// How long one connect, echo or small request may take.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// The size of the file nginx serves.
@@ -174,18 +178,12 @@ struct Opts {
 
 impl Opts {
     fn from_env() -> Result<Opts> {
-        fn num(name: &str, default: u64) -> Result<u64> {
-            match std::env::var(name) {
-                Ok(v) if !v.trim().is_empty() => v
-                    .trim()
-                    .parse()
-                    .with_context(|| format!("{name}={v:?} is not a number")),
-                _ => Ok(default),
-            }
-        }
-        let rows = std::env::var("WASMKUBE_PROXY_BENCH_ROWS")
-            .unwrap_or_else(|_| "tcp,udp,http,latency,idle,services".into());
-        let has = |s: &str| rows.split(',').any(|x| x.trim() == s);
+        let num = env_number_or::<u64>;
+        let rows = env_list(
+            "WASMKUBE_PROXY_BENCH_ROWS",
+            "tcp,udp,http,latency,idle,services",
+        );
+        let has = |s: &str| rows.iter().any(|x| x == s);
         let opts = Opts {
             seconds: num("WASMKUBE_PROXY_BENCH_SECONDS", 3)?,
             udp_rate: num("WASMKUBE_PROXY_BENCH_UDP_RATE", 50_000)?,
@@ -201,7 +199,7 @@ impl Opts {
             latency: has("latency"),
             idle_row: has("idle"),
             services_row: has("services"),
-            keep: std::env::var_os("WASMKUBE_BENCH_KEEP").is_some_and(|v| !v.is_empty()),
+            keep: env_flag("WASMKUBE_BENCH_KEEP"),
         };
         if opts.seconds == 0
             || opts.udp_rate == 0
@@ -238,38 +236,6 @@ impl Opts {
 
 // ---------------------------------------------------------------------------------
 // Figures and the report
-
-/// Latency figures of one set of samples.
-#[derive(Debug, Clone, Copy, Default)]
-struct Stats {
-    count: usize,
-    p50: Duration,
-    p99: Duration,
-    max: Duration,
-}
-
-impl Stats {
-    fn of(samples: &mut [Duration]) -> Stats {
-        if samples.is_empty() {
-            return Stats::default();
-        }
-        samples.sort_unstable();
-        let at = |q: f64| {
-            let idx = ((samples.len() as f64 * q).ceil() as usize).saturating_sub(1);
-            samples[idx.min(samples.len() - 1)]
-        };
-        Stats {
-            count: samples.len(),
-            p50: at(0.50),
-            p99: at(0.99),
-            max: samples[samples.len() - 1],
-        }
-    }
-}
-
-fn us(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
 
 /// The three ways a row reaches its backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -534,43 +500,8 @@ fn print_report(opts: &Opts, header: &[String], sections: &[Section]) {
 // ---------------------------------------------------------------------------------
 // /proc readings
 
-/// CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat.
-fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0.0;
-    };
-    // utime and stime are fields 14 and 15 of the line: 11 and 12 after the name.
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // USER_HZ is 100 on every Linux configuration we run on.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-/// The 1-minute load average: other work on this shared 2-core machine skews figures.
-fn load_average() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().and_then(|f| f.parse().ok()))
-        .unwrap_or(0.0)
-}
-
-/// A `/proc/<pid>/status` field in kB (`VmRSS:`, `VmHWM:`), in MiB.
-fn status_mib(pid: u32, field: &str) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
-fn rss_mib(pid: u32) -> f64 {
+/// VmRSS in MiB; NaN (shown as such in the report) if it cannot be read.
+fn rss_or_nan(pid: u32) -> f64 {
     status_mib(pid, "VmRSS:").unwrap_or(f64::NAN)
 }
 
@@ -579,194 +510,8 @@ fn open_fds(pid: u32) -> Option<usize> {
     Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
 }
 
-/// A process's (soft, hard) limit on open files, from /proc/<pid>/limits.
-fn open_files_limit(pid: u32) -> Option<(u64, u64)> {
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    let mut nums = line
-        .trim_start_matches("Max open files")
-        .split_whitespace()
-        .filter_map(|n| n.parse::<u64>().ok());
-    Some((nums.next()?, nums.next()?))
-}
-
-/// Whether a process with `pid` exists and has not exited (zombies have).
-fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
-/// The direct children of `pid` (from every thread's `children` list).
-fn children_of(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return out;
-    };
-    for task in tasks.flatten() {
-        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
-            out.extend(
-                text.split_whitespace()
-                    .filter_map(|p| p.parse::<u32>().ok()),
-            );
-        }
-    }
-    out.sort_unstable();
-    out.dedup();
-    out
-}
-
-/// Sends a signal (`TERM`, `KILL`) with the `kill` program (no libc dependency here).
-fn signal(pid: u32, name: &str) {
-    let _ = std::process::Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
-
 // ---------------------------------------------------------------------------------
 // Processes
-
-/// A child process of the benchmark with its log; stopped (TERM, then KILL, then any
-/// children it left, such as the managed etcd of `wasmkube server`) when dropped.
-struct Proc {
-    name: String,
-    child: Option<Child>,
-    /// Held open so that a child of this binary sees EOF, and exits, if we die.
-    _stdin: Option<ChildStdin>,
-    pid: u32,
-    log: PathBuf,
-    descendants: Vec<u32>,
-}
-
-impl Proc {
-    fn spawn(
-        name: &str,
-        program: &Path,
-        args: &[String],
-        envs: &[(&str, String)],
-        log: &Path,
-    ) -> Result<Proc> {
-        let file = std::fs::File::create(log)
-            .with_context(|| format!("create the {name} log {}", log.display()))?;
-        let file_err = file.try_clone().context("clone the log handle")?;
-        let mut child = Command::new(program)
-            .args(args)
-            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
-            .env("NO_COLOR", "1")
-            .env("RUST_BACKTRACE", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::from(file))
-            .stderr(Stdio::from(file_err))
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("start {name} ({})", program.display()))?;
-        let pid = child.id().with_context(|| format!("{name} has no pid"))?;
-        let stdin = child.stdin.take();
-        Ok(Proc {
-            name: name.to_string(),
-            child: Some(child),
-            _stdin: stdin,
-            pid,
-            log: log.to_path_buf(),
-            descendants: Vec::new(),
-        })
-    }
-
-    /// Fails with the log's tail if the process has exited.
-    fn check_alive(&mut self) -> Result<()> {
-        if let Some(child) = self.child.as_mut() {
-            if let Some(status) = child.try_wait()? {
-                bail!(
-                    "{} exited ({status}); last log lines:\n{}",
-                    self.name,
-                    tail(&self.log, 30)
-                );
-            }
-        }
-        Ok(())
-    }
-
-    fn note_descendants(&mut self) {
-        self.descendants = children_of(self.pid);
-    }
-
-    /// Polls `ready` until it holds, while the process runs, for [`START_DEADLINE`].
-    async fn wait_ready(&mut self, what: &str, mut ready: impl AsyncFnMut() -> bool) -> Result<()> {
-        let started = Instant::now();
-        loop {
-            if ready().await {
-                return Ok(());
-            }
-            self.check_alive()?;
-            if started.elapsed() > START_DEADLINE {
-                bail!(
-                    "{}: {what} not within {START_DEADLINE:?}; last log lines:\n{}",
-                    self.name,
-                    tail(&self.log, 30)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGTERM, then SIGKILL after [`STOP_DEADLINE`]; then any recorded child still alive.
-    async fn stop(mut self) {
-        if let Some(mut child) = self.child.take() {
-            signal(self.pid, "TERM");
-            if tokio::time::timeout(STOP_DEADLINE, child.wait())
-                .await
-                .is_err()
-            {
-                eprintln!(
-                    "  {} ignored SIGTERM for {STOP_DEADLINE:?}; killing it",
-                    self.name
-                );
-                let _ = child.start_kill();
-                let _ = child.wait().await;
-            }
-        }
-        self.kill_descendants();
-    }
-
-    fn kill_descendants(&self) {
-        for pid in &self.descendants {
-            if process_alive(*pid) {
-                signal(*pid, "KILL");
-            }
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if matches!(child.try_wait(), Ok(None)) {
-            // Not stopped explicitly (an error path): ask politely, so that the process
-            // stops its own children, then make sure.
-            signal(self.pid, "TERM");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while process_alive(self.pid) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.start_kill();
-        }
-        self.kill_descendants();
-    }
-}
-
-fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
 
 /// "N warnings or errors (first: …)" from a tracing log.
 fn log_summary(name: &str, log: &Path) -> String {
@@ -849,29 +594,6 @@ fn free_port_tcp_udp(ip: IpAddr) -> Result<u16> {
 
 // ---------------------------------------------------------------------------------
 // Small clients
-
-/// One request on a new connection (HTTP/1.0, closed after it): the whole response.
-async fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
-    let get = async {
-        let mut stream = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connect {addr}"))?;
-        let req = format!("GET {path} HTTP/1.0\r\nHost: bench\r\nConnection: close\r\n\r\n");
-        stream
-            .write_all(req.as_bytes())
-            .await
-            .with_context(|| format!("write to {addr}"))?;
-        let mut response = Vec::new();
-        stream
-            .read_to_end(&mut response)
-            .await
-            .with_context(|| format!("read from {addr}"))?;
-        anyhow::Ok(String::from_utf8_lossy(&response).into_owned())
-    };
-    tokio::time::timeout(IO_TIMEOUT, get)
-        .await
-        .map_err(|_| anyhow!("GET {addr}{path} timed out after {IO_TIMEOUT:?}"))?
-}
 
 /// The sum of a Prometheus metric's samples (every label set) in `text`.
 fn metric_sum(text: &str, name: &str) -> f64 {
@@ -1062,7 +784,7 @@ fn proxy_role() -> Result<()> {
         .context("starting the async runtime")?
         .block_on(async move {
             let config = kube_config(&kubeconfig).await?;
-            let client = Client::try_from(config).context("build a kube client")?;
+            let client = kube_client(&config)?;
             let mut options =
                 wasmkube_proxy::ProxyOptions::new(node, IpAddr::V4(Ipv4Addr::LOCALHOST), tls);
             options.metrics_addr = Some(metrics);
@@ -1138,54 +860,23 @@ async fn echo(mut s: TcpStream) {
 // ---------------------------------------------------------------------------------
 // Setup
 
-async fn kube_config(kubeconfig: &Path) -> Result<Config> {
-    let kc = Kubeconfig::read_from(kubeconfig).context("read the kubeconfig")?;
-    Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .context("load the kubeconfig")
-}
-
 fn object<T: k8s_openapi::serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T> {
     serde_json::from_value(v).context("build an API object")
 }
 
-/// `wasmkube server` with its managed etcd; its client once it serves.
-async fn start_server(dir: &Path) -> Result<(Proc, Client, PathBuf)> {
-    let data = dir.join("server");
-    std::fs::create_dir_all(&data).context("create the server data dir")?;
+/// `wasmkube server` with its managed etcd, the bench namespace and the proxy's Node; the
+/// server, its client and kubeconfig once it serves.
+async fn start_cluster(dir: &Path) -> Result<(Proc, Client, PathBuf)> {
     let args: Vec<String> = vec![
-        "server".into(),
-        "--data-dir".into(),
-        data.display().to_string(),
-        "--secure-port".into(),
-        "0".into(),
-        "--bind-address".into(),
-        "127.0.0.1".into(),
         "--cluster-cidr".into(),
         CLUSTER_CIDR.into(),
         "--service-cidr".into(),
         SERVICE_CIDR.into(),
     ];
-    let mut server = Proc::spawn(
-        "wasmkube server",
-        Path::new(env!("CARGO_BIN_EXE_wasmkube")),
-        &args,
-        &[],
-        &dir.join("server.log"),
-    )?;
-    println!(
-        "  wasmkube server: pid {} (log {})",
-        server.pid,
-        server.log.display()
-    );
-    let kubeconfig = data.join("kubeconfig");
-    server
-        .wait_ready("the kubeconfig", async || {
-            std::fs::read_to_string(&kubeconfig).is_ok_and(|t| t.contains("current-context"))
-        })
-        .await?;
-    server.note_descendants();
-    let client = Client::try_from(kube_config(&kubeconfig).await?).context("build a client")?;
+    let server = start_server(dir, &args).await?;
+    let kubeconfig = server.kubeconfig();
+    let client = kube_client(&server.config)?;
+    let mut server = server.proc;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns: Namespace = object(json!({"metadata": {"name": NAMESPACE}}))?;
     let mut last = String::new();
@@ -1363,7 +1054,7 @@ http {{
     ];
     let mut p = Proc::spawn("nginx", nginx, &args, &[], &dir.join("nginx.log"))?;
     p.wait_ready("serving /1k", async || {
-        http_get(addr, "/1k")
+        http_get(addr, "/1k", IO_TIMEOUT)
             .await
             .is_ok_and(|r| r.starts_with("HTTP/1.1 200"))
     })
@@ -1515,15 +1206,11 @@ async fn start_proxy(
 
 async fn bench_main() -> Result<()> {
     let opts = Opts::from_env()?;
-    let build = if cfg!(debug_assertions) {
-        "DEBUG"
-    } else {
-        "release"
-    };
     let tools = Tools::find();
     let mut header = vec![
         format!(
-            "wasmkube Service proxy benchmark ({build} build); rows: {}",
+            "wasmkube Service proxy benchmark ({} build); rows: {}",
+            build(),
             opts.rows()
         ),
         format!(
@@ -1543,16 +1230,10 @@ async fn bench_main() -> Result<()> {
     for h in &header {
         println!("{h}");
     }
-    let dir = tempfile::Builder::new()
-        .prefix("wasmkube-proxy-bench-")
-        .tempdir()
-        .context("create a temp dir")?;
-    let result = run(&opts, &tools, dir.path()).await;
-    if opts.keep || result.is_err() {
-        let kept = dir.keep();
-        println!("logs kept in {}", kept.display());
-    }
-    let (sections, notes) = result?;
+    let (sections, notes) = in_temp_dir("wasmkube-proxy-bench-", opts.keep, async |dir| {
+        run(&opts, &tools, dir).await
+    })
+    .await?;
     header.extend(notes);
     print_report(&opts, &header, &sections);
     Ok(())
@@ -1586,7 +1267,7 @@ impl Setup {
 
 async fn run(opts: &Opts, tools: &Tools, dir: &Path) -> Result<(Vec<Section>, Vec<String>)> {
     println!("starting `wasmkube server`, the backends, the proxy and HAProxy…");
-    let (server, client, kubeconfig) = start_server(dir).await?;
+    let (server, client, kubeconfig) = start_cluster(dir).await?;
     let credentials = write_credentials(dir)?;
     let backends = Backends::start(dir, tools, opts.tcp || opts.udp, opts.http).await?;
     let cluster_ip = create_bench_service(&client, &backends).await?;
@@ -1645,7 +1326,7 @@ async fn run(opts: &Opts, tools: &Tools, dir: &Path) -> Result<(Vec<Section>, Ve
     };
     let mut notes = vec![format!(
         "proxy: a child process (wasmkube_proxy::start, multi-threaded runtime, mimalloc), RSS {:.1} MiB after start with the bench Service; backends on {BACKEND_IP}: echo {}, iperf3 {}, nginx {}",
-        rss_mib(proxy.pid),
+        rss_or_nan(proxy.pid),
         backends.echo,
         backends.iperf.as_ref().map_or("—".into(), |(a, _)| a.to_string()),
         backends.http.as_ref().map_or("—".into(), |(a, _)| a.to_string()),
@@ -2094,7 +1775,7 @@ async fn hold_idle(
     pid: Option<u32>,
     echo_pid: u32,
 ) -> IdleFigures {
-    let rss_before = pid.map(rss_mib);
+    let rss_before = pid.map(rss_or_nan);
     let fds_before = pid.and_then(open_fds);
     let echo_fds_before = open_fds(echo_pid);
     let started = Instant::now();
@@ -2116,7 +1797,7 @@ async fn hold_idle(
     }
     let opened = conns.len();
     tokio::time::sleep(idle).await;
-    let rss_with = pid.map(rss_mib);
+    let rss_with = pid.map(rss_or_nan);
     let fds_with = pid.and_then(open_fds);
     let checks: Vec<Result<()>> = futures::stream::iter(conns.iter_mut())
         .map(echo_again)
@@ -2306,14 +1987,14 @@ struct ServicesFigures {
 }
 
 async fn listeners(metrics: SocketAddr) -> Result<f64> {
-    let text = http_get(metrics, "/metrics").await?;
+    let text = http_get(metrics, "/metrics", IO_TIMEOUT).await?;
     Ok(metric_sum(&text, "wasmkube_proxy_listeners"))
 }
 
 async fn services_measure(n: usize, setup: &Setup) -> Result<ServicesFigures> {
     let pid = setup.proxy_pid;
     let base = listeners(setup.metrics).await?;
-    let rss_before = rss_mib(pid);
+    let rss_before = rss_or_nan(pid);
     let started = Instant::now();
     let backend_port = setup.backend_echo.port();
     let results: Vec<Result<IpAddr>> = futures::stream::iter(0..n)
@@ -2350,7 +2031,7 @@ async fn services_measure(n: usize, setup: &Setup) -> Result<ServicesFigures> {
     }
     let to_listening = started.elapsed();
     tokio::time::sleep(SETTLE).await;
-    let rss_with = rss_mib(pid);
+    let rss_with = rss_or_nan(pid);
     let hwm = status_mib(pid, "VmHWM:").unwrap_or(f64::NAN);
     let step = (ips.len() / 20).max(1);
     let sample: Vec<IpAddr> = ips.iter().step_by(step).copied().collect();
@@ -2366,7 +2047,7 @@ async fn services_measure(n: usize, setup: &Setup) -> Result<ServicesFigures> {
     }
     let teardown = delete_scale_services(n, setup, base)
         .await
-        .map(|d| (d, rss_mib(pid)))
+        .map(|d| (d, rss_or_nan(pid)))
         .map_err(|e| format!("{e:#}"));
     Ok(ServicesFigures {
         listening: listening.max(0.0) as usize,

@@ -20,9 +20,12 @@
 //! the temp dir (server and etcd logs); `--perf FILE` records the server with `perf
 //! record` during the measured phase.
 
+// Not every shared helper is used by this bench (the others need the rest).
+#[allow(dead_code)]
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,18 +34,22 @@ use anyhow::{bail, Context, Result};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Binding, Namespace, Node, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Api, Client, Config};
+use kube::{Api, Client};
 use serde_json::json;
-use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use wasmkube_control::etcd_process::ManagedEtcd;
 use wasmkube_control::scheduler::MAX_CONCURRENT_WRITES;
+
+use common::{
+    build, create_namespace, env_number, in_temp_dir, kube_client, load_average, ms,
+    run_concurrently, start_server, status_mib, CpuMeter, PerfRecording, PhaseCpu, Rate, Server,
+    Stats,
+};
 
 /// The namespace of the measured Deployment.
 const NAMESPACE: &str = "sched-bench";
@@ -63,8 +70,6 @@ const RENEWALS_IN_FLIGHT: usize = 16;
 const REGISTER_CONCURRENCY: usize = 32;
 /// kube clients (connection pools) a concurrent phase spreads its requests over.
 const CLIENTS: usize = 4;
-/// How long the server gets to write its kubeconfig.
-const SERVER_START_DEADLINE: Duration = Duration::from_secs(120);
 /// How long the cluster gets to settle after registration (every node has a podCIDR).
 const SETTLE_DEADLINE: Duration = Duration::from_secs(180);
 
@@ -121,19 +126,13 @@ impl Opts {
                 _ => {}
             }
         }
-        let env = |name: &str| -> Result<Option<usize>> {
-            match std::env::var(name) {
-                Ok(v) => Ok(Some(v.parse().with_context(|| format!("{name}={v}"))?)),
-                Err(_) => Ok(None),
-            }
-        };
-        if let Some(n) = env("SCHED_BENCH_NODES")? {
+        if let Some(n) = env_number("SCHED_BENCH_NODES")? {
             opts.nodes = n;
         }
-        if let Some(n) = env("SCHED_BENCH_PODS")? {
+        if let Some(n) = env_number("SCHED_BENCH_PODS")? {
             opts.pods = n;
         }
-        if let Some(n) = env("SCHED_BENCH_BASELINE_PODS")? {
+        if let Some(n) = env_number("SCHED_BENCH_BASELINE_PODS")? {
             baseline = Some(n);
         }
         // As many as the measured Deployment, by default: the same number of writes.
@@ -142,240 +141,6 @@ impl Opts {
             bail!("--nodes and --pods must be at least 1");
         }
         Ok(opts)
-    }
-}
-
-/// Latency figures of one phase.
-#[derive(Debug, Clone, Copy, Default)]
-struct Stats {
-    count: usize,
-    p50: Duration,
-    p99: Duration,
-    max: Duration,
-}
-
-impl Stats {
-    fn of(samples: &mut [Duration]) -> Stats {
-        if samples.is_empty() {
-            return Stats::default();
-        }
-        samples.sort_unstable();
-        let at = |q: f64| {
-            let idx = ((samples.len() as f64 * q).ceil() as usize).saturating_sub(1);
-            samples[idx.min(samples.len() - 1)]
-        };
-        Stats {
-            count: samples.len(),
-            p50: at(0.50),
-            p99: at(0.99),
-            max: samples[samples.len() - 1],
-        }
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat.
-fn cpu_seconds(pid: &str) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // utime and stime are fields 14 and 15 of the line: 12 and 13 after the command.
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // USER_HZ is 100 on every Linux configuration we run on.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-/// The 1-minute load average: other work on a shared machine skews figures.
-fn load_average() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().and_then(|f| f.parse().ok()))
-        .unwrap_or(0.0)
-}
-
-/// CPU used by the server, etcd and this benchmark during one phase.
-#[derive(Debug, Clone, Copy, Default)]
-struct PhaseCpu {
-    server: f64,
-    etcd: f64,
-    bench: f64,
-    load_before: f64,
-    load_after: f64,
-}
-
-/// Takes CPU readings at the start of a phase; [`CpuMeter::finish`] gives the phase's use.
-struct CpuMeter {
-    server_pid: String,
-    etcd_pid: String,
-    start: (f64, f64, f64),
-    load: f64,
-}
-
-impl CpuMeter {
-    fn start(server_pid: u32, etcd_pid: Option<u32>) -> CpuMeter {
-        let server_pid = server_pid.to_string();
-        let etcd_pid = etcd_pid.map(|p| p.to_string()).unwrap_or_default();
-        CpuMeter {
-            start: (
-                cpu_seconds(&server_pid),
-                cpu_seconds(&etcd_pid),
-                cpu_seconds("self"),
-            ),
-            server_pid,
-            etcd_pid,
-            load: load_average(),
-        }
-    }
-
-    fn finish(&self) -> PhaseCpu {
-        PhaseCpu {
-            server: cpu_seconds(&self.server_pid) - self.start.0,
-            etcd: cpu_seconds(&self.etcd_pid) - self.start.1,
-            bench: cpu_seconds("self") - self.start.2,
-            load_before: self.load,
-            load_after: load_average(),
-        }
-    }
-}
-
-/// A throughput phase: operations per second and their latencies.
-#[derive(Debug, Clone, Copy, Default)]
-struct Rate {
-    per_sec: f64,
-    errors: usize,
-    latency: Stats,
-}
-
-/// Runs `total` operations over `workers` tasks; `op(worker, index)` is one operation.
-async fn run_concurrently<F, Fut>(total: usize, workers: usize, op: F) -> Rate
-where
-    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<()>> + Send,
-{
-    let next = Arc::new(AtomicUsize::new(0));
-    let op = Arc::new(op);
-    let started = Instant::now();
-    let mut tasks = Vec::with_capacity(workers);
-    for w in 0..workers {
-        let next = next.clone();
-        let op = op.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut errors = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
-                    break;
-                }
-                let t = Instant::now();
-                match op(w, i).await {
-                    Ok(()) => latencies.push(t.elapsed()),
-                    Err(e) => errors.push(format!("{e:#}")),
-                }
-            }
-            (latencies, errors)
-        }));
-    }
-    let mut latencies = Vec::with_capacity(total);
-    let mut errors = Vec::new();
-    for task in tasks {
-        match task.await {
-            Ok((l, e)) => {
-                latencies.extend(l);
-                errors.extend(e);
-            }
-            Err(e) => errors.push(format!("worker panicked: {e}")),
-        }
-    }
-    let wall = started.elapsed();
-    for e in errors.iter().take(5) {
-        eprintln!("  error: {e}");
-    }
-    Rate {
-        per_sec: latencies.len() as f64 / wall.as_secs_f64(),
-        errors: errors.len(),
-        latency: Stats::of(&mut latencies),
-    }
-}
-
-/// The server child process with its data directory.
-struct ServerProcess {
-    child: Child,
-    pid: u32,
-    log: PathBuf,
-    kubeconfig: PathBuf,
-}
-
-impl ServerProcess {
-    /// Starts `wasmkube server` with its scheduler and controllers.
-    async fn start(data_dir: &Path, etcd_url: &str) -> Result<ServerProcess> {
-        std::fs::create_dir_all(data_dir).context("create the server data dir")?;
-        let log = data_dir.join("server.log");
-        let log_file = std::fs::File::create(&log).context("create the server log")?;
-        let kubeconfig = data_dir.join("kubeconfig");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wasmkube"))
-            .arg("server")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--etcd-servers")
-            .arg(etcd_url)
-            .arg("--secure-port")
-            .arg("0")
-            .arg("--bind-address")
-            .arg("127.0.0.1")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log_file))
-            .kill_on_drop(true)
-            .spawn()
-            .context("start the wasmkube server")?;
-        let pid = child.id().context("the server has no pid")?;
-        let started = Instant::now();
-        while !kubeconfig.exists() {
-            if let Some(status) = child.try_wait()? {
-                let tail = std::fs::read_to_string(&log).unwrap_or_default();
-                bail!("the server exited ({status}) before serving:\n{tail}");
-            }
-            if started.elapsed() > SERVER_START_DEADLINE {
-                bail!(
-                    "the server wrote no kubeconfig within {SERVER_START_DEADLINE:?}; see {}",
-                    log.display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(ServerProcess {
-            child,
-            pid,
-            log,
-            kubeconfig,
-        })
-    }
-
-    /// VmRSS in MiB, from /proc.
-    fn rss_mib(&self) -> f64 {
-        let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", self.pid)) else {
-            return 0.0;
-        };
-        status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<f64>().ok())
-            .map_or(0.0, |kb| kb / 1024.0)
     }
 }
 
@@ -418,48 +183,6 @@ fn request_mix(before: &HashMap<String, f64>, after: &HashMap<String, f64>) -> V
         .collect();
     mix.sort_by(|a, b| b.1.total_cmp(&a.1));
     mix
-}
-
-/// `perf record` attached to the server while it runs.
-struct PerfRecording {
-    child: Child,
-}
-
-impl PerfRecording {
-    fn start(pid: u32, out: &Path) -> Result<PerfRecording> {
-        let child = Command::new("perf")
-            .args([
-                "record",
-                "-F",
-                "199",
-                "--call-graph",
-                "dwarf,16384",
-                "-p",
-                &pid.to_string(),
-                "-o",
-            ])
-            .arg(out)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("start perf record")?;
-        Ok(PerfRecording { child })
-    }
-
-    /// perf writes its file on SIGINT; there is no signal API in std, so use kill(1).
-    async fn stop(mut self) -> Result<()> {
-        if let Some(pid) = self.child.id() {
-            Command::new("kill")
-                .args(["-INT", &pid.to_string()])
-                .status()
-                .await
-                .context("signal perf")?;
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await;
-        Ok(())
-    }
 }
 
 fn node_name(i: usize) -> String {
@@ -959,22 +682,12 @@ async fn main() -> Result<()> {
         opts.nodes,
         opts.pods,
         opts.baseline_pods,
-        if cfg!(debug_assertions) {
-            "DEBUG"
-        } else {
-            "release"
-        }
+        build()
     );
-    let dir = tempfile::Builder::new()
-        .prefix("wasmkube-sched-bench-")
-        .tempdir()
-        .context("create a temp dir")?;
-    let result = run(&opts, dir.path()).await;
-    if opts.keep || result.is_err() {
-        let kept = dir.keep();
-        println!("logs kept in {}", kept.display());
-    }
-    result
+    in_temp_dir("wasmkube-sched-bench-", opts.keep, async |dir| {
+        run(&opts, dir).await
+    })
+    .await
 }
 
 async fn run(opts: &Opts, dir: &Path) -> Result<()> {
@@ -985,35 +698,27 @@ async fn run(opts: &Opts, dir: &Path) -> Result<()> {
     let etcd = ManagedEtcd::start(&dir.join("etcd"))
         .await
         .context("start etcd")?;
-    let mut server = ServerProcess::start(&dir.join("server"), &etcd.client_url()).await?;
-    println!("server pid {} (log {})", server.pid, server.log.display());
+    let server = start_server(dir, &["--etcd-servers".into(), etcd.client_url()]).await?;
     let outcome = measure(opts, etcd.pid(), &server).await;
-    let _ = server.child.kill().await;
+    server.proc.stop().await;
     etcd.stop().await;
     outcome
 }
 
-async fn measure(opts: &Opts, etcd_pid: Option<u32>, server: &ServerProcess) -> Result<()> {
-    let kubeconfig = Kubeconfig::read_from(&server.kubeconfig).context("read the kubeconfig")?;
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .context("load the kubeconfig")?;
+async fn measure(opts: &Opts, etcd_pid: Option<u32>, server: &Server) -> Result<()> {
     let clients: Vec<Client> = (0..CLIENTS)
-        .map(|_| Client::try_from(config.clone()).context("build a kube client"))
+        .map(|_| kube_client(&server.config))
         .collect::<Result<_>>()?;
-    let namespaces: Api<Namespace> = Api::all(clients[0].clone());
     for name in [NAMESPACE, BASELINE_NAMESPACE] {
-        let ns: Namespace = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
-        }))?;
-        namespaces
-            .create(&PostParams::default(), &ns)
-            .await
-            .with_context(|| format!("create namespace {name}"))?;
+        create_namespace(&clients[0], name).await?;
     }
+    // etcd is a process of its own here, not a child of the server.
+    let server_pid = server.proc.pid;
+    let mut cpu_of = vec![("server".to_string(), server_pid)];
+    cpu_of.extend(etcd_pid.map(|p| ("etcd".to_string(), p)));
 
     println!("registering {} hollow nodes…", opts.nodes);
-    let meter = CpuMeter::start(server.pid, etcd_pid);
+    let meter = CpuMeter::start(&cpu_of);
     let registration = register_nodes(&clients, opts.nodes).await?;
     let register_cpu = meter.finish();
     println!(
@@ -1028,7 +733,7 @@ async fn measure(opts: &Opts, etcd_pid: Option<u32>, server: &ServerProcess) -> 
         "baseline: {} pod creates, then their bindings, {MAX_CONCURRENT_WRITES} in flight…",
         opts.baseline_pods
     );
-    let meter = CpuMeter::start(server.pid, etcd_pid);
+    let meter = CpuMeter::start(&cpu_of);
     let base = if opts.baseline_pods > 0 {
         Some(baseline(&clients, opts.baseline_pods, opts.nodes).await?)
     } else {
@@ -1047,10 +752,10 @@ async fn measure(opts: &Opts, etcd_pid: Option<u32>, server: &ServerProcess) -> 
     println!("Deployment of {} replicas…", opts.pods);
     let requests_before = request_counts(&clients[1 % CLIENTS]).await;
     let perf = match &opts.perf {
-        Some(out) => Some(PerfRecording::start(server.pid, out)?),
+        Some(out) => Some(PerfRecording::start(server_pid, out)?),
         None => None,
     };
-    let meter = CpuMeter::start(server.pid, etcd_pid);
+    let meter = CpuMeter::start(&cpu_of);
     let scheduling = schedule_deployment(&clients[0], opts.pods, opts.deadline).await?;
     let scheduling_cpu = meter.finish();
     if let Some(perf) = perf {
@@ -1075,7 +780,7 @@ async fn measure(opts: &Opts, etcd_pid: Option<u32>, server: &ServerProcess) -> 
             renewals: &renewals,
             renew_rate,
             requests,
-            rss: server.rss_mib(),
+            rss: status_mib(server_pid, "VmRSS:").unwrap_or(0.0),
             cpu: [
                 ("register nodes", register_cpu),
                 ("baseline", baseline_cpu),
@@ -1254,14 +959,18 @@ fn print_report(opts: &Opts, r: &Report<'_>) {
     for (name, cpu) in &r.cpu {
         println!(
             "                 {name:<15} {:>6.1} / {:>5.1} / {:>5.1}   load {:.2} → {:.2}",
-            cpu.server, cpu.etcd, cpu.bench, cpu.load_before, cpu.load_after
+            cpu.of("server"),
+            cpu.of("etcd"),
+            cpu.bench,
+            cpu.load_before,
+            cpu.load_after
         );
     }
     let c = &r.cpu[2].1;
     println!(
         "                 per scheduled pod: server {:.2} ms CPU, etcd {:.2} ms",
-        c.server * 1e3 / total as f64,
-        c.etcd * 1e3 / total as f64
+        c.of("server") * 1e3 / total as f64,
+        c.of("etcd") * 1e3 / total as f64
     );
     println!("{}", "=".repeat(85));
 }

@@ -1,6 +1,12 @@
 //! Events the agent records on pods (Pulling, Pulled, Created, Started, Killing,
 //! BackOff, Failed …), as the kubelet does: source component `kubelet`, the node as
 //! host, and repeats of one event folded into its `count`.
+//!
+//! Like the kubelet's event broadcaster, which writes through one sink, the agent writes
+//! only a few events at a time ([`MAX_IN_FLIGHT`]): in a burst of pod starts the Events
+//! (three per pod) queue behind each other instead of competing with the status writes
+//! that make pods Running. Timestamps are taken when the event happens, not when it is
+//! written.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -30,6 +36,12 @@ impl EventType {
 /// Folding cache entries beyond this are forgotten (the next repeat starts a new event).
 const MAX_REMEMBERED: usize = 4096;
 
+/// Event writes in flight at once.
+pub const MAX_IN_FLIGHT: usize = 2;
+/// Events waiting to be written beyond this are dropped (and logged), as the kubelet's
+/// broadcaster drops them when its queue is full: Events must never hold up the node.
+pub const MAX_QUEUED: usize = 4096;
+
 /// What identifies a repeat: (namespace, uid, fieldPath, reason, message).
 type EventKey = (String, String, String, String, String);
 
@@ -39,6 +51,10 @@ pub struct Recorder {
     node: String,
     /// Each event recorded → (its name, its count).
     seen: Mutex<HashMap<EventKey, (String, i32)>>,
+    /// Bounds the event writes in flight.
+    writers: Arc<tokio::sync::Semaphore>,
+    /// Events recorded but not written yet.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Recorder {
@@ -47,6 +63,8 @@ impl Recorder {
             client,
             node: node.to_string(),
             seen: Mutex::new(HashMap::new()),
+            writers: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+            queued: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         }
     }
 
@@ -61,7 +79,19 @@ impl Recorder {
         reason: &str,
         message: &str,
     ) {
+        use std::sync::atomic::Ordering;
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUED {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            tracing::debug!(
+                namespace = pod.metadata.namespace.as_deref().unwrap_or_default(),
+                pod = pod.metadata.name.as_deref().unwrap_or_default(),
+                reason,
+                "event dropped: too many events waiting to be written"
+            );
+            return;
+        }
         let this = self.clone();
+        let at = Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true);
         let (pod, container, reason, message) = (
             pod.clone(),
             container.map(str::to_string),
@@ -69,8 +99,11 @@ impl Recorder {
             message.to_string(),
         );
         tokio::spawn(async move {
-            this.record(&pod, container.as_deref(), kind, &reason, &message)
-                .await
+            if let Ok(_permit) = this.writers.clone().acquire_owned().await {
+                this.record(&pod, container.as_deref(), kind, &reason, &message, &at)
+                    .await;
+            }
+            this.queued.fetch_sub(1, Ordering::Relaxed);
         });
     }
 
@@ -81,6 +114,7 @@ impl Recorder {
         kind: EventType,
         reason: &str,
         message: &str,
+        now: &str,
     ) {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
@@ -106,7 +140,6 @@ impl Recorder {
             reason.to_string(),
             message.to_string(),
         );
-        let now = Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true);
         let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
         let repeat = self.seen.lock().ok().and_then(|mut seen| {
             let entry = seen.get_mut(&key)?;

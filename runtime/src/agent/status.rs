@@ -79,6 +79,8 @@ pub struct ContainerRecord {
     /// Its startup probe succeeded (or it has none); shown as `started` while running.
     /// Liveness and readiness probes wait for it.
     pub started: bool,
+    /// It has a readiness probe: once it runs, its first probe result is the next news.
+    pub awaits_readiness: bool,
 }
 
 impl ContainerRecord {
@@ -96,6 +98,7 @@ impl ContainerRecord {
             last_state: None,
             ready: false,
             started: false,
+            awaits_readiness: false,
         }
     }
 
@@ -206,6 +209,26 @@ pub struct PodState {
 }
 
 impl PodState {
+    /// Whether the pod is past its first moments: a container started (and, with a
+    /// readiness probe, got its first success) or ended, a container or the pod waits
+    /// for a reason other than being created, or the pod finished. Until then its
+    /// status says little more than "being created".
+    pub fn has_news(&self) -> bool {
+        self.finished
+            || self.pod_problem.is_some()
+            || self
+                .init
+                .iter()
+                .chain(&self.containers)
+                .any(|c| match &c.state {
+                    ContainerState::Waiting { reason, .. } => {
+                        reason != "ContainerCreating" && reason != "PodInitializing"
+                    }
+                    ContainerState::Running { .. } => c.ready || !c.awaits_readiness,
+                    ContainerState::Terminated(_) => true,
+                })
+    }
+
     /// The state of a pod the agent starts working on. Restart counts and the last
     /// terminations are carried over from an earlier status (an agent restart must not
     /// reset them).
@@ -259,7 +282,10 @@ impl PodState {
         let mut containers: Vec<ContainerRecord> = spec
             .containers
             .iter()
-            .map(|c| ContainerRecord::new(&c.name, c.image.as_deref().unwrap_or("")))
+            .map(|c| ContainerRecord {
+                awaits_readiness: c.readiness_probe.is_some(),
+                ..ContainerRecord::new(&c.name, c.image.as_deref().unwrap_or(""))
+            })
             .collect();
         if !init.is_empty() {
             for r in &mut containers {
@@ -468,6 +494,30 @@ mod tests {
         );
         assert_eq!(st["conditions"][2]["type"], "Ready");
         assert_eq!(st["conditions"][2]["status"], "False");
+        assert!(!s.has_news(), "being created is no news");
+    }
+
+    #[test]
+    fn starting_failing_or_a_pod_problem_is_news() {
+        let fresh = || PodState::new(&pod("Always", false), "h", "p", Utc::now());
+        let mut s = fresh();
+        s.containers[0].running(Utc::now());
+        assert!(s.has_news());
+        let mut s = fresh();
+        s.containers[0].waiting("CreateContainerConfigError", Some("no configmap".into()));
+        assert!(s.has_news());
+        let mut s = fresh();
+        s.pod_problem = Some(("FailedMount".into(), "x".into()));
+        assert!(s.has_news());
+        // With a readiness probe, running is news once the probe first passes.
+        let mut s = fresh();
+        for c in &mut s.containers {
+            c.awaits_readiness = true;
+            c.running(Utc::now());
+        }
+        assert!(!s.has_news());
+        s.containers[1].ready = true;
+        assert!(s.has_news());
     }
 
     #[test]

@@ -51,6 +51,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
 /// How long the status writer waits for more changes before writing.
 const STATUS_COALESCE: Duration = Duration::from_millis(15);
+/// How long the first status write waits for the pod to get past "being created": a
+/// pod whose module is cached starts within this, and its first write then says
+/// Running — one PATCH per pod start instead of two.
+const FIRST_STATUS_WAIT: Duration = Duration::from_millis(250);
 /// How often configMap/secret/downwardAPI/projected volumes are re-projected.
 const VOLUME_REFRESH: Duration = Duration::from_secs(10);
 
@@ -943,6 +947,22 @@ async fn write_status(shared: Arc<Shared>, pod: Pod, stop: CancellationToken) {
             // Changes that follow each other closely (fetched, then started) become one
             // write: a pod start costs the API server one PATCH, not three.
             tokio::time::sleep(STATUS_COALESCE).await;
+            if last.is_none() {
+                let deadline = tokio::time::Instant::now() + FIRST_STATUS_WAIT;
+                loop {
+                    let news = shared.state.lock().map(|s| s.has_news()).unwrap_or(true);
+                    if news || tokio::time::Instant::now() >= deadline {
+                        break;
+                    }
+                    tokio::select! {
+                        _ = shared.changed.notified() => {}
+                        _ = tokio::time::sleep_until(deadline) => {}
+                        _ = stop.cancelled() => break,
+                    }
+                }
+                // What came with the news (e.g. Running, then Ready) joins this write.
+                tokio::time::sleep(STATUS_COALESCE).await;
+            }
         }
         let mut status = match shared.state.lock() {
             Ok(s) => s.to_status(shared.policy, Utc::now()),

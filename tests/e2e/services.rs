@@ -392,33 +392,7 @@ async fn a_service_reaches_pods_on_another_node_through_its_proxy() {
     );
 
     // The pods move to node a: traffic follows.
-    cluster
-        .kubectl_ok(&[
-            "patch",
-            "deployment",
-            "far",
-            "--type=merge",
-            "-p",
-            &format!(
-                r#"{{"spec":{{"template":{{"spec":{{"nodeSelector":{{"kubernetes.io/hostname":"{node_a}"}}}}}}}}}}"#
-            ),
-        ])
-        .await;
-    let on_a = eventually("the pods to move to node a", SLOW, async || {
-        let pods = running_pods(&cluster, "far").await;
-        if pods.len() == 2 && pods.iter().all(|(_, n)| *n == node_a) {
-            Ok(pods)
-        } else {
-            Err(format!("running: {pods:?}"))
-        }
-    })
-    .await;
-    let answered = answered_by_all(&cluster, "far", addr, 2).await;
-    assert!(answered.is_disjoint(&on_b));
-    assert_eq!(
-        answered,
-        on_a.into_iter().map(|(n, _)| n).collect::<BTreeSet<_>>()
-    );
+    pods_follow_to(&cluster, &node_a, addr, &on_b).await;
 }
 
 /// A network namespace joined to the host's by a veth pair, as a second machine: its
@@ -611,33 +585,7 @@ async fn two_nodes_in_separate_network_namespaces_reach_each_others_pods() {
         );
     }
 
-    cluster
-        .kubectl_ok(&[
-            "patch",
-            "deployment",
-            "far",
-            "--type=merge",
-            "-p",
-            &format!(
-                r#"{{"spec":{{"template":{{"spec":{{"nodeSelector":{{"kubernetes.io/hostname":"{node_a}"}}}}}}}}}}"#
-            ),
-        ])
-        .await;
-    let on_a = eventually("the pods to move to node a", SLOW, async || {
-        let pods = running_pods(&cluster, "far").await;
-        if pods.len() == 2 && pods.iter().all(|(_, n)| *n == node_a) {
-            Ok(pods)
-        } else {
-            Err(format!("ready: {pods:?}"))
-        }
-    })
-    .await;
-    let answered = answered_by_all(&cluster, "far", addr, 2).await;
-    assert!(answered.is_disjoint(&on_b));
-    assert_eq!(
-        answered,
-        on_a.into_iter().map(|(n, _)| n).collect::<BTreeSet<_>>()
-    );
+    pods_follow_to(&cluster, &node_a, addr, &on_b).await;
 }
 
 /// The http-echo Deployment `flaky`: ready while `/data/<pod name>` exists (a hostPath
@@ -688,6 +636,46 @@ spec:
         dir = dir.display(),
         image = sample_image("http-echo")
     )
+}
+
+/// Pins the `far` Deployment's pods to `node` and checks that the Service at `addr`
+/// follows them: both new pods answer, none of the old ones (`before`) does.
+async fn pods_follow_to(
+    cluster: &Cluster,
+    node: &str,
+    addr: SocketAddr,
+    before: &BTreeSet<String>,
+) {
+    cluster
+        .kubectl_ok(&[
+            "patch",
+            "deployment",
+            "far",
+            "--type=merge",
+            "-p",
+            &format!(
+                r#"{{"spec":{{"template":{{"spec":{{"nodeSelector":{{"kubernetes.io/hostname":"{node}"}}}}}}}}}}"#
+            ),
+        ])
+        .await;
+    let moved = eventually(&format!("the pods to move to {node}"), SLOW, async || {
+        let pods = running_pods(cluster, "far").await;
+        if pods.len() == 2 && pods.iter().all(|(_, n)| n == node) {
+            Ok(pods)
+        } else {
+            Err(format!("ready: {pods:?}"))
+        }
+    })
+    .await;
+    let answered = answered_by_all(cluster, "far", addr, 2).await;
+    assert!(
+        answered.is_disjoint(before),
+        "{answered:?} vs the old {before:?}"
+    );
+    assert_eq!(
+        answered,
+        moved.into_iter().map(|(n, _)| n).collect::<BTreeSet<_>>()
+    );
 }
 
 /// Names of the pods of `app` that are not being deleted, ready or not.

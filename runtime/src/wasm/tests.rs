@@ -1208,53 +1208,31 @@ async fn binds_land_on_the_pod_ip() {
         run.stderr.text()
     );
 
-    // Connects: from the pod IP to loopback (the default egress); nowhere else.
-    let target = std::net::TcpListener::bind("127.0.0.3:0").unwrap();
-    let mut run = run_spec(&["net", "connect", &target.local_addr().unwrap().to_string()]);
-    run.spec.network = true;
-    run.spec.pod_ip = Some(pod_ip);
-    assert_eq!(
-        program.run(run.spec, CancellationToken::new()).await,
-        Exit::Exited(0)
-    );
-    assert!(
-        run.stdout
-            .text()
-            .contains(&format!("connected from {pod_ip}:")),
-        "{}",
+    // Connects: from the pod IP to loopback (the default egress); nowhere else. The
+    // pod's localhost is its own address: a connect to 127.0.0.1 reaches the pod IP.
+    let connect = async |target: String| {
+        let mut run = run_spec(&["net", "connect", &target]);
+        run.spec.network = true;
+        run.spec.pod_ip = Some(pod_ip);
+        let exit = program.run(run.spec, CancellationToken::new()).await;
+        assert_eq!(exit, Exit::Exited(0), "connect {target}");
         run.stdout.text()
-    );
-    // The pod's localhost is its own address: a connect to 127.0.0.1 reaches the pod IP.
+    };
+    let target = std::net::TcpListener::bind("127.0.0.3:0").unwrap();
     let own = std::net::TcpListener::bind((pod_ip, 0)).unwrap();
     let own_port = own.local_addr().unwrap().port();
-    let mut run = run_spec(&["net", "connect", &format!("127.0.0.1:{own_port}")]);
-    run.spec.network = true;
-    run.spec.pod_ip = Some(pod_ip);
-    assert_eq!(
-        program.run(run.spec, CancellationToken::new()).await,
-        Exit::Exited(0)
-    );
-    assert!(
-        run.stdout
-            .text()
-            .contains(&format!("connected from {pod_ip}:")),
-        "{}",
-        run.stdout.text()
-    );
-    let mut run = run_spec(&["net", "connect", "192.0.2.1:80"]);
-    run.spec.network = true;
-    run.spec.pod_ip = Some(pod_ip);
-    assert_eq!(
-        program.run(run.spec, CancellationToken::new()).await,
-        Exit::Exited(0)
-    );
-    assert!(
-        run.stdout
-            .text()
-            .contains("connect failed: PermissionDenied"),
-        "{}",
-        run.stdout.text()
-    );
+    for target in [
+        target.local_addr().unwrap().to_string(),
+        format!("127.0.0.1:{own_port}"),
+    ] {
+        let out = connect(target.clone()).await;
+        assert!(
+            out.contains(&format!("connected from {pod_ip}:")),
+            "{target}: {out}"
+        );
+    }
+    let out = connect("192.0.2.1:80".to_string()).await;
+    assert!(out.contains("connect failed: PermissionDenied"), "{out}");
 }
 
 /// `limits.cpu`: a spinner limited to 100m gets a small fraction of what an unlimited

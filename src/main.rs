@@ -14,7 +14,9 @@ use wasmkube_runtime::fetch::RegistryAuth;
 
 /// mimalloc instead of glibc malloc: a long-running server that serves big lists now and
 /// then kept hundreds of MiB of freed memory in glibc's per-thread arenas (measured by
-/// benches/apiserver.rs); mimalloc returns it.
+/// benches/apiserver.rs); mimalloc returns it. Built with `no_thp`: otherwise it advises
+/// transparent huge pages for its 1 GiB arenas, and every small heap touches whole 2 MiB
+/// pages — an idle agent held 16 MiB of heap that way instead of 3 (benches/agent.rs).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -209,24 +209,27 @@ pub struct PodState {
 }
 
 impl PodState {
-    /// Whether the pod is past its first moments: a container started (and, with a
-    /// readiness probe, got its first success) or ended, a container or the pod waits
-    /// for a reason other than being created, or the pod finished. Until then its
-    /// status says little more than "being created".
-    pub fn has_news(&self) -> bool {
+    /// Whether the pod's first status is worth writing now: every container is past
+    /// being created (it started — and, with a readiness probe, got its first success —
+    /// or ended, or waits behind init containers), or something went wrong (a container
+    /// waits for a reason other than being created, a pod-level problem), or the pod
+    /// finished. Until then its status says little more than "being created", and
+    /// writing it would cost a second PATCH for nothing.
+    pub fn is_settled(&self) -> bool {
+        let mut all = self.init.iter().chain(&self.containers);
+        let trouble = |c: &ContainerRecord| {
+            matches!(&c.state, ContainerState::Waiting { reason, .. }
+                if reason != "ContainerCreating" && reason != "PodInitializing")
+        };
+        let creating = |c: &ContainerRecord| match &c.state {
+            ContainerState::Waiting { reason, .. } => reason == "ContainerCreating",
+            ContainerState::Running { .. } => c.awaits_readiness && !c.ready,
+            ContainerState::Terminated(_) => false,
+        };
         self.finished
             || self.pod_problem.is_some()
-            || self
-                .init
-                .iter()
-                .chain(&self.containers)
-                .any(|c| match &c.state {
-                    ContainerState::Waiting { reason, .. } => {
-                        reason != "ContainerCreating" && reason != "PodInitializing"
-                    }
-                    ContainerState::Running { .. } => c.ready || !c.awaits_readiness,
-                    ContainerState::Terminated(_) => true,
-                })
+            || self.init.iter().chain(&self.containers).any(trouble)
+            || !all.any(creating)
     }
 
     /// The state of a pod the agent starts working on. Restart counts and the last
@@ -494,30 +497,41 @@ mod tests {
         );
         assert_eq!(st["conditions"][2]["type"], "Ready");
         assert_eq!(st["conditions"][2]["status"], "False");
-        assert!(!s.has_news(), "being created is no news");
+        assert!(!s.is_settled(), "being created is not worth a write");
     }
 
     #[test]
-    fn starting_failing_or_a_pod_problem_is_news() {
+    fn the_first_status_waits_for_every_container_or_for_trouble() {
         let fresh = || PodState::new(&pod("Always", false), "h", "p", Utc::now());
+        // One container up, the other still being created: not yet.
         let mut s = fresh();
         s.containers[0].running(Utc::now());
-        assert!(s.has_news());
+        assert!(!s.is_settled());
+        s.containers[1].running(Utc::now());
+        assert!(s.is_settled());
+        // Trouble is worth writing at once, even while another container is created.
         let mut s = fresh();
         s.containers[0].waiting("CreateContainerConfigError", Some("no configmap".into()));
-        assert!(s.has_news());
+        assert!(s.is_settled());
         let mut s = fresh();
         s.pod_problem = Some(("FailedMount".into(), "x".into()));
-        assert!(s.has_news());
-        // With a readiness probe, running is news once the probe first passes.
+        assert!(s.is_settled());
+        // With a readiness probe, running counts once the probe first passes.
         let mut s = fresh();
         for c in &mut s.containers {
             c.awaits_readiness = true;
             c.running(Utc::now());
         }
-        assert!(!s.has_news());
+        assert!(!s.is_settled());
+        s.containers[0].ready = true;
+        assert!(!s.is_settled());
         s.containers[1].ready = true;
-        assert!(s.has_news());
+        assert!(s.is_settled());
+        // Main containers waiting behind a running init container: settled.
+        let mut s = PodState::new(&pod("Always", true), "h", "p", Utc::now());
+        assert!(!s.is_settled(), "the init container is being created");
+        s.init[0].running(Utc::now());
+        assert!(s.is_settled());
     }
 
     #[test]

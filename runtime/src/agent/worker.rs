@@ -51,9 +51,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
 /// How long the status writer waits for more changes before writing.
 const STATUS_COALESCE: Duration = Duration::from_millis(15);
-/// How long the first status write waits for the pod to get past "being created": a
-/// pod whose module is cached starts within this, and its first write then says
-/// Running — one PATCH per pod start instead of two.
+/// How long the first status write waits for the pod's containers to get past "being
+/// created": a pod whose module is cached starts within this, and its first write then
+/// says Running — one PATCH per pod start instead of two.
 const FIRST_STATUS_WAIT: Duration = Duration::from_millis(250);
 /// How often configMap/secret/downwardAPI/projected volumes are re-projected.
 const VOLUME_REFRESH: Duration = Duration::from_secs(10);
@@ -208,7 +208,7 @@ pub async fn run(
     if let Err(e) = crate::volumes::remove_pod_dir(&pod_dir) {
         tracing::warn!(namespace = %ns, pod = %name, error = %e, "removing the pod's files");
     }
-    if let Err(e) = ctx.logs.remove_pod(&uid) {
+    if let Err(e) = ctx.logs.remove_pod_named(&ns, &name, &uid) {
         tracing::warn!(namespace = %ns, pod = %name, error = %e, "removing the pod's logs");
     }
     if gone.is_cancelled() {
@@ -944,14 +944,13 @@ async fn write_status(shared: Arc<Shared>, pod: Pod, stop: CancellationToken) {
             _ = stop.cancelled() => true,
         };
         if !stopping {
-            // Changes that follow each other closely (fetched, then started) become one
-            // write: a pod start costs the API server one PATCH, not three.
-            tokio::time::sleep(STATUS_COALESCE).await;
             if last.is_none() {
+                // The first write waits until every container is up (or in trouble), so
+                // a pod start costs one PATCH that already says Running, and Ready.
                 let deadline = tokio::time::Instant::now() + FIRST_STATUS_WAIT;
                 loop {
-                    let news = shared.state.lock().map(|s| s.has_news()).unwrap_or(true);
-                    if news || tokio::time::Instant::now() >= deadline {
+                    let settled = shared.state.lock().map(|s| s.is_settled()).unwrap_or(true);
+                    if settled || tokio::time::Instant::now() >= deadline {
                         break;
                     }
                     tokio::select! {
@@ -960,7 +959,9 @@ async fn write_status(shared: Arc<Shared>, pod: Pod, stop: CancellationToken) {
                         _ = stop.cancelled() => break,
                     }
                 }
-                // What came with the news (e.g. Running, then Ready) joins this write.
+            } else {
+                // Changes that follow each other closely (a probe result, then a
+                // restart) become one write.
                 tokio::time::sleep(STATUS_COALESCE).await;
             }
         }

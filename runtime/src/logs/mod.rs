@@ -712,6 +712,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn removing_a_pod_by_name_ends_its_followers_and_keeps_the_others() {
+        let (_tmp, store) = store(LogLimits::default());
+        let root = store.root().to_path_buf();
+        let web = store.open("ns", "web", "uid1", "app", 0).expect("opens");
+        web.stdout().write(b"web\n");
+        let db = store.open("ns", "db", "uid2", "app", 0).expect("opens");
+        db.stdout().write(b"db\n");
+        let follow = || LogOptions {
+            follow: true,
+            ..Default::default()
+        };
+        let mut web_stream = store
+            .read("ns", "web", "app", follow())
+            .await
+            .expect("follows");
+        let mut seen = String::new();
+        read_until(&mut web_stream, &mut seen, "web\n").await;
+        store
+            .remove_pod_named("ns", "web", "uid1")
+            .expect("removes");
+        assert_eq!(collect(web_stream).await, "", "the follower ends");
+        assert!(!root.join("ns_web_uid1").exists());
+        assert_eq!(store.pod_uids().expect("lists"), ["uid2"]);
+        let mut db_stream = store
+            .read("ns", "db", "app", follow())
+            .await
+            .expect("follows");
+        let mut seen = String::new();
+        read_until(&mut db_stream, &mut seen, "db\n").await;
+        store
+            .remove_pod_named("ns", "web", "uid1")
+            .expect("removing twice is fine");
+        assert!(
+            store.remove_pod_named("ns", "a_b", "uid1").is_err(),
+            "names are checked"
+        );
+    }
+
+    #[tokio::test]
     async fn a_recreated_pod_reads_its_newest_directory() {
         let (_tmp, store) = store(LogLimits::default());
         let old = store.open("ns", "web", "uid1", "app", 0).expect("opens");

@@ -6,7 +6,7 @@
 //! [`LogLimits::max_line_bytes`] is cut into `P` records; what is left without a newline
 //! when the run ends is written as a final `F` record.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -42,6 +42,14 @@ impl Default for LogLimits {
     }
 }
 
+/// One `Notify` per container directory (see [`LogStore`]).
+#[derive(Default)]
+struct Notifiers {
+    map: BTreeMap<PathBuf, Weak<Notify>>,
+    /// The size at which entries nobody holds are swept out.
+    sweep_at: usize,
+}
+
 /// The node's container logs under one root directory.
 pub struct LogStore {
     root: PathBuf,
@@ -49,7 +57,7 @@ pub struct LogStore {
     /// One `Notify` per container directory, shared by its writer and its followers so
     /// that a follower wakes as soon as a line is written. Weak so that an entry lives
     /// only while someone holds it.
-    notifiers: Mutex<HashMap<PathBuf, Weak<Notify>>>,
+    notifiers: Mutex<Notifiers>,
 }
 
 impl std::fmt::Debug for LogStore {
@@ -67,7 +75,7 @@ impl LogStore {
         LogStore {
             root: root.into(),
             limits,
-            notifiers: Mutex::new(HashMap::new()),
+            notifiers: Mutex::new(Notifiers::default()),
         }
     }
 
@@ -140,7 +148,9 @@ impl LogStore {
         })
     }
 
-    /// Removes every log of the pod with this uid.
+    /// Removes every log of the pod with this uid, whatever its name (an orphan found
+    /// by [`LogStore::pod_uids`]); scans the root, so a pod the caller knows by name is
+    /// removed with [`LogStore::remove_pod_named`] instead.
     pub fn remove_pod(&self, uid: &str) -> io::Result<()> {
         check_name("uid", uid, true)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
@@ -155,20 +165,37 @@ impl LogStore {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             if name.ends_with(&suffix) && name.matches('_').count() == 2 {
-                let path = entry.path();
-                match std::fs::remove_dir_all(&path) {
-                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                    _ => tracing::debug!(path = %path.display(), "removed a pod's logs"),
-                }
-                // Followers of this pod stop once they see the directory gone.
-                let notifiers = self.lock_notifiers();
-                for (dir, n) in notifiers.iter() {
-                    if dir.starts_with(&path) {
-                        if let Some(n) = n.upgrade() {
-                            n.notify_waiters();
-                        }
-                    }
-                }
+                self.remove_pod_dir(&entry.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every log of one pod: its directory alone, without looking at the other
+    /// pods' (a node that deletes many pods at once does not scan its logs per pod).
+    pub fn remove_pod_named(&self, namespace: &str, pod: &str, uid: &str) -> io::Result<()> {
+        for (what, value) in [("namespace", namespace), ("pod", pod), ("uid", uid)] {
+            check_name(what, value, true)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        }
+        self.remove_pod_dir(&self.root.join(pod_dir_name(namespace, pod, uid)))
+    }
+
+    fn remove_pod_dir(&self, path: &Path) -> io::Result<()> {
+        match std::fs::remove_dir_all(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => tracing::debug!(path = %path.display(), "removed a pod's logs"),
+        }
+        // Followers of this pod stop once they see the directory gone. The map is
+        // ordered, so the pod's container directories sit together from `path` on.
+        let notifiers = self.lock_notifiers();
+        for (_, n) in notifiers
+            .map
+            .range(path.to_path_buf()..)
+            .take_while(|(dir, _)| dir.starts_with(path))
+        {
+            if let Some(n) = n.upgrade() {
+                n.notify_waiters();
             }
         }
         Ok(())
@@ -211,17 +238,22 @@ impl LogStore {
     }
 
     pub(crate) fn notifier(&self, dir: &Path) -> Arc<Notify> {
-        let mut map = self.lock_notifiers();
-        if let Some(n) = map.get(dir).and_then(Weak::upgrade) {
+        let mut notifiers = self.lock_notifiers();
+        if let Some(n) = notifiers.map.get(dir).and_then(Weak::upgrade) {
             return n;
         }
-        map.retain(|_, n| n.strong_count() > 0);
+        // Entries nobody holds any more are dropped once the map has doubled since the
+        // last sweep: amortised, so opening a log never costs a walk over every pod's.
+        if notifiers.map.len() >= notifiers.sweep_at {
+            notifiers.map.retain(|_, n| n.strong_count() > 0);
+            notifiers.sweep_at = (notifiers.map.len() * 2).max(64);
+        }
         let n = Arc::new(Notify::new());
-        map.insert(dir.to_path_buf(), Arc::downgrade(&n));
+        notifiers.map.insert(dir.to_path_buf(), Arc::downgrade(&n));
         n
     }
 
-    fn lock_notifiers(&self) -> MutexGuard<'_, HashMap<PathBuf, Weak<Notify>>> {
+    fn lock_notifiers(&self) -> MutexGuard<'_, Notifiers> {
         self.notifiers.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -45,6 +45,8 @@ pub struct Objects {
     namespaces: Arc<NamespaceLifecycle>,
     /// ServiceAccounts in memory, for pod admission and token authentication.
     pub service_accounts: Arc<super::lister::Lister>,
+    /// Recent watch events' objects, decoded once for every watcher with selectors.
+    pub(crate) decoded_events: super::watch::DecodedEvents,
 }
 
 /// What a list reads.
@@ -283,6 +285,7 @@ impl Objects {
             caches: Mutex::new(HashMap::new()),
             namespaces: Arc::new(NamespaceLifecycle::default()),
             service_accounts: Arc::new(super::lister::Lister::new()),
+            decoded_events: super::watch::DecodedEvents::default(),
         }
     }
 

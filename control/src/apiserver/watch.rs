@@ -180,18 +180,19 @@ fn event_line(
     ev: &storage::WatchEvent,
 ) -> Option<Bytes> {
     let filtered = params.labels.is_some() || params.fields.is_some();
+    if format == Format::Json && !filtered {
+        if let Some(line) = raw_line(plain_kind(ev.kind), &ev.value, ev.revision) {
+            return Some(line);
+        }
+    }
+    let decoded = objects.decoded_events.get(ev)?;
+    let kind = translate(objects, def, params, ev.kind, &decoded)?;
     if format == Format::Json {
-        let kind = if filtered {
-            translate(objects, def, params, ev)?.0
-        } else {
-            plain_kind(ev.kind)
-        };
         if let Some(line) = raw_line(kind, &ev.value, ev.revision) {
             return Some(line);
         }
     }
-    let (kind, obj) = translate(objects, def, params, ev)?;
-    Some(line(kind, output::object(def, obj, format)))
+    Some(line(kind, output::object(def, decoded.now.clone(), format)))
 }
 
 /// The watch event type of an unfiltered storage event.
@@ -203,34 +204,95 @@ fn plain_kind(kind: EventKind) -> &'static str {
     }
 }
 
-/// Turns a storage event into a watch event, applying the selectors to the old and new
-/// state; `None` when the watcher should not see it.
+/// Applies the selectors to the old and new state of an event; the watch event type
+/// to send, `None` when the watcher should not see it.
 fn translate(
     objects: &Objects,
     def: &ResourceDef,
     params: &ListParams,
-    ev: &storage::WatchEvent,
-) -> Option<(&'static str, Value)> {
-    let obj = decode_stored(&ev.value, ev.revision).ok()?;
-    let now_matches = objects.matches(def, &obj, params).unwrap_or(false);
+    kind: EventKind,
+    decoded: &Decoded,
+) -> Option<&'static str> {
+    let now_matches = objects.matches(def, &decoded.now, params).unwrap_or(false);
     let filtered = params.labels.is_some() || params.fields.is_some();
-    let before_matches = match (&ev.prev_value, filtered) {
+    let before_matches = match (&decoded.before, filtered) {
         (_, false) => true,
-        (Some(prev), true) => decode_stored(prev, ev.revision)
-            .ok()
-            .map(|p| objects.matches(def, &p, params).unwrap_or(false))
-            .unwrap_or(false),
+        (Some(prev), true) => objects.matches(def, prev, params).unwrap_or(false),
         (None, true) => false,
     };
-    match ev.kind {
-        EventKind::Created => now_matches.then_some(("ADDED", obj)),
-        EventKind::Deleted => now_matches.then_some(("DELETED", obj)),
+    match kind {
+        EventKind::Created => now_matches.then_some("ADDED"),
+        EventKind::Deleted => now_matches.then_some("DELETED"),
         EventKind::Updated => match (before_matches, now_matches) {
-            (true, true) => Some(("MODIFIED", obj)),
-            (false, true) => Some(("ADDED", obj)),
-            (true, false) => Some(("DELETED", obj)),
+            (true, true) => Some("MODIFIED"),
+            (false, true) => Some("ADDED"),
+            (true, false) => Some("DELETED"),
             (false, false) => None,
         },
+    }
+}
+
+/// A storage event's objects, decoded.
+pub(crate) struct Decoded {
+    /// The object after the change (before it, for a deletion).
+    now: Value,
+    /// The object before an update.
+    before: Option<Value>,
+}
+
+/// How many recent events keep their decoded objects.
+const DECODED_EVENTS: usize = 512;
+
+/// The decoded objects of the most recent watch events, by revision. Every watcher with
+/// selectors must look inside each event's object (and the one before it) to decide
+/// whether to send it; with many such watchers — an agent per node, each watching its
+/// own pods — decoding once per event rather than once per watcher is what keeps a
+/// pod's change from costing the server a parse per node. Watchers far behind the
+/// others decode for themselves.
+#[derive(Default)]
+pub(crate) struct DecodedEvents {
+    recent: std::sync::Mutex<std::collections::VecDeque<(i64, String, Arc<Decoded>)>>,
+}
+
+impl DecodedEvents {
+    /// The decoded objects of `ev`; `None` if the stored text is not an object.
+    fn get(&self, ev: &storage::WatchEvent) -> Option<Arc<Decoded>> {
+        let find = |recent: &std::collections::VecDeque<(i64, String, Arc<Decoded>)>| {
+            recent
+                .iter()
+                .rev()
+                .find(|(rev, key, _)| *rev == ev.revision && *key == ev.key)
+                .map(|(_, _, d)| d.clone())
+        };
+        if let Some(d) = find(&self.lock()) {
+            return Some(d);
+        }
+        // Decoded outside the lock: the other watchers go on meanwhile (one of them may
+        // decode the same event too; the first one stored wins).
+        let now = decode_stored(&ev.value, ev.revision).ok()?;
+        let before = match (ev.kind, &ev.prev_value) {
+            // An unreadable old state matches no selector, as if there were none.
+            (EventKind::Updated, Some(prev)) => decode_stored(prev, ev.revision).ok(),
+            _ => None,
+        };
+        let decoded = Arc::new(Decoded { now, before });
+        let mut recent = self.lock();
+        if let Some(d) = find(&recent) {
+            return Some(d);
+        }
+        // Events arrive in revision order per resource, not across resources: keep the
+        // deque roughly ordered by inserting at the end and evicting the oldest.
+        if recent.len() >= DECODED_EVENTS {
+            recent.pop_front();
+        }
+        recent.push_back((ev.revision, ev.key.clone(), decoded.clone()));
+        Some(decoded)
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(i64, String, Arc<Decoded>)>> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -250,5 +312,57 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a["object"]["metadata"]["resourceVersion"], "42");
         assert_eq!(plain_kind(EventKind::Deleted), "DELETED");
+    }
+
+    fn event(kind: EventKind, key: &str, revision: i64, node: &str) -> storage::WatchEvent {
+        let obj = |n: &str| {
+            Bytes::from(format!(
+                r#"{{"kind":"Pod","metadata":{{"name":"{key}"}},"spec":{{"nodeName":"{n}"}}}}"#
+            ))
+        };
+        storage::WatchEvent {
+            kind,
+            key: key.to_string(),
+            value: obj(node),
+            prev_value: (kind == EventKind::Updated).then(|| obj("")),
+            revision,
+        }
+    }
+
+    #[test]
+    fn an_event_is_decoded_once_for_every_watcher() {
+        let memo = DecodedEvents::default();
+        let ev = event(EventKind::Updated, "a", 7, "n1");
+        let first = memo.get(&ev).expect("decodes");
+        let again = memo.get(&ev).expect("decodes");
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "the second watcher reuses the first's"
+        );
+        assert_eq!(first.now["spec"]["nodeName"], "n1");
+        assert_eq!(first.now["metadata"]["resourceVersion"], "7");
+        assert_eq!(
+            first.before.as_ref().expect("old state")["spec"]["nodeName"],
+            ""
+        );
+        // Another key at the same revision is another object.
+        let other = memo
+            .get(&event(EventKind::Created, "b", 7, "n2"))
+            .expect("decodes");
+        assert_eq!(other.now["metadata"]["name"], "b");
+        assert!(other.before.is_none());
+        // Old events fall out; they are still decoded, just not shared.
+        for rev in 8..8 + DECODED_EVENTS as i64 {
+            memo.get(&event(EventKind::Created, "c", rev, "n"))
+                .expect("decodes");
+        }
+        let late = memo.get(&ev).expect("decodes");
+        assert!(!Arc::ptr_eq(&first, &late));
+        assert_eq!(late.now, first.now);
+        let broken = storage::WatchEvent {
+            value: Bytes::from_static(b"not json"),
+            ..event(EventKind::Created, "d", 9999, "n")
+        };
+        assert!(memo.get(&broken).is_none());
     }
 }

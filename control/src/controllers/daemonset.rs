@@ -35,6 +35,7 @@ use serde_json::json;
 
 use super::deployment::{resolve, template_hash};
 use super::events::{EventType, Recorder};
+use super::shared_watch::SharedWatch;
 use crate::registry::selectors::LabelSelector;
 use crate::scheduler::filter;
 
@@ -64,9 +65,8 @@ struct Context {
 }
 
 /// Runs the controller until the watch streams end.
-pub async fn run(client: kube::Client) {
+pub async fn run(client: kube::Client, pods: SharedWatch<Pod>) {
     let sets: Api<DaemonSet> = Api::all(client.clone());
-    let pods: Api<Pod> = Api::all(client.clone());
     let nodes: Api<Node> = Api::all(client.clone());
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), MANAGER),
@@ -75,7 +75,7 @@ pub async fn run(client: kube::Client) {
     let controller = Controller::new(sets, watcher::Config::default());
     let store = controller.store();
     controller
-        .owns(pods, watcher::Config::default())
+        .owns_stream(pods.touched())
         // Any node change can change where every DaemonSet should run.
         .watches(nodes, watcher::Config::default(), move |_node: Node| {
             store

@@ -29,6 +29,7 @@ use kube::runtime::watcher;
 use kube::ResourceExt;
 
 use super::events::{self, EventType, Recorder};
+use super::shared_watch::SharedWatch;
 
 /// What can go wrong while syncing a Service's Endpoints.
 #[derive(Debug, thiserror::Error)]
@@ -58,9 +59,8 @@ struct Context {
 }
 
 /// Runs the controller until the process ends.
-pub async fn run(client: kube::Client) {
+pub async fn run(client: kube::Client, pods: SharedWatch<Pod>) {
     let services: Api<Service> = Api::all(client.clone());
-    let pods: Api<Pod> = Api::all(client.clone());
     let endpoints: Api<Endpoints> = Api::all(client.clone());
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -74,9 +74,7 @@ pub async fn run(client: kube::Client) {
         .watches(services, watcher::Config::default(), |svc| {
             Some(ObjectRef::from_obj(&svc))
         })
-        .watches(pods, watcher::Config::default(), move |pod| {
-            mapper.map(&pod)
-        })
+        .watches_stream(pods.touched(), move |pod| mapper.map(&pod))
         .watches(endpoints, watcher::Config::default(), |ep| {
             ep.namespace()
                 .map(|ns| ObjectRef::<Service>::new(&ep.name_any()).within(&ns))

@@ -29,6 +29,7 @@ use super::endpoints::{
     service_selector, service_wants_ipv6, should_pod_be_in_endpoints, PodMapper, LABEL_HEADLESS,
 };
 use super::events::{self, EventType, Recorder};
+use super::shared_watch::SharedWatch;
 
 /// What can go wrong while syncing a Service's EndpointSlices.
 #[derive(Debug, thiserror::Error)]
@@ -56,9 +57,8 @@ struct Context {
 }
 
 /// Runs the controller until the process ends.
-pub async fn run(client: kube::Client) {
+pub async fn run(client: kube::Client, pods: SharedWatch<Pod>) {
     let services: Api<Service> = Api::all(client.clone());
-    let pods: Api<Pod> = Api::all(client.clone());
     let slices: Api<EndpointSlice> = Api::all(client.clone());
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -74,9 +74,7 @@ pub async fn run(client: kube::Client) {
         .watches(services, watcher::Config::default(), |svc| {
             Some(ObjectRef::from_obj(&svc))
         })
-        .watches(pods, watcher::Config::default(), move |pod| {
-            mapper.map(&pod)
-        })
+        .watches_stream(pods.touched(), move |pod| mapper.map(&pod))
         // By label rather than owner, so slices of a deleted Service are found too.
         .watches(slices, managed, |slice| {
             let ns = slice.namespace()?;

@@ -15,6 +15,7 @@
 //! - [`nodelifecycle`]: marks nodes that stopped heartbeating and evicts their pods.
 //! - [`nodeipam`]: a `spec.podCIDR` for every node.
 //! - [`garbagecollector`]: ownerReference cascades (background, foreground, orphan).
+//! - [`shared_watch`]: one pod watch shared by the controllers that follow pods.
 
 pub mod daemonset;
 pub mod deployment;
@@ -28,6 +29,7 @@ pub mod nodelifecycle;
 pub mod replicaset;
 pub mod rootcacert;
 pub mod serviceaccounts;
+pub mod shared_watch;
 pub mod tokens;
 
 use std::path::Path;
@@ -61,13 +63,19 @@ pub struct Options {
 /// Every controller as one future, for a caller that decides when they run (the
 /// leader election in `server.rs`); it never ends on its own.
 pub async fn controllers(client: kube::Client, options: Options) {
+    // One pod watch for the four controllers that follow every pod (the API server
+    // sends each event once, this process parses it once).
+    let pods = shared_watch::SharedWatch::start(
+        kube::Api::<k8s_openapi::api::core::v1::Pod>::all(client.clone()),
+        kube::runtime::watcher::Config::default(),
+    );
     let controllers = futures::future::join_all([
         namespace::run(client.clone()).boxed(),
-        replicaset::run(client.clone()).boxed(),
+        replicaset::run(client.clone(), pods.clone()).boxed(),
         deployment::run(client.clone()).boxed(),
-        daemonset::run(client.clone()).boxed(),
-        endpoints::run(client.clone()).boxed(),
-        endpointslices::run(client.clone()).boxed(),
+        daemonset::run(client.clone(), pods.clone()).boxed(),
+        endpoints::run(client.clone(), pods.clone()).boxed(),
+        endpointslices::run(client.clone(), pods).boxed(),
         serviceaccounts::run(client.clone()).boxed(),
         garbagecollector::run(client.clone()).boxed(),
         nodelifecycle::run(client.clone(), options.node_lifecycle).boxed(),

@@ -43,6 +43,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::events::{EventType, Recorder};
+use super::shared_watch::SharedWatch;
 use crate::registry::selectors::LabelSelector;
 
 /// What can go wrong in one reconcile.
@@ -553,7 +554,7 @@ impl Shared {
 }
 
 /// Runs the controller until the watch streams end.
-pub async fn run(client: kube::Client) {
+pub async fn run(client: kube::Client, pods: SharedWatch<Pod>) {
     let shared = Arc::new(Shared {
         recorder: Recorder::new(client.clone(), MANAGER),
         client,
@@ -563,7 +564,7 @@ pub async fn run(client: kube::Client) {
     let workers = futures::future::join_all((0..WORKERS).map(|_| worker(shared.clone())));
     tokio::join!(
         watch_sets(shared.clone()),
-        watch_pods(shared.clone()),
+        watch_pods(shared.clone(), pods),
         workers
     );
 }
@@ -663,20 +664,10 @@ async fn watch_sets(shared: Arc<Shared>) {
     }
 }
 
-async fn watch_pods(shared: Arc<Shared>) {
-    let api: Api<Pod> = Api::all(shared.client.clone());
-    let mut stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
+async fn watch_pods(shared: Arc<Shared>, pods: SharedWatch<Pod>) {
+    let mut stream = Box::pin(pods.subscribe());
     let mut relist: Option<HashSet<String>> = None;
     while let Some(event) = stream.next().await {
-        let event = match event {
-            Ok(event) => event,
-            Err(e) => {
-                tracing::warn!(error = %e, "pod watch failed; retrying");
-                continue;
-            }
-        };
         let mut cache = shared.lock();
         let keys = match event {
             Event::Init => {

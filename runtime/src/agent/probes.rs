@@ -1139,6 +1139,9 @@ pub struct RunProbes {
     pub grace: Duration,
     /// When the instance started (`initialDelaySeconds` counts from here).
     pub started_at: Instant,
+    /// Counts the guest's TCP listens (see `RunSpec::listens`): a quick retry goes as
+    /// soon as the guest starts listening, not when its timer fires.
+    pub listens: Option<watch::Receiver<u64>>,
 }
 
 /// Attempts of one probe: production runs the action against the target; tests
@@ -1205,6 +1208,7 @@ async fn supervise_with(
             sink.clone(),
             run.started_at,
             started_rx.clone(),
+            run.listens.clone(),
         ));
     }
     let (cause, grace) = loop {
@@ -1301,6 +1305,7 @@ async fn probe_loop(
     sink: Arc<dyn ProbeSink>,
     run_started: Instant,
     mut started: watch::Receiver<bool>,
+    mut listens: Option<watch::Receiver<u64>>,
 ) -> ProbeEnd {
     let kind = spec.kind;
     if kind != ProbeKind::Startup && started.wait_for(|s| *s).await.is_err() {
@@ -1361,7 +1366,7 @@ async fn probe_loop(
         match fast_retry {
             Some(delay) if now + delay < fast_until => {
                 fast_retry = Some((delay * 2).min(FAST_MAX_RETRY));
-                tokio::time::sleep(delay).await;
+                quick_retry_wait(delay, listens.as_mut()).await;
             }
             _ => {
                 fast_retry = None;
@@ -1369,6 +1374,23 @@ async fn probe_loop(
                 tokio::time::sleep_until((attempt + spec.period).max(now)).await;
             }
         }
+    }
+}
+
+/// Waits for a quick retry: `delay`, or less if the guest starts listening meanwhile
+/// (or did since the last look) — its server is most likely what the probe waits for.
+async fn quick_retry_wait(delay: Duration, listens: Option<&mut watch::Receiver<u64>>) {
+    let Some(listens) = listens else {
+        return tokio::time::sleep(delay).await;
+    };
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => {}
+        changed = listens.changed() => match changed {
+            // The listen call is under way in the guest's task: let it finish.
+            Ok(()) => tokio::task::yield_now().await,
+            // The run is over; the timer is all there is.
+            Err(_) => tokio::time::sleep(delay).await,
+        },
     }
 }
 
@@ -1500,7 +1522,37 @@ mod tests {
             },
             grace: Duration::from_secs(30),
             started_at: Instant::now(),
+            listens: None,
         }
+    }
+
+    #[tokio::test]
+    async fn a_quick_retry_goes_when_the_guest_listens() {
+        let (tx, mut rx) = watch::channel(0u64);
+        let begun = std::time::Instant::now();
+        let wait = tokio::spawn(async move {
+            quick_retry_wait(Duration::from_secs(30), Some(&mut rx)).await;
+            rx
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        tx.send_modify(|n| *n += 1);
+        let mut rx = tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .expect("the listen cut the 30 s wait short")
+            .expect("joins");
+        assert!(begun.elapsed() < Duration::from_secs(10));
+        // A listen that happened while nobody waited is not lost either.
+        tx.send_modify(|n| *n += 1);
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            quick_retry_wait(Duration::from_secs(30), Some(&mut rx)),
+        )
+        .await
+        .expect("an earlier listen counts");
+        // With nothing to watch, the timer is all there is.
+        let begun = Instant::now();
+        quick_retry_wait(Duration::from_millis(30), None).await;
+        assert!(begun.elapsed() >= Duration::from_millis(30));
     }
 
     /// Polls `cond` until it holds, for at most 10 s.

@@ -69,6 +69,8 @@ impl ContainerSandbox {
             network: true,
             pod_ip: self.pod_ip,
             egress: self.egress.clone(),
+            // An exec'd command's servers are nobody's readiness.
+            listens: None,
         };
         self.program.run(spec, cancel).await
     }

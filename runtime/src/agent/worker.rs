@@ -642,6 +642,7 @@ async fn run_once(
         pod_ip,
         egress: egress.clone(),
     };
+    let listens = Arc::new(watch::channel(0u64).0);
     let spec = RunSpec {
         argv,
         env,
@@ -654,6 +655,7 @@ async fn run_once(
         network: true,
         pod_ip,
         egress,
+        listens: Some(listens.clone()),
     };
     let started_at = Utc::now();
     let container_id = format!("wasmtime://{uid}/{}/{restart}", c.name);
@@ -711,6 +713,7 @@ async fn run_once(
                 },
                 grace: probes::termination_grace(pod),
                 started_at: tokio::time::Instant::now(),
+                listens: Some(listens.subscribe()),
             },
             sink,
             instance.clone(),

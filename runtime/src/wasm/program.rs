@@ -16,6 +16,7 @@ use wasmtime::{InstancePre, Store, Trap, UpdateDeadline, WasmBacktrace};
 use wasmtime_wasi::cli::AsyncStdinStream;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{
     FsPerms, I32Exit, ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
 };
@@ -95,6 +96,9 @@ pub struct RunSpec {
     /// Where the guest may connect and send (with a `pod_ip`; without one, any
     /// loopback address).
     pub egress: Egress,
+    /// Counts the guest's TCP listens (with a `pod_ip`): readiness probes waiting for
+    /// the guest's server to come up retry at once instead of polling.
+    pub listens: Option<Arc<tokio::sync::watch::Sender<u64>>>,
 }
 
 impl RunSpec {
@@ -117,6 +121,7 @@ impl RunSpec {
             network: false,
             pod_ip: None,
             egress: Egress::Loopback,
+            listens: None,
         }
     }
 }
@@ -134,6 +139,7 @@ impl fmt::Debug for RunSpec {
             .field("network", &self.network)
             .field("pod_ip", &self.pod_ip)
             .field("egress", &self.egress)
+            .field("listens", &self.listens.is_some())
             .finish()
     }
 }
@@ -409,6 +415,7 @@ fn wasi_builder(spec: RunSpec) -> Result<WasiCtxBuilder, String> {
         network,
         pod_ip,
         egress,
+        listens,
     } = spec;
     let mut builder = WasiCtxBuilder::new();
     builder
@@ -443,9 +450,12 @@ fn wasi_builder(spec: RunSpec) -> Result<WasiCtxBuilder, String> {
             .inherit_network();
         if let Some(pod_ip) = pod_ip {
             builder.socket_addr_check(move |addr, use_| {
+                let listen = matches!(use_, SocketAddrUse::TcpListen);
                 let ok = super::net::allowed(pod_ip, &egress, addr, use_);
                 if !ok {
                     tracing::debug!(%pod_ip, %addr, ?use_, "socket operation denied");
+                } else if let (true, Some(listens)) = (listen, &listens) {
+                    listens.send_modify(|n| *n += 1);
                 }
                 Box::pin(std::future::ready(ok))
             });

@@ -181,9 +181,7 @@ impl<K: Resource> Shared<K> {
 type Feed<K> = broadcast::Receiver<Event<Arc<K>>>;
 
 /// The replay and the live feed, taken under one lock.
-fn join<K: Resource>(
-    shared: &Shared<K>,
-) -> (VecDeque<Event<Arc<K>>>, Feed<K>) {
+fn join<K: Resource>(shared: &Shared<K>) -> (VecDeque<Event<Arc<K>>>, Feed<K>) {
     let state = shared.lock();
     (state.replay(), state.tx.subscribe())
 }

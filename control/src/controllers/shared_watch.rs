@@ -110,7 +110,22 @@ where
     /// Starts watching `api`; the watch runs until the last handle is dropped and its
     /// next event arrives.
     pub fn start(api: Api<K>, config: watcher::Config) -> SharedWatch<K> {
-        let (tx, _) = broadcast::channel(CAPACITY);
+        let stream = watcher::watcher(api, config).default_backoff().boxed();
+        SharedWatch::from_stream(stream, CAPACITY)
+    }
+}
+
+impl<K> SharedWatch<K>
+where
+    K: Resource + Clone + Send + Sync + 'static,
+{
+    /// Shares the events of `stream` (a watcher's), holding up to `capacity` for
+    /// subscribers that fall behind.
+    fn from_stream<S>(stream: S, capacity: usize) -> SharedWatch<K>
+    where
+        S: Stream<Item = Result<Event<K>, watcher::Error>> + Unpin + Send + 'static,
+    {
+        let (tx, _) = broadcast::channel(capacity);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 objects: HashMap::new(),
@@ -119,16 +134,10 @@ where
                 tx,
             }),
         });
-        let stream = watcher::watcher(api, config).default_backoff().boxed();
         tokio::spawn(run(Arc::downgrade(&shared), stream));
         SharedWatch { shared }
     }
-}
 
-impl<K> SharedWatch<K>
-where
-    K: Resource + Clone + Send + Sync + 'static,
-{
     /// The watch's events from now on, after the current objects as a list.
     pub fn subscribe(&self) -> impl Stream<Item = Event<Arc<K>>> + Send + 'static {
         let shared = self.shared.clone();
@@ -235,19 +244,9 @@ mod tests {
         SharedWatch<Pod>,
         tokio::sync::mpsc::UnboundedSender<Event<Pod>>,
     ) {
-        let (tx, _) = broadcast::channel(8);
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                objects: HashMap::new(),
-                listing: None,
-                listed: false,
-                tx,
-            }),
-        });
         let (feed, rx) = tokio::sync::mpsc::unbounded_channel();
         let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(Ok);
-        tokio::spawn(run(Arc::downgrade(&shared), stream));
-        (SharedWatch { shared }, feed)
+        (SharedWatch::from_stream(stream, 8), feed)
     }
 
     fn describe(event: &Event<Arc<Pod>>) -> String {

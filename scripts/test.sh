@@ -5,6 +5,9 @@
 # running the samples, and the Python client).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A CI run builds once in a fresh clone: incremental state (half of target/, ~8 GB) would
+# only be written, never reused, and a full disk makes etcd die at start in every test.
+[ -z "${CI:-}" ] || export CARGO_INCREMENTAL=0
 
 bash scripts/deps.sh
 # The sample WASI modules the end-to-end tests run as pods.

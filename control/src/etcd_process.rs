@@ -162,10 +162,22 @@ impl Spec {
     }
 
     fn exited(&self, status: ExitStatus) -> EtcdProcessError {
+        let mut tail = log_tail(&self.log_path);
+        if tail.is_empty() {
+            // etcd that cannot write its WAL cannot write its log either: a full disk
+            // shows up as a silent exit, so say how much room there is.
+            if let Some(free) = free_bytes(&self.data_dir) {
+                tail = format!(
+                    "the log is empty; the disk holding {} has {} MiB free",
+                    self.data_dir.display(),
+                    free >> 20
+                );
+            }
+        }
         EtcdProcessError::Exited {
             status: status.to_string(),
             log: self.log_path.clone(),
-            tail: log_tail(&self.log_path),
+            tail,
         }
     }
 
@@ -204,6 +216,25 @@ fn log_tail(path: &Path) -> String {
     let lines: Vec<&str> = text.lines().collect();
     let start = lines.len().saturating_sub(5);
     lines[start..].join(" | ")
+}
+
+/// Bytes available to unprivileged writers on the filesystem holding `path`.
+fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: c_path is NUL-terminated and outlives the call; stat is written by statvfs
+    // and only read after it reports success.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled the struct.
+    let stat = unsafe { stat.assume_init() };
+    // The fields are 32 bits wide on 32-bit edge devices.
+    #[allow(clippy::unnecessary_cast)]
+    let free = stat.f_bavail as u64 * stat.f_frsize as u64;
+    Some(free)
 }
 
 /// Two distinct free loopback ports (both listeners are held at once so they differ).
@@ -465,6 +496,27 @@ mod tests {
             err.to_string(),
             "etcd not found on PATH: install it with \"apt-get install etcd-server\""
         );
+    }
+
+    #[tokio::test]
+    async fn a_silent_exit_reports_the_free_disk_space() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Stands in for an etcd that dies before it can log, as on a full disk.
+        let fake = dir.path().join("etcd");
+        std::fs::write(&fake, "#!/bin/sh\nexit 1\n").expect("write fake etcd");
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let err = ManagedEtcd::start_with_binary(fake.as_os_str(), &dir.path().join("data"))
+            .await
+            .err()
+            .expect("start must fail");
+        let text = err.to_string();
+        assert!(matches!(err, EtcdProcessError::Exited { .. }), "{err:?}");
+        assert!(
+            text.contains("the log is empty; the disk holding"),
+            "{text}"
+        );
+        assert!(text.contains("MiB free"), "{text}");
     }
 
     #[tokio::test]

@@ -33,6 +33,7 @@ pub mod handlers;
 pub mod join;
 pub mod jwt;
 pub mod kubernetes_service;
+pub mod last_written;
 pub mod lister;
 pub mod namespace_lifecycle;
 pub mod objects;

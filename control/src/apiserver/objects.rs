@@ -47,6 +47,8 @@ pub struct Objects {
     pub service_accounts: Arc<super::lister::Lister>,
     /// Recent watch events' objects, decoded once for every watcher with selectors.
     pub(crate) decoded_events: super::watch::DecodedEvents,
+    /// What this server last wrote, the first guess of an update's read.
+    last_written: super::last_written::LastWritten,
 }
 
 /// What a list reads.
@@ -205,12 +207,45 @@ fn metadata_body_start(raw: &[u8]) -> Option<usize> {
 
 /// The stored form: no resourceVersion (it is the key's revision) and no selfLink.
 fn encode(obj: &Value) -> Bytes {
-    let mut obj = obj.clone();
-    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.remove("resourceVersion");
-        meta.remove("selfLink");
+    Bytes::from(serde_json::to_vec(&StoredForm(obj)).unwrap_or_default())
+}
+
+/// An object serialized without the metadata fields that are not stored, so a write
+/// does not copy the whole object to drop two strings.
+struct StoredForm<'a>(&'a Value);
+
+/// The top-level `metadata` of a [`StoredForm`].
+struct StoredMetadata<'a>(&'a Map<String, Value>);
+
+impl Serialize for StoredForm<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Value::Object(fields) = self.0 else {
+            return self.0.serialize(serializer);
+        };
+        let mut map = serializer.serialize_map(Some(fields.len()))?;
+        for (k, v) in fields {
+            match v {
+                Value::Object(meta) if k == "metadata" => {
+                    map.serialize_entry(k, &StoredMetadata(meta))?
+                }
+                _ => map.serialize_entry(k, v)?,
+            }
+        }
+        map.end()
     }
-    Bytes::from(serde_json::to_vec(&obj).unwrap_or_default())
+}
+
+impl Serialize for StoredMetadata<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let kept = |k: &String| k != "resourceVersion" && k != "selfLink";
+        let mut map = serializer.serialize_map(Some(self.0.keys().filter(|k| kept(k)).count()))?;
+        for (k, v) in self.0.iter().filter(|(k, _)| kept(k)) {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
 }
 
 fn meta(obj: &Value) -> Option<&Map<String, Value>> {
@@ -286,6 +321,7 @@ impl Objects {
             namespaces: Arc::new(NamespaceLifecycle::default()),
             service_accounts: Arc::new(super::lister::Lister::new()),
             decoded_events: super::watch::DecodedEvents::default(),
+            last_written: super::last_written::LastWritten::default(),
         }
     }
 
@@ -610,8 +646,10 @@ impl Objects {
         if dry_run {
             return Ok(obj);
         }
-        match self.store.create(&key, encode(&obj)).await {
+        let value = encode(&obj);
+        match self.store.create(&key, value.clone()).await {
             Ok(rev) => {
+                self.remember(key, value, rev, rev);
                 set_rv(&mut obj, rev);
                 tracing::info!(resource = def.plural, namespace = ns.unwrap_or(""), name = %name, "created");
                 Ok(obj)
@@ -700,20 +738,38 @@ impl Objects {
             dry_run,
         } = write;
         let key = def.key(ns, name);
+        // A dry run answers from what etcd holds, never from a guess it cannot check.
+        let mut guess = if dry_run {
+            None
+        } else {
+            self.last_written.get(&key)
+        };
         loop {
-            let kv = self
-                .store
-                .get(&key)
-                .await?
-                .ok_or_else(|| ApiError::not_found(def, name))?;
-            let old = decode_kv(&kv)?;
-            let wanted = mutate(&old)?;
-            let mut new = self.prepare_update(def, name, wanted, &old, target)?;
+            // Everything decided from a guess is provisional: a refusal or a no-op might
+            // be the stale guess speaking, so it is decided again from etcd.
+            let guessed = guess.is_some();
+            let kv = match guess.take() {
+                Some(kv) => kv,
+                None => self.read_for_update(def, &key, name).await?,
+            };
+            let attempt = decode_kv(&kv)
+                .and_then(|old| Ok((mutate(&old)?, old)))
+                .and_then(|(wanted, old)| {
+                    Ok((self.prepare_update(def, name, wanted, &old, target)?, old))
+                });
+            let (mut new, old) = match attempt {
+                Ok(pair) => pair,
+                Err(_) if guessed => continue,
+                Err(e) => return Err(e),
+            };
             if let Ownership::Update(_) = owner {
                 // Managed fields are the server's record, not something a client edits.
                 copy_metadata_field(&mut new, &old, "managedFields");
             }
             if same_object(&new, &old) {
+                if guessed {
+                    continue;
+                }
                 return Ok(old);
             }
             if let Ownership::Update(manager) = owner {
@@ -747,20 +803,32 @@ impl Objects {
                 // completes now.
                 match self.store.delete(&key, Some(kv.mod_revision)).await {
                     Ok(_) => {
+                        self.last_written.forget(&key);
                         self.after_delete(def, &new).await;
                         return Ok(new);
                     }
                     Err(storage::Error::Conflict { .. }) => continue,
+                    Err(storage::Error::NotFound { .. }) if guessed => continue,
                     Err(e) => return Err(ApiError::from_storage(e, def, name)),
                 }
             }
-            match self.store.update(&key, encode(&new), kv.mod_revision).await {
+            let value = encode(&new);
+            match self
+                .store
+                .update(&key, value.clone(), kv.mod_revision)
+                .await
+            {
                 Ok(rev) => {
+                    self.remember(key, value, kv.create_revision, rev);
                     self.release_replaced(def, &old, &new).await;
                     set_rv(&mut new, rev);
                     return Ok(new);
                 }
                 Err(storage::Error::Conflict { .. }) => {
+                    self.release(&allocated).await;
+                    continue;
+                }
+                Err(storage::Error::NotFound { .. }) if guessed => {
                     self.release(&allocated).await;
                     continue;
                 }
@@ -968,12 +1036,14 @@ impl Objects {
                 if dry_run {
                     return Ok((marked, false));
                 }
+                let value = encode(&marked);
                 match self
                     .store
-                    .update(&key, encode(&marked), kv.mod_revision)
+                    .update(&key, value.clone(), kv.mod_revision)
                     .await
                 {
                     Ok(rev) => {
+                        self.remember(key, value, kv.create_revision, rev);
                         set_rv(&mut marked, rev);
                         tracing::info!(
                             resource = def.plural,
@@ -992,6 +1062,7 @@ impl Objects {
             }
             match self.store.delete(&key, Some(kv.mod_revision)).await {
                 Ok(_) => {
+                    self.last_written.forget(&key);
                     self.after_delete(def, &old).await;
                     tracing::info!(
                         resource = def.plural,
@@ -1164,13 +1235,31 @@ impl Objects {
         dry_run: bool,
     ) -> ApiResult<()> {
         let key = def.key(ns, name);
+        let mut guess = if dry_run {
+            None
+        } else {
+            self.last_written.get(&key)
+        };
         loop {
-            let kv = self
-                .store
-                .get(&key)
-                .await?
-                .ok_or_else(|| ApiError::not_found(def, name))?;
-            let mut pod = decode_kv(&kv)?;
+            let guessed = guess.is_some();
+            let kv = match guess.take() {
+                Some(kv) => kv,
+                None => self.read_for_update(def, &key, name).await?,
+            };
+            let Ok(mut pod) = decode_kv(&kv) else {
+                if guessed {
+                    continue;
+                }
+                return Err(decode_kv(&kv).expect_err("decoding failed just now"));
+            };
+            let assigned = pod
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .is_some_and(|n| !n.is_empty());
+            if guessed && (is_deleting(&pod) || assigned) {
+                // Refusals are decided from etcd, not from a possibly stale guess.
+                continue;
+            }
             if is_deleting(&pod) {
                 return Err(ApiError::conflict_msg(
                     def,
@@ -1211,15 +1300,51 @@ impl Objects {
             if dry_run {
                 return Ok(());
             }
-            match self.store.update(&key, encode(&pod), kv.mod_revision).await {
-                Ok(_) => {
+            let value = encode(&pod);
+            match self
+                .store
+                .update(&key, value.clone(), kv.mod_revision)
+                .await
+            {
+                Ok(rev) => {
+                    self.remember(key, value, kv.create_revision, rev);
                     tracing::info!(namespace = ns.unwrap_or(""), pod = name, node, "bound pod");
                     return Ok(());
                 }
                 Err(storage::Error::Conflict { .. }) => continue,
+                Err(storage::Error::NotFound { .. }) if guessed => continue,
                 Err(e) => return Err(ApiError::from_storage(e, def, name)),
             }
         }
+    }
+
+    /// Reads the object an update starts from, from etcd; it becomes the next guess.
+    async fn read_for_update(
+        &self,
+        def: &ResourceDef,
+        key: &str,
+        name: &str,
+    ) -> ApiResult<KeyValue> {
+        match self.store.get(key).await? {
+            Some(kv) => {
+                self.last_written.put(kv.clone());
+                Ok(kv)
+            }
+            None => {
+                self.last_written.forget(key);
+                Err(ApiError::not_found(def, name))
+            }
+        }
+    }
+
+    /// Notes a successful write as the next update's guess.
+    fn remember(&self, key: String, value: Bytes, create_revision: i64, mod_revision: i64) {
+        self.last_written.put(KeyValue {
+            key,
+            value,
+            create_revision,
+            mod_revision,
+        });
     }
 
     /// Creates the namespaces every cluster starts with, if missing.
@@ -1683,6 +1808,25 @@ mod tests {
     }
 
     #[test]
+    fn the_stored_form_leaves_out_the_revision_and_self_link_only() {
+        let obj = json!({
+            "kind": "Pod",
+            "metadata": {"name": "p", "resourceVersion": "7", "selfLink": "/x", "labels": {"a": "b"}},
+            "spec": {"resourceVersion": "kept below the top level"}
+        });
+        let stored: Value = serde_json::from_slice(&encode(&obj)).expect("JSON");
+        assert_eq!(
+            stored,
+            json!({
+                "kind": "Pod",
+                "metadata": {"name": "p", "labels": {"a": "b"}},
+                "spec": {"resourceVersion": "kept below the top level"}
+            })
+        );
+        assert_eq!(encode(&json!([1])), Bytes::from("[1]"));
+    }
+
+    #[test]
     fn splices_resource_version_into_top_level_metadata() {
         let raw = br#"{"apiVersion":"v1","kind":"Pod","spec":{"metadata":{"x":1}},"metadata":{"name":"a\"metadata\":{"}}"#;
         let out = with_resource_version(raw, 42).unwrap();
@@ -1694,5 +1838,189 @@ mod tests {
         let v: Value = serde_json::from_slice(&empty).unwrap();
         assert_eq!(v["metadata"]["resourceVersion"], "7");
         assert!(with_resource_version(br#"{"kind":"X"}"#, 1).is_none());
+    }
+}
+
+/// Updates start from the last write this server made; these check that a stale guess
+/// (another API server wrote meanwhile) never changes an outcome.
+#[cfg(test)]
+mod guess_tests {
+    use super::*;
+    use crate::storage::etcd::tests::{test_etcd, TestEtcd};
+
+    struct TwoServers {
+        a: Objects,
+        b: Objects,
+        _etcd: TestEtcd,
+    }
+
+    async fn two_servers() -> TwoServers {
+        let etcd = test_etcd().await;
+        let server = || {
+            let store: Arc<dyn Store> = etcd.store.clone();
+            let cidr = "127.97.0.0/16".parse().expect("cidr");
+            let allocator = ServiceAllocator::new(store.clone(), cidr, (30000, 32767));
+            Objects::new(store, Registry::builtin(), allocator)
+        };
+        let (a, b) = (server(), server());
+        a.ensure_system_namespaces().await.expect("namespaces");
+        TwoServers { a, b, _etcd: etcd }
+    }
+
+    fn def(o: &Objects, plural: &str) -> Arc<ResourceDef> {
+        o.registry.lookup("", "v1", plural).expect("registered")
+    }
+
+    fn write() -> Write<'static> {
+        Write {
+            target: UpdateTarget::Main,
+            owner: Ownership::Update("test"),
+            dry_run: false,
+        }
+    }
+
+    fn config_map(value: &str, rv: Option<&str>) -> Value {
+        let mut cm = json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "cm"}, "data": {"k": value}
+        });
+        if let Some(rv) = rv {
+            cm["metadata"]["resourceVersion"] = json!(rv);
+        }
+        cm
+    }
+
+    async fn stored_data(o: &Objects) -> (String, String) {
+        let cm = o
+            .get(&def(o, "configmaps"), Some("default"), "cm")
+            .await
+            .expect("get");
+        (
+            cm["data"]["k"].as_str().unwrap_or_default().to_string(),
+            rv_of(&cm).unwrap_or_default().to_string(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_stale_guess_neither_refuses_nor_skips_an_update() {
+        let t = two_servers().await;
+        let cms = def(&t.a, "configmaps");
+        let ns = Some("default");
+        t.a.create(
+            &cms,
+            ns,
+            config_map("1", None),
+            false,
+            Ownership::Update("test"),
+        )
+        .await
+        .expect("create on a");
+        // b changes it: a's memory of its own create is now stale.
+        t.b.update(&cms, ns, "cm", config_map("2", None), write())
+            .await
+            .expect("update on b");
+        let (_, rv_b) = stored_data(&t.a).await;
+        // A precondition on b's resourceVersion holds, though a's guess says otherwise.
+        let updated =
+            t.a.update(&cms, ns, "cm", config_map("3", Some(&rv_b)), write())
+                .await
+                .expect("a precondition that holds in etcd is met");
+        assert_eq!(updated["data"]["k"], "3");
+        // Back to "3": equal to a's now stale memory of its last write, yet a change.
+        t.b.update(&cms, ns, "cm", config_map("4", None), write())
+            .await
+            .expect("update on b");
+        t.a.update(&cms, ns, "cm", config_map("3", None), write())
+            .await
+            .expect("update on a");
+        assert_eq!(stored_data(&t.b).await.0, "3");
+        // A precondition on a resourceVersion that is gone is still refused.
+        let err =
+            t.a.update(&cms, ns, "cm", config_map("5", Some(&rv_b)), write())
+                .await
+                .expect_err("stale precondition");
+        assert_eq!(err.code, 409, "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn an_object_deleted_elsewhere_is_not_found() {
+        let t = two_servers().await;
+        let cms = def(&t.a, "configmaps");
+        let ns = Some("default");
+        t.a.create(
+            &cms,
+            ns,
+            config_map("1", None),
+            false,
+            Ownership::Update("test"),
+        )
+        .await
+        .expect("create on a");
+        t.b.delete(&cms, ns, "cm", &DeleteOptions::default(), false)
+            .await
+            .expect("delete on b");
+        let err =
+            t.a.update(&cms, ns, "cm", config_map("2", None), write())
+                .await
+                .expect_err("the object is gone");
+        assert_eq!(err.code, 404, "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn binding_refuses_a_pod_bound_elsewhere_and_binds_a_fresh_one() {
+        let t = two_servers().await;
+        let pods = def(&t.a, "pods");
+        let ns = Some("default");
+        let pod = |name: &str| {
+            json!({
+                "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+                "spec": {"containers": [{"name": "c", "image": "file:///x.wasm"}]}
+            })
+        };
+        let account =
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}});
+        t.a.create(
+            &def(&t.a, "serviceaccounts"),
+            ns,
+            account,
+            false,
+            Ownership::Update("test"),
+        )
+        .await
+        .expect("the namespace's default ServiceAccount");
+        for name in ["p1", "p2"] {
+            t.a.create(&pods, ns, pod(name), false, Ownership::Update("test"))
+                .await
+                .expect("create on a");
+        }
+        t.b.bind_pod(&pods, ns, "p1", "n1", false)
+            .await
+            .expect("bind on b");
+        let err =
+            t.a.bind_pod(&pods, ns, "p1", "n2", false)
+                .await
+                .expect_err("already bound");
+        assert!(
+            err.message.contains("already assigned to node \"n1\""),
+            "{err:?}"
+        );
+        t.a.bind_pod(&pods, ns, "p2", "n2", false)
+            .await
+            .expect("bind on a");
+        let p2 = t.b.get(&pods, ns, "p2").await.expect("get");
+        assert_eq!(p2["spec"]["nodeName"], "n2");
+        // The status write after binding starts from the bound pod, not the created one.
+        let mut status = p2.clone();
+        status["status"]["phase"] = json!("Running");
+        let target = Write {
+            target: UpdateTarget::Status,
+            ..write()
+        };
+        let written =
+            t.a.update(&pods, ns, "p2", status, target)
+                .await
+                .expect("status");
+        assert_eq!(written["spec"]["nodeName"], "n2");
+        assert_eq!(written["status"]["phase"], "Running");
     }
 }

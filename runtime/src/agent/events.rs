@@ -45,6 +45,43 @@ pub const MAX_QUEUED: usize = 4096;
 /// What identifies a repeat: (namespace, uid, fieldPath, reason, message).
 type EventKey = (String, String, String, String, String);
 
+/// The object an event is about: a pod, or one of its containers.
+struct Involved {
+    namespace: String,
+    name: String,
+    uid: String,
+    resource_version: Option<String>,
+    /// `spec.containers{NAME}` or `spec.initContainers{NAME}`; empty for the pod.
+    field_path: String,
+}
+
+impl Involved {
+    fn of(pod: &Pod, container: Option<&str>) -> Involved {
+        let field_path = container
+            .map(|c| {
+                let init = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.init_containers.as_ref())
+                    .is_some_and(|ics| ics.iter().any(|i| i.name == c));
+                if init {
+                    format!("spec.initContainers{{{c}}}")
+                } else {
+                    format!("spec.containers{{{c}}}")
+                }
+            })
+            .unwrap_or_default();
+        let meta = &pod.metadata;
+        Involved {
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+            uid: meta.uid.clone().unwrap_or_default(),
+            resource_version: meta.resource_version.clone(),
+            field_path,
+        }
+    }
+}
+
 /// Records Events; cheap to share.
 pub struct Recorder {
     client: Client,
@@ -92,16 +129,13 @@ impl Recorder {
         }
         let this = self.clone();
         let at = Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true);
-        let (pod, container, reason, message) = (
-            pod.clone(),
-            container.map(str::to_string),
-            reason.to_string(),
-            message.to_string(),
-        );
+        // Only the reference is kept, not the pod: three events per pod start would
+        // otherwise copy the whole object (managed fields and all) three times.
+        let about = Involved::of(pod, container);
+        let (reason, message) = (reason.to_string(), message.to_string());
         tokio::spawn(async move {
             if let Ok(_permit) = this.writers.clone().acquire_owned().await {
-                this.record(&pod, container.as_deref(), kind, &reason, &message, &at)
-                    .await;
+                this.record(about, kind, &reason, &message, &at).await;
             }
             this.queued.fetch_sub(1, Ordering::Relaxed);
         });
@@ -109,30 +143,19 @@ impl Recorder {
 
     async fn record(
         &self,
-        pod: &Pod,
-        container: Option<&str>,
+        about: Involved,
         kind: EventType,
         reason: &str,
         message: &str,
         now: &str,
     ) {
-        let ns = pod.metadata.namespace.clone().unwrap_or_default();
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let field_path = container
-            .map(|c| {
-                let init = pod
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.init_containers.as_ref())
-                    .is_some_and(|ics| ics.iter().any(|i| i.name == c));
-                if init {
-                    format!("spec.initContainers{{{c}}}")
-                } else {
-                    format!("spec.containers{{{c}}}")
-                }
-            })
-            .unwrap_or_default();
+        let Involved {
+            namespace: ns,
+            name,
+            uid,
+            resource_version,
+            field_path,
+        } = about;
         let key = (
             ns.clone(),
             uid.clone(),
@@ -165,7 +188,7 @@ impl Recorder {
         );
         let mut involved = json!({
             "kind": "Pod", "apiVersion": "v1", "namespace": ns, "name": name, "uid": uid,
-            "resourceVersion": pod.metadata.resource_version,
+            "resourceVersion": resource_version,
         });
         if !field_path.is_empty() {
             involved["fieldPath"] = json!(field_path);

@@ -55,6 +55,8 @@
 //! - `WASMKUBE_BENCH_SECTIONS` (`instance,burst,rss,ready,idle,neighbours`): which parts
 //!   run;
 //! - `WASMKUBE_BENCH_TIMEOUT_SECS` (300): how long a burst may take to be all Running;
+//! - `WASMKUBE_BENCH_SERVER_ARGS`: extra arguments for `wasmkube up` and `server` (e.g.
+//!   `--max-workload-requests-inflight 0` to compare without flow control);
 //! - `WASMKUBE_BENCH_IDLE_SECS` (5): how long an agent idles before its RSS is read;
 //! - `WASMKUBE_BENCH_STEADY_SECS` (10): how long running pods are watched for the API
 //!   requests and CPU they cost while nothing changes;
@@ -85,8 +87,9 @@ use wasmkube_runtime::wasm::{EngineOptions, Exit, OutputSink, Program, RunSpec, 
 
 use common::{
     build, create_namespace, env_flag, env_list, env_number_or, http_get, in_temp_dir, kube_client,
-    kube_config, load_average, ms, open_files_limit, rss_mib, start_server, status_field,
-    status_mib, us, wait_kubeconfig, CpuMeter, PhaseCpu, Proc, Server, Stats, START_DEADLINE,
+    kube_config, load_average, ms, open_files_limit, rss_mib, server_args_from_env, start_server,
+    status_field, status_mib, us, wait_kubeconfig, CpuMeter, PhaseCpu, Proc, Server, Stats,
+    START_DEADLINE,
 };
 
 /// The namespace every benchmark pod lives in.
@@ -411,6 +414,7 @@ fn spawn_up(dir: &Path, max_pods: usize) -> Result<(Proc, PathBuf)> {
         "--node-cidr-mask-size".into(),
         node_cidr_mask_for(max_pods).to_string(),
     ];
+    let args: Vec<String> = args.into_iter().chain(server_args_from_env()).collect();
     let up = Proc::wasmkube("wasmkube up", &args, &dir.join("up.log"))?;
     println!("  wasmkube up: pid {} (log {})", up.pid, up.log.display());
     Ok((up, data_dir))

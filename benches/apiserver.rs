@@ -13,7 +13,8 @@
 //! `cargo bench --bench apiserver` runs the full sizes; `--quick` runs small ones (for
 //! debug builds). `--pods N`, `--watches N`, `--clients N` override the sizes, `--keep`
 //! keeps the temp dir (server and etcd logs), `--perf FILE` records the server with
-//! `perf record` during the create phase.
+//! `perf record` during the create phase. `WASMKUBE_BENCH_SERVER_ARGS` adds arguments
+//! to the server's command line (e.g. `--max-workload-requests-inflight 0`).
 
 // Not every shared helper is used by this bench (the others need the rest).
 #[allow(dead_code)]

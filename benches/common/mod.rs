@@ -676,6 +676,17 @@ impl Server {
     }
 }
 
+/// Extra arguments for every `wasmkube server`/`up` a bench starts, from
+/// `WASMKUBE_BENCH_SERVER_ARGS` (whitespace-separated), to compare settings such as
+/// `--max-workload-requests-inflight 0` in one build.
+pub fn server_args_from_env() -> Vec<String> {
+    std::env::var("WASMKUBE_BENCH_SERVER_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
 /// Starts `wasmkube server` on 127.0.0.1 and a free port, its data in `dir/server` and
 /// its log in `dir/server.log`, with `extra` arguments (`--etcd-servers URL`, or none
 /// for an etcd it manages). Returns once its kubeconfig is complete, with the children
@@ -693,6 +704,7 @@ pub async fn start_server(dir: &Path, extra: &[String]) -> Result<Server> {
         "127.0.0.1".into(),
     ];
     args.extend_from_slice(extra);
+    args.extend(server_args_from_env());
     let mut proc = Proc::wasmkube("wasmkube server", &args, &dir.join("server.log"))?;
     println!(
         "  wasmkube server: pid {} (log {})",

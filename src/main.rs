@@ -248,6 +248,12 @@ struct CommonArgs {
     /// How often etcd history is compacted, in seconds.
     #[arg(long, default_value_t = 300)]
     compaction_interval_seconds: u64,
+    /// Requests of workload users (everyone but nodes and control-plane components, the
+    /// admin included) that execute at once; more wait their turn, served fairly across
+    /// users, so a flood cannot starve the nodes. 0 turns the limit off. Default: two
+    /// per CPU core.
+    #[arg(long)]
+    max_workload_requests_inflight: Option<usize>,
     /// Do not run the controllers in this process.
     #[arg(long)]
     disable_controllers: bool,
@@ -324,6 +330,9 @@ fn options(
     opts.service_account_issuer = common.service_account_issuer;
     opts.service_account_signing_key_file = common.service_account_signing_key_file;
     opts.compaction_interval = Duration::from_secs(common.compaction_interval_seconds.max(1));
+    if let Some(seats) = common.max_workload_requests_inflight {
+        opts.max_workload_requests_inflight = seats;
+    }
     opts.run_controllers = !common.disable_controllers;
     opts.run_scheduler = !common.disable_scheduler;
     anyhow::ensure!(

@@ -61,6 +61,8 @@ pub struct ServerOptions {
     pub service_account_signing_key_file: Option<PathBuf>,
     pub compaction_interval: Duration,
     pub bookmark_interval: Duration,
+    /// Workload requests executing at once; 0 for no limit.
+    pub max_workload_requests_inflight: usize,
     /// Run the controllers in this process.
     pub run_controllers: bool,
     /// Run the scheduler in this process.
@@ -85,6 +87,7 @@ impl ServerOptions {
             service_account_signing_key_file: None,
             compaction_interval: Duration::from_secs(300),
             bookmark_interval: Duration::from_secs(60),
+            max_workload_requests_inflight: crate::apiserver::flowcontrol::default_seats(),
             run_controllers: true,
             run_scheduler: true,
             controllers: controllers::Options::default(),
@@ -203,6 +206,7 @@ impl Server {
             bookmark_interval: opts.bookmark_interval,
             pki: pki.clone(),
             tokens: tokens.clone(),
+            flow: apiserver::flowcontrol::FlowControl::new(opts.max_workload_requests_inflight),
         });
         let tls = pki
             .server_tls_config()

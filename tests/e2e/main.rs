@@ -21,6 +21,7 @@ mod deployment;
 mod endpoints;
 mod exec;
 mod explain;
+mod flowcontrol;
 mod gc;
 mod leader;
 mod limits;

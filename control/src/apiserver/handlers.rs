@@ -37,6 +37,23 @@ pub async fn api(State(state): State<Arc<ApiState>>, req: Request) -> Response {
     let method = req.method().clone();
     let target = parse_path(req.uri().path());
     let (verb, resource) = describe(&method, &target, req.uri().query());
+    // The seat is held until the response is built; a long-running request holds none.
+    let seat = match req.extensions().get::<super::authn::UserInfo>() {
+        Some(user) if !is_long_running(&verb, &target) => match state.flow.admit(user).await {
+            Ok(seat) => Some(seat),
+            Err(_) => {
+                let response = too_many_requests();
+                metrics::observe_request(
+                    &verb,
+                    &resource,
+                    response.status().as_u16(),
+                    started.elapsed().as_secs_f64(),
+                );
+                return response;
+            }
+        },
+        _ => None,
+    };
     let response = match target {
         None => ApiError::not_found_path().into_response(),
         Some(t) => match dispatch(state, t, req).await {
@@ -44,12 +61,38 @@ pub async fn api(State(state): State<Arc<ApiState>>, req: Request) -> Response {
             Err(e) => e.into_response(),
         },
     };
+    drop(seat);
     metrics::observe_request(
         &verb,
         &resource,
         response.status().as_u16(),
         started.elapsed().as_secs_f64(),
     );
+    response
+}
+
+/// Requests that stream for as long as the client likes, which hold no seat (as in
+/// Kubernetes): watches, and logs, exec, attach, port-forward and proxy.
+fn is_long_running(verb: &str, target: &Option<Target>) -> bool {
+    if verb == "WATCH" {
+        return true;
+    }
+    let Some(Target::Resource(rp)) = target else {
+        return false;
+    };
+    matches!(
+        rp.subresource.as_deref(),
+        Some("log" | "exec" | "attach" | "portforward" | "proxy")
+    )
+}
+
+/// 429 for a request that did not get a seat; kubectl and client-go retry after the
+/// `Retry-After` seconds.
+fn too_many_requests() -> Response {
+    let mut response = ApiError::too_many_requests(1).into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
     response
 }
 

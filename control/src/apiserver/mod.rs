@@ -29,6 +29,7 @@ pub mod authn;
 pub mod discovery;
 pub mod duplicates;
 pub mod fieldmanager;
+pub mod flowcontrol;
 pub mod handlers;
 pub mod join;
 pub mod jwt;
@@ -76,6 +77,8 @@ pub struct ApiState {
     pub pki: Arc<crate::pki::Pki>,
     /// Signs ServiceAccount tokens (TokenRequest) and checks them.
     pub tokens: Arc<tokens::TokenIssuer>,
+    /// Seats and queues of the priority levels.
+    pub flow: flowcontrol::FlowControl,
 }
 
 /// The client certificate a TLS connection presented, attached to each of its requests.
@@ -155,12 +158,10 @@ async fn version() -> Response {
     axum::Json(discovery::version()).into_response()
 }
 
-async fn metrics_text() -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::metrics::render(),
-    )
-        .into_response()
+async fn metrics_text(State(state): State<Arc<ApiState>>) -> Response {
+    let mut text = crate::metrics::render();
+    text.push_str(&state.flow.render_metrics());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// The API's router: health, metrics, version, OpenAPI, and everything under `/api(s)`.

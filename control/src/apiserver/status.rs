@@ -46,6 +46,16 @@ impl ApiError {
         d
     }
 
+    /// 429: the server is busy; the client should retry after `retry_after` seconds.
+    pub fn too_many_requests(retry_after: u32) -> Self {
+        ApiError::new(
+            429,
+            "TooManyRequests",
+            "Too many requests, please try again later.",
+        )
+        .with_details(json!({"retryAfterSeconds": retry_after}))
+    }
+
     pub fn not_found(def: &ResourceDef, name: &str) -> Self {
         ApiError::new(
             404,

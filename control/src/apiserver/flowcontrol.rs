@@ -115,52 +115,76 @@ impl FlowControl {
         admitted
     }
 
-    /// (executing, waiting) per level, for metrics.
-    pub fn load(&self) -> [(Level, usize, usize); 2] {
+    /// Each level's state now, for metrics.
+    pub fn load(&self) -> [(Level, Load); 2] {
         let of = |s: &Seats| {
             let inner = s.lock();
-            (inner.executing, inner.waiting)
+            Load {
+                executing: inner.executing,
+                waiting: inner.waiting,
+                rejected: inner.rejected,
+                seats: s.limit,
+            }
         };
-        let (se, sw) = of(&self.system);
-        let (we, ww) = of(&self.workload);
-        [(Level::System, se, sw), (Level::Workload, we, ww)]
+        [
+            (Level::System, of(&self.system)),
+            (Level::Workload, of(&self.workload)),
+        ]
     }
 
     /// The levels' gauges and counters in the Prometheus text format, under Kubernetes'
     /// metric names.
     pub fn render_metrics(&self) -> String {
         use std::fmt::Write;
-        let mut out = String::new();
-        let levels = [
-            (Level::System, &self.system),
-            (Level::Workload, &self.workload),
+        let load = self.load();
+        let metrics: [Metric; 4] = [
+            (
+                "apiserver_flowcontrol_current_executing_requests",
+                "gauge",
+                |l| l.executing as u64,
+            ),
+            (
+                "apiserver_flowcontrol_current_inqueue_requests",
+                "gauge",
+                |l| l.waiting as u64,
+            ),
+            (
+                "apiserver_flowcontrol_rejected_requests_total",
+                "counter",
+                |l| l.rejected,
+            ),
+            ("apiserver_flowcontrol_nominal_limit_seats", "gauge", |l| {
+                l.seats as u64
+            }),
         ];
-        for (metric, kind) in [
-            ("apiserver_flowcontrol_current_executing_requests", "gauge"),
-            ("apiserver_flowcontrol_current_inqueue_requests", "gauge"),
-            ("apiserver_flowcontrol_rejected_requests_total", "counter"),
-            ("apiserver_flowcontrol_nominal_limit_seats", "gauge"),
-        ] {
+        let mut out = String::new();
+        for (metric, kind, value) in metrics {
             let _ = writeln!(out, "# TYPE {metric} {kind}");
-            for (level, seats) in &levels {
-                let value = {
-                    let inner = seats.lock();
-                    match kind {
-                        "counter" => inner.rejected,
-                        _ if metric.ends_with("executing_requests") => inner.executing as u64,
-                        _ if metric.ends_with("inqueue_requests") => inner.waiting as u64,
-                        _ => seats.limit as u64,
-                    }
-                };
+            for (level, l) in &load {
                 let _ = writeln!(
                     out,
-                    "{metric}{{priority_level=\"{}\"}} {value}",
-                    level.name()
+                    "{metric}{{priority_level=\"{}\"}} {}",
+                    level.name(),
+                    value(l)
                 );
             }
         }
         out
     }
+}
+
+/// A metric's name, Prometheus type, and value for one level.
+type Metric = (&'static str, &'static str, fn(&Load) -> u64);
+
+/// A level's state at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Load {
+    pub executing: usize,
+    pub waiting: usize,
+    /// Requests refused so far.
+    pub rejected: u64,
+    /// The seat limit; 0 for none.
+    pub seats: usize,
 }
 
 /// One level's seats and queues.
@@ -465,8 +489,10 @@ mod tests {
         for _ in 0..100 {
             held.push(fc.admit(&admin).await.expect("never waits"));
         }
-        assert_eq!(fc.load()[1], (Level::Workload, 100, 0));
+        let [_, (level, load)] = fc.load();
+        assert_eq!(level, Level::Workload);
+        assert_eq!((load.executing, load.waiting, load.seats), (100, 0, 0));
         held.clear();
-        assert_eq!(fc.load()[1], (Level::Workload, 0, 0));
+        assert_eq!(fc.load()[1].1.executing, 0);
     }
 }

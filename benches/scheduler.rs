@@ -5,7 +5,10 @@
 //! and controllers) as separate processes, then:
 //! 1. registers hollow nodes: Node objects, Ready with capacity and allocatable, and
 //!    their Leases in `kube-node-lease`, renewed every [`LEASE_RENEW_INTERVAL`] by a
-//!    few tasks for the whole run (no pod work: nothing here reports pods Running);
+//!    few tasks for the whole run (no pod work: nothing here reports pods Running).
+//!    They authenticate as a node (one joined with the cluster's join token, group
+//!    `system:nodes`), as real agents do, so the server's flow control treats their
+//!    traffic as node traffic;
 //! 2. measures the baseline the scheduling figures are read against: raw pod creates
 //!    and raw `pods/binding` posts from the bench itself, as many in flight as the
 //!    scheduler allows itself ([`MAX_CONCURRENT_WRITES`]), on pods whose
@@ -699,16 +702,40 @@ async fn run(opts: &Opts, dir: &Path) -> Result<()> {
         .await
         .context("start etcd")?;
     let server = start_server(dir, &["--etcd-servers".into(), etcd.client_url()]).await?;
-    let outcome = measure(opts, etcd.pid(), &server).await;
+    let outcome = measure(opts, etcd.pid(), &server, dir).await;
     server.proc.stop().await;
     etcd.stop().await;
     outcome
 }
 
-async fn measure(opts: &Opts, etcd_pid: Option<u32>, server: &Server) -> Result<()> {
+/// API clients authenticated as one node, joined with the server's join token: the
+/// hollow nodes' credential.
+async fn node_clients(server: &Server, dir: &Path) -> Result<Vec<Client>> {
+    let token = std::fs::read_to_string(server.data_dir.join("join-token"))
+        .context("read the join token")?;
+    let url = server.config.cluster_url.to_string();
+    let creds = wasmkube_runtime::agent::bootstrap::credentials(
+        &dir.join("hollow-node"),
+        url.trim_end_matches('/'),
+        "hollow-fleet",
+        &[std::net::IpAddr::from([127, 0, 0, 1])],
+        Some(token.trim()),
+        Some(&server.data_dir.join("pki/ca.crt")),
+    )
+    .await
+    .context("join as the hollow nodes' node")?;
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        clients.push(creds.client().await?);
+    }
+    Ok(clients)
+}
+
+async fn measure(opts: &Opts, etcd_pid: Option<u32>, server: &Server, dir: &Path) -> Result<()> {
     let clients: Vec<Client> = (0..CLIENTS)
         .map(|_| kube_client(&server.config))
         .collect::<Result<_>>()?;
+    let node_clients = node_clients(server, dir).await?;
     for name in [NAMESPACE, BASELINE_NAMESPACE] {
         create_namespace(&clients[0], name).await?;
     }
@@ -719,7 +746,7 @@ async fn measure(opts: &Opts, etcd_pid: Option<u32>, server: &Server) -> Result<
 
     println!("registering {} hollow nodes…", opts.nodes);
     let meter = CpuMeter::start(&cpu_of);
-    let registration = register_nodes(&clients, opts.nodes).await?;
+    let registration = register_nodes(&node_clients, opts.nodes).await?;
     let register_cpu = meter.finish();
     println!(
         "  {:.0} nodes/s; every node has a podCIDR {:.1} s later",
@@ -727,7 +754,7 @@ async fn measure(opts: &Opts, etcd_pid: Option<u32>, server: &Server) -> Result<
         registration.settled.as_secs_f64()
     );
     let renewals = Arc::new(Renewals::new(opts.nodes));
-    let renewers = spawn_lease_renewers(&clients, opts.nodes, renewals.clone());
+    let renewers = spawn_lease_renewers(&node_clients, opts.nodes, renewals.clone());
 
     println!(
         "baseline: {} pod creates, then their bindings, {MAX_CONCURRENT_WRITES} in flight…",

@@ -356,6 +356,27 @@ impl Cluster {
         second
     }
 
+    /// An API client authenticated as node `node` (group `system:nodes`), joined with
+    /// the cluster's join token as an agent joins.
+    pub async fn node_client(&self, node: &str) -> kube::Client {
+        let token =
+            std::fs::read_to_string(self.data_dir.join("join-token")).expect("read the join token");
+        let creds = wasmkube_runtime::agent::bootstrap::credentials(
+            &self.path(&format!("node-credentials-{node}")),
+            &self.server_url(),
+            node,
+            &[std::net::IpAddr::from([127, 0, 0, 1])],
+            Some(token.trim()),
+            Some(&self.data_dir.join("pki/ca.crt")),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("join as node {node}: {e}"));
+        creds
+            .client()
+            .await
+            .unwrap_or_else(|e| panic!("a client for node {node}: {e:#}"))
+    }
+
     /// The server URL from the kubeconfig.
     pub fn server_url(&self) -> String {
         let text = std::fs::read_to_string(&self.kubeconfig).expect("read the kubeconfig");

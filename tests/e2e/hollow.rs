@@ -67,9 +67,8 @@ impl HollowNode {
         memory: &str,
         max_pods: u32,
     ) -> HollowNode {
-        let client = wasmkube_control::controllers::client_from_kubeconfig(&cluster.kubeconfig)
-            .await
-            .unwrap_or_else(|e| panic!("a client for hollow node {name}: {e:#}"));
+        // A node's own credential, as an agent has: its traffic is node traffic.
+        let client = cluster.node_client(name).await;
         let nodes: Api<Node> = Api::all(client.clone());
         let node: Node = serde_json::from_value(json!({
             "apiVersion": "v1",

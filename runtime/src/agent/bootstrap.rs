@@ -136,6 +136,9 @@ pub async fn credentials(
     };
     let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes())
         .map_err(|e| join_err(format!("the CA certificate {}: {e}", ca_path.display())))?;
+    // reqwest is built without a provider of its own; callers other than the agent
+    // (tests, benches) may not have installed the process-wide one yet.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder()
         .tls_certs_only([ca])
         .timeout(std::time::Duration::from_secs(30))

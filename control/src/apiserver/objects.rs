@@ -812,14 +812,8 @@ impl Objects {
                     Err(e) => return Err(ApiError::from_storage(e, def, name)),
                 }
             }
-            let value = encode(&new);
-            match self
-                .store
-                .update(&key, value.clone(), kv.mod_revision)
-                .await
-            {
+            match self.write_over(&key, &kv, &new).await {
                 Ok(rev) => {
-                    self.remember(key, value, kv.create_revision, rev);
                     self.release_replaced(def, &old, &new).await;
                     set_rv(&mut new, rev);
                     return Ok(new);
@@ -1036,14 +1030,8 @@ impl Objects {
                 if dry_run {
                     return Ok((marked, false));
                 }
-                let value = encode(&marked);
-                match self
-                    .store
-                    .update(&key, value.clone(), kv.mod_revision)
-                    .await
-                {
+                match self.write_over(&key, &kv, &marked).await {
                     Ok(rev) => {
-                        self.remember(key, value, kv.create_revision, rev);
                         set_rv(&mut marked, rev);
                         tracing::info!(
                             resource = def.plural,
@@ -1300,14 +1288,8 @@ impl Objects {
             if dry_run {
                 return Ok(());
             }
-            let value = encode(&pod);
-            match self
-                .store
-                .update(&key, value.clone(), kv.mod_revision)
-                .await
-            {
-                Ok(rev) => {
-                    self.remember(key, value, kv.create_revision, rev);
+            match self.write_over(&key, &kv, &pod).await {
+                Ok(_) => {
                     tracing::info!(namespace = ns.unwrap_or(""), pod = name, node, "bound pod");
                     return Ok(());
                 }
@@ -1335,6 +1317,18 @@ impl Objects {
                 Err(ApiError::not_found(def, name))
             }
         }
+    }
+
+    /// Writes `obj` at `key` on condition that it is still as read in `kv`, and
+    /// remembers the write as the next update's guess. Returns the new revision.
+    async fn write_over(&self, key: &str, kv: &KeyValue, obj: &Value) -> storage::Result<i64> {
+        let value = encode(obj);
+        let rev = self
+            .store
+            .update(key, value.clone(), kv.mod_revision)
+            .await?;
+        self.remember(key.to_string(), value, kv.create_revision, rev);
+        Ok(rev)
     }
 
     /// Notes a successful write as the next update's guess.
@@ -1867,6 +1861,25 @@ mod guess_tests {
         TwoServers { a, b, _etcd: etcd }
     }
 
+    impl TwoServers {
+        /// Creates configMap default/cm (k=1) through server a.
+        async fn config_map_created_on_a(&self) -> (Arc<ResourceDef>, Option<&'static str>) {
+            let cms = def(&self.a, "configmaps");
+            let ns = Some("default");
+            self.a
+                .create(
+                    &cms,
+                    ns,
+                    config_map("1", None),
+                    false,
+                    Ownership::Update("test"),
+                )
+                .await
+                .expect("create on a");
+            (cms, ns)
+        }
+    }
+
     fn def(o: &Objects, plural: &str) -> Arc<ResourceDef> {
         o.registry.lookup("", "v1", plural).expect("registered")
     }
@@ -1904,17 +1917,7 @@ mod guess_tests {
     #[tokio::test]
     async fn a_stale_guess_neither_refuses_nor_skips_an_update() {
         let t = two_servers().await;
-        let cms = def(&t.a, "configmaps");
-        let ns = Some("default");
-        t.a.create(
-            &cms,
-            ns,
-            config_map("1", None),
-            false,
-            Ownership::Update("test"),
-        )
-        .await
-        .expect("create on a");
+        let (cms, ns) = t.config_map_created_on_a().await;
         // b changes it: a's memory of its own create is now stale.
         t.b.update(&cms, ns, "cm", config_map("2", None), write())
             .await
@@ -1945,17 +1948,7 @@ mod guess_tests {
     #[tokio::test]
     async fn an_object_deleted_elsewhere_is_not_found() {
         let t = two_servers().await;
-        let cms = def(&t.a, "configmaps");
-        let ns = Some("default");
-        t.a.create(
-            &cms,
-            ns,
-            config_map("1", None),
-            false,
-            Ownership::Update("test"),
-        )
-        .await
-        .expect("create on a");
+        let (cms, ns) = t.config_map_created_on_a().await;
         t.b.delete(&cms, ns, "cm", &DeleteOptions::default(), false)
             .await
             .expect("delete on b");

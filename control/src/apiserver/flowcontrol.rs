@@ -224,7 +224,7 @@ impl Seats {
     }
 
     async fn admit(self: &Arc<Self>, flow: &str) -> Result<Seat, Rejected> {
-        let (id, mut granted) = {
+        let mut waiter = {
             let mut inner = self.lock();
             if self.limit == 0 || (inner.executing < self.limit && inner.waiting == 0) {
                 inner.executing += 1;
@@ -246,31 +246,34 @@ impl Seats {
                 .or_default()
                 .push_back((id, tx));
             inner.waiting += 1;
-            (id, rx)
-        };
-        // Dropping this future (the client went away) drops the receiver; the seat's
-        // hand-over then skips it.
-        let outcome = match self.wait_limit {
-            Some(limit) => tokio::time::timeout(limit, &mut granted).await.ok(),
-            None => Some((&mut granted).await),
-        };
-        match outcome {
-            Some(Ok(())) => Ok(self.seat()),
-            // Senders are only dropped unsent by `remove`, which only the waiter calls.
-            Some(Err(_)) => Err(Rejected::TimedOut),
-            None => {
-                let mut inner = self.lock();
-                if inner.remove(flow, id) {
-                    return Err(Rejected::TimedOut);
-                }
-                drop(inner);
-                // Not queued any more: a release handed this waiter a seat (under the
-                // lock, so the hand-over is complete) just as the wait ran out.
-                match granted.try_recv() {
-                    Ok(()) => Ok(self.seat()),
-                    Err(_) => Err(Rejected::TimedOut),
-                }
+            Waiter {
+                seats: self.clone(),
+                flow: flow.to_string(),
+                id,
+                granted: rx,
+                settled: false,
             }
+        };
+        let outcome = match self.wait_limit {
+            Some(limit) => tokio::time::timeout(limit, &mut waiter.granted).await.ok(),
+            None => Some((&mut waiter.granted).await),
+        };
+        waiter.settled = true;
+        if let Some(Ok(())) = outcome {
+            return Ok(self.seat());
+        }
+        // Timed out (a sender is only dropped unsent by `remove`, which only the waiter
+        // calls, so there is no other way here).
+        let mut inner = self.lock();
+        if inner.remove(flow, waiter.id) {
+            return Err(Rejected::TimedOut);
+        }
+        drop(inner);
+        // Not queued any more: a release handed this waiter a seat (under the lock, so
+        // the hand-over is complete) just as the wait ran out.
+        match waiter.granted.try_recv() {
+            Ok(()) => Ok(self.seat()),
+            Err(_) => Err(Rejected::TimedOut),
         }
     }
 
@@ -323,6 +326,34 @@ impl Inner {
         }
         self.waiting -= 1;
         true
+    }
+}
+
+/// A request waiting in a queue. If its request goes away while it waits (the client
+/// hung up), dropping it takes it out of the queue — or, when a seat was handed to it at
+/// that very moment, hands the seat on, so no seat is lost.
+struct Waiter {
+    seats: Arc<Seats>,
+    flow: String,
+    id: u64,
+    granted: oneshot::Receiver<()>,
+    /// The wait ended normally and `admit` dealt with the outcome.
+    settled: bool,
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let mut inner = self.seats.lock();
+        if inner.remove(&self.flow, self.id) {
+            return;
+        }
+        drop(inner);
+        if self.granted.try_recv().is_ok() {
+            self.seats.release();
+        }
     }
 }
 
@@ -479,6 +510,23 @@ mod tests {
             .expect("task")
             .expect("the seat skips the waiter that left");
         assert_eq!(seats.lock().executing, 0);
+    }
+
+    #[tokio::test]
+    async fn a_seat_handed_to_a_request_that_just_went_away_is_not_lost() {
+        let seats = Seats::new(1, None, None);
+        let held = seats.admit("u").await.expect("held");
+        let gone = {
+            let seats = seats.clone();
+            tokio::spawn(async move { seats.admit("u").await.map(|_| ()) })
+        };
+        settle().await;
+        // The release hands the seat to the waiter; it is cancelled before it runs.
+        drop(held);
+        gone.abort();
+        let _ = gone.await;
+        assert_eq!(seats.lock().executing, 0, "the seat went back");
+        let _again = seats.admit("v").await.expect("the seat is free again");
     }
 
     #[tokio::test]

@@ -787,8 +787,12 @@ impl Objects {
                 );
             }
             let allocated = if def.group.is_empty() && def.plural == "services" && !dry_run {
-                self.service_allocate(def, name, &mut new, Some(&old))
-                    .await?
+                match self.service_allocate(def, name, &mut new, Some(&old)).await {
+                    Ok(allocated) => allocated,
+                    // Allocation refused against a stale guess: decide again from etcd.
+                    Err(_) if guessed => continue,
+                    Err(e) => return Err(e),
+                }
             } else {
                 Allocated::default()
             };

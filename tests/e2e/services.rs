@@ -623,6 +623,11 @@ spec:
           httpGet: {{path: /ready, port: http}}
           periodSeconds: 1
           failureThreshold: 1
+        # A wasm guest gets no SIGTERM to finish its requests with: as for any app that
+        # does not drain, the hook keeps it serving while its endpoint is withdrawn.
+        lifecycle:
+          preStop:
+            sleep: {{seconds: 1}}
 ---
 apiVersion: v1
 kind: Service
@@ -693,8 +698,9 @@ async fn live_pods(cluster: &Cluster, app: &str) -> Vec<String> {
 }
 
 /// Readiness steers traffic: a replica failing its probe stops getting requests and gets
-/// them again when it recovers; a backend deleted mid-traffic makes no request hang or
-/// fail; and a pod reaches the Service through the variables the agent gave it.
+/// them again when it recovers; a backend deleted mid-traffic (with a preStop sleep, as
+/// an app that cannot drain needs) makes no request hang or fail; and a pod reaches the
+/// Service through the variables the agent gave it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_and_deleted_backends_steer_traffic_and_pods_use_service_variables() {
     let cluster = isolated().start().await;

@@ -410,6 +410,15 @@ mod tests {
         }
     }
 
+    /// A request of `flow` waiting for a seat in a task of its own.
+    fn spawn_admit(
+        seats: &Arc<Seats>,
+        flow: &'static str,
+    ) -> tokio::task::JoinHandle<Result<(), Rejected>> {
+        let seats = seats.clone();
+        tokio::spawn(async move { seats.admit(flow).await.map(|_| ()) })
+    }
+
     /// Lets spawned tasks run until they block.
     async fn settle() {
         for _ in 0..10 {
@@ -422,10 +431,7 @@ mod tests {
         let seats = Seats::new(2, None, None);
         let a = seats.admit("u").await.expect("a");
         let _b = seats.admit("u").await.expect("b");
-        let waiting = {
-            let seats = seats.clone();
-            tokio::spawn(async move { seats.admit("u").await.map(|_| ()) })
-        };
+        let waiting = spawn_admit(&seats, "u");
         settle().await;
         assert!(!waiting.is_finished(), "a third request must wait");
         assert_eq!(seats.lock().waiting, 1);
@@ -469,10 +475,7 @@ mod tests {
     async fn a_full_queue_and_a_long_wait_are_refused() {
         let seats = Seats::new(1, Some(1), Some(Duration::from_millis(50)));
         let _held = seats.admit("u").await.expect("held");
-        let queued = {
-            let seats = seats.clone();
-            tokio::spawn(async move { seats.admit("u").await.map(|_| ()) })
-        };
+        let queued = spawn_admit(&seats, "u");
         settle().await;
         assert_eq!(
             seats.admit("u").await.err(),
@@ -493,17 +496,11 @@ mod tests {
     async fn a_waiter_that_went_away_does_not_keep_a_seat() {
         let seats = Seats::new(1, None, None);
         let held = seats.admit("u").await.expect("held");
-        let gone = {
-            let seats = seats.clone();
-            tokio::spawn(async move { seats.admit("u").await.map(|_| ()) })
-        };
+        let gone = spawn_admit(&seats, "u");
         settle().await;
         gone.abort();
         let _ = gone.await;
-        let next = {
-            let seats = seats.clone();
-            tokio::spawn(async move { seats.admit("v").await.map(|_| ()) })
-        };
+        let next = spawn_admit(&seats, "v");
         settle().await;
         drop(held);
         next.await
@@ -516,10 +513,7 @@ mod tests {
     async fn a_seat_handed_to_a_request_that_just_went_away_is_not_lost() {
         let seats = Seats::new(1, None, None);
         let held = seats.admit("u").await.expect("held");
-        let gone = {
-            let seats = seats.clone();
-            tokio::spawn(async move { seats.admit("u").await.map(|_| ()) })
-        };
+        let gone = spawn_admit(&seats, "u");
         settle().await;
         // The release hands the seat to the waiter; it is cancelled before it runs.
         drop(held);

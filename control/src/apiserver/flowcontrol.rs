@@ -36,6 +36,8 @@ use super::authn::UserInfo;
 pub const WORKLOAD_QUEUE_LIMIT: usize = 512;
 /// The longest a workload request waits for a seat before it is refused.
 pub const WORKLOAD_WAIT_LIMIT: Duration = Duration::from_secs(15);
+/// What a refused request is told to wait before trying again (`Retry-After`).
+pub const RETRY_AFTER_SECONDS: u32 = 1;
 
 /// Workload seats when `--max-workload-requests-inflight` is not given: two per core
 /// keeps the cores busy while some requests wait on etcd, and no more.

@@ -89,10 +89,11 @@ fn is_long_running(verb: &str, target: &Option<Target>) -> bool {
 /// 429 for a request that did not get a seat; kubectl and client-go retry after the
 /// `Retry-After` seconds.
 fn too_many_requests() -> Response {
-    let mut response = ApiError::too_many_requests(1).into_response();
+    let seconds = super::flowcontrol::RETRY_AFTER_SECONDS;
+    let mut response = ApiError::too_many_requests(seconds).into_response();
     response
         .headers_mut()
-        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
     response
 }
 
@@ -1025,4 +1026,46 @@ fn scale_of(obj: &Value) -> Value {
             "selector": selector,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_refused_request_gets_a_429_status_with_retry_after() {
+        let response = too_many_requests();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .map(|v| v.as_bytes()),
+            Some(&b"1"[..])
+        );
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        let status: Value = serde_json::from_slice(&body).expect("a Status");
+        assert_eq!(status["kind"], "Status");
+        assert_eq!(status["reason"], "TooManyRequests");
+        assert_eq!(status["code"], 429);
+        assert_eq!(status["details"]["retryAfterSeconds"], 1);
+    }
+
+    #[test]
+    fn watches_and_streams_are_long_running_and_the_rest_is_not() {
+        let target = |path: &str| parse_path(path);
+        assert!(is_long_running("WATCH", &target("/api/v1/pods")));
+        for sub in ["log", "exec", "attach", "portforward", "proxy"] {
+            let path = format!("/api/v1/namespaces/ns/pods/p/{sub}");
+            assert!(is_long_running("GET", &target(&path)), "{path}");
+        }
+        assert!(!is_long_running("LIST", &target("/api/v1/pods")));
+        assert!(!is_long_running(
+            "PATCH",
+            &target("/api/v1/namespaces/ns/pods/p/status")
+        ));
+        assert!(!is_long_running("GET", &None));
+    }
 }

@@ -295,12 +295,25 @@ async fn edit_replace_set_and_rollout_restart() {
     cluster.kubectl_ok(&["get", "deployment", "shop"]).await;
 
     // replace with the current object works; with the original (stale) one it conflicts.
-    let mut current = d.clone();
-    current["spec"]["replicas"] = json!(1);
-    let fresh = cluster.write_file("fresh.json", current.to_string());
-    cluster
-        .kubectl_ok(&["replace", "-f", fresh.to_str().unwrap()])
-        .await;
+    // The deployment controller may still be writing status from the scale above, so the
+    // current object is read again when a replace loses that race, as a user would.
+    let mut attempts = 0;
+    let fresh = loop {
+        let mut current = cluster.get_json(&["deploy", "shop"]).await;
+        current["spec"]["replicas"] = json!(1);
+        let fresh = cluster.write_file("fresh.json", current.to_string());
+        let out = cluster
+            .kubectl(&["replace", "-f", fresh.to_str().unwrap()])
+            .await;
+        attempts += 1;
+        if out.success {
+            break fresh;
+        }
+        assert!(
+            attempts < 10 && out.stderr.contains("the object has been modified"),
+            "replace with the current object failed:\n{out}"
+        );
+    };
     let err = cluster
         .kubectl_err(&["replace", "-f", fresh.to_str().unwrap()])
         .await;

@@ -1285,14 +1285,14 @@ impl Drop for AbortOnDrop {
 }
 
 /// Deletes a run's pods (grace period 0) and waits until the API has none left and the
-/// agent has removed their pod directories under `agent_pods_dir` (all but
+/// agent with data directory `agent_dir` has removed their pod directories (all but
 /// `other_pods`, the pods of other runs still on the node). Returns how long the
 /// agent-side cleanup took after the deletes were sent.
 async fn teardown(
     config: &Config,
     run: &str,
     clients: usize,
-    agent_pods_dir: &Path,
+    agent_dir: &Path,
     other_pods: usize,
 ) -> Result<Duration> {
     let client = kube_client(config)?;
@@ -1339,9 +1339,7 @@ async fn teardown(
             .context("list the run's pods")?
             .items
             .len();
-        let dirs = std::fs::read_dir(agent_pods_dir)
-            .map(|d| d.count())
-            .unwrap_or(0);
+        let dirs = pod_dirs_left(agent_dir);
         if left == 0 && dirs <= other_pods {
             return Ok(started.elapsed());
         }
@@ -1352,6 +1350,18 @@ async fn teardown(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The pods the agent with data directory `agent_dir` still has files for: directories
+/// on disk (`pods/<uid>`) or on its tmpfs (`memory/pods/<uid>`).
+fn pod_dirs_left(agent_dir: &Path) -> usize {
+    let mut uids = std::collections::HashSet::new();
+    for root in [agent_dir.join("pods"), agent_dir.join("memory/pods")] {
+        if let Ok(entries) = std::fs::read_dir(root) {
+            uids.extend(entries.flatten().map(|e| e.file_name()));
+        }
+    }
+    uids.len()
 }
 
 // ---------------------------------------------------------------------------------
@@ -1390,7 +1400,7 @@ async fn burst_measure(
         cpu_of,
         timeout: opts.timeout,
     };
-    let agent_pods = data_dir.join("agent/pods");
+    let agent_data = data_dir.join("agent");
     let mut teardowns = Vec::new();
 
     // Warm-up: the module fetched and compiled, every code path touched once.
@@ -1414,7 +1424,7 @@ async fn burst_measure(
         "  warm-up pod Running after {:.0} ms (includes the module's compile)",
         ms(warm.to_running.max)
     );
-    teardown(&config, "warmup", 1, &agent_pods, 0).await?;
+    teardown(&config, "warmup", 1, &agent_data, 0).await?;
     let up_rss_idle = rss_mib(up.pid)?.0;
 
     println!(
@@ -1434,7 +1444,7 @@ async fn burst_measure(
     api_baseline.print(false);
     teardowns.push((
         "API baseline pods".to_string(),
-        teardown(&config, "api", opts.clients, &agent_pods, 0).await?,
+        teardown(&config, "api", opts.clients, &agent_data, 0).await?,
     ));
 
     println!("  burst with the scheduler: {} pods…", opts.pods);
@@ -1452,7 +1462,7 @@ async fn burst_measure(
     let up_rss_running = rss_mib(up.pid)?.0;
     teardowns.push((
         format!("{} running pods (scheduled)", scheduled.running),
-        teardown(&config, "sched", opts.clients, &agent_pods, 0).await?,
+        teardown(&config, "sched", opts.clients, &agent_data, 0).await?,
     ));
 
     println!("  burst with nodeName preset: {} pods…", opts.pods);
@@ -1469,7 +1479,7 @@ async fn burst_measure(
     preset.print(true);
     teardowns.push((
         format!("{} running pods (preset)", preset.running),
-        teardown(&config, "node", opts.clients, &agent_pods, 0).await?,
+        teardown(&config, "node", opts.clients, &agent_data, 0).await?,
     ));
     let up_hwm = rss_mib(up.pid)?.1;
 
@@ -1591,8 +1601,7 @@ async fn rss_with_agent(
     let steady_calls = calls_between(&before, &request_counters(&metrics_client).await);
     agent.check_alive()?;
     let server_rss = rss_mib(server.pid)?.0;
-    let agent_pods = agent_dir.join("pods");
-    let after_delete = match teardown(config, "rss", opts.clients, &agent_pods, 0).await {
+    let after_delete = match teardown(config, "rss", opts.clients, agent_dir, 0).await {
         Ok(_) => {
             tokio::time::sleep(Duration::from_secs(2)).await;
             rss_mib(agent.pid).ok().map(|r| r.0)
@@ -1864,7 +1873,7 @@ async fn ready_measure(
         timeout: opts.timeout,
     };
     let node = || Placement::Node(UP_NODE.to_string());
-    let agent_pods = data_dir.join("agent/pods");
+    let agent_data = data_dir.join("agent");
     let mut teardowns = Vec::new();
 
     // Warm-up: http-echo fetched and compiled, the probe's code paths touched once.
@@ -1879,7 +1888,7 @@ async fn ready_measure(
         "  warm-up http-echo pod Ready after {:.0} ms (includes the module's compile)",
         ms(warm.to_running.max)
     );
-    teardown(&config, "ready-warmup", 1, &agent_pods, 0).await?;
+    teardown(&config, "ready-warmup", 1, &agent_data, 0).await?;
 
     println!("  baseline: {} http-echo pods without a probe…", opts.pods);
     let baseline = burst(
@@ -1895,7 +1904,7 @@ async fn ready_measure(
     baseline.print(false);
     teardowns.push((
         format!("{} http-echo pods without a probe", baseline.running),
-        teardown(&config, "echo-plain", opts.clients, &agent_pods, 0).await?,
+        teardown(&config, "echo-plain", opts.clients, &agent_data, 0).await?,
     ));
 
     println!("  {} http-echo pods with a readiness probe…", opts.pods);
@@ -1912,7 +1921,7 @@ async fn ready_measure(
     probed.print(true);
     teardowns.push((
         format!("{} http-echo pods with a probe", probed.running),
-        teardown(&config, "echo-probe", opts.clients, &agent_pods, 0).await?,
+        teardown(&config, "echo-probe", opts.clients, &agent_data, 0).await?,
     ));
 
     Ok(ReadySection {
@@ -2076,7 +2085,6 @@ async fn idle_with_agent(
         timeout: opts.timeout,
     };
     let node = || Placement::Node(AGENT_NODE.to_string());
-    let agent_pods = agent_dir.join("pods");
 
     // Warm-up: the module fetched, compiled and loaded, so that the growth measured
     // next is the pods' alone.
@@ -2087,7 +2095,7 @@ async fn idle_with_agent(
             agent.log.display()
         );
     }
-    teardown(config, "idle-warmup", 1, &agent_pods, 0).await?;
+    teardown(config, "idle-warmup", 1, agent_dir, 0).await?;
     tokio::time::sleep(SETTLE).await;
     agent.check_alive()?;
     let before = rss_mib(agent.pid)?.0;
@@ -2137,7 +2145,7 @@ async fn idle_with_agent(
     let after_http = rss_mib(agent.pid)?.0;
 
     let (teardown_took, after_delete) =
-        match teardown(config, "idle", opts.clients, &agent_pods, 0).await {
+        match teardown(config, "idle", opts.clients, agent_dir, 0).await {
             Ok(took) => {
                 tokio::time::sleep(SETTLE).await;
                 (Some(took), rss_mib(agent.pid).ok().map(|r| r.0))
@@ -2225,7 +2233,7 @@ async fn neighbours_measure(
         timeout: opts.timeout,
     };
     let node = || Placement::Node(UP_NODE.to_string());
-    let agent_pods = data_dir.join("agent/pods");
+    let agent_data = data_dir.join("agent");
 
     let echo_target = target(PodTemplate::HttpEcho {
         image: echo_image.to_string(),
@@ -2317,7 +2325,7 @@ async fn neighbours_measure(
             teardown: None,
         };
         if phase.spinners.is_some() {
-            match teardown(&config, &run, SPINNERS, &agent_pods, 1).await {
+            match teardown(&config, &run, SPINNERS, &agent_data, 1).await {
                 Ok(took) => phase.teardown = Some(took),
                 Err(e) => {
                     // The next phase would share the node with these spinners.
@@ -2335,7 +2343,7 @@ async fn neighbours_measure(
         }
     }
     if stopped.is_none() {
-        if let Err(e) = teardown(&config, "neighbour-echo", 1, &agent_pods, 0).await {
+        if let Err(e) = teardown(&config, "neighbour-echo", 1, &agent_data, 0).await {
             eprintln!("  teardown of the http-echo pod: {e:#}");
         }
     }

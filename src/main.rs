@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use wasmkube_control::server::{Server, ServerOptions};
+use wasmkube_runtime::agent::memory_dir::MemoryDir;
 use wasmkube_runtime::agent::{Agent, AgentOptions};
 use wasmkube_runtime::fetch::RegistryAuth;
 
@@ -87,6 +88,11 @@ struct UpArgs {
     /// Pods the node takes.
     #[arg(long, default_value_t = 1000)]
     max_pods: u32,
+    /// Where secret, projected, downwardAPI and emptyDir-with-medium-Memory volumes go:
+    /// `auto` (a directory of this node's on /dev/shm when that is a writable tmpfs,
+    /// so Secrets never reach the disk; else the disk), `disk`, or a directory.
+    #[arg(long, default_value = "auto", value_name = "auto|disk|DIR")]
+    memory_volumes: MemoryDir,
     #[command(flatten)]
     proxy: ProxyArgs,
     #[command(flatten)]
@@ -190,6 +196,11 @@ struct AgentArgs {
     /// Pods the node takes.
     #[arg(long, default_value_t = 1000)]
     max_pods: u32,
+    /// Where secret, projected, downwardAPI and emptyDir-with-medium-Memory volumes go:
+    /// `auto` (a directory of this node's on /dev/shm when that is a writable tmpfs,
+    /// so Secrets never reach the disk; else the disk), `disk`, or a directory.
+    #[arg(long, default_value = "auto", value_name = "auto|disk|DIR")]
+    memory_volumes: MemoryDir,
     /// Extra node labels, as key=value[,key=value…].
     #[arg(long, value_delimiter = ',')]
     node_labels: Vec<String>,
@@ -382,6 +393,7 @@ async fn run_cluster(
     opts: ServerOptions,
     node_name: String,
     max_pods: u32,
+    memory_volumes: MemoryDir,
     proxy: ProxyArgs,
 ) -> Result<()> {
     let data_dir = opts.data_dir.clone();
@@ -392,6 +404,7 @@ async fn run_cluster(
     agent_opts.join_token = Some(server.join_token.clone());
     agent_opts.ca_cert = Some(data_dir.join("pki").join("ca.crt"));
     agent_opts.max_pods = max_pods;
+    agent_opts.memory_dir = memory_volumes;
     let node_ip = agent_opts.node_ip;
     let node = agent_opts.node_name.clone();
     agent_opts.cluster_cidr = cluster_cidr;
@@ -432,6 +445,7 @@ async fn run_agent(a: AgentArgs) -> Result<()> {
     opts.node_ip = a.node_ip;
     opts.kubelet_port = a.kubelet_port;
     opts.max_pods = a.max_pods;
+    opts.memory_dir = a.memory_volumes;
     opts.insecure_registries = a.insecure_registries;
     opts.cluster_cidr = a.cluster_cidr.0.into();
     opts.service_cidr = a.service_cidr.0.into();
@@ -527,8 +541,15 @@ fn main() -> std::process::ExitCode {
             }),
         Command::Up(a) => {
             let node_name = a.node_name.clone().unwrap_or_else(host_name);
+            let memory_volumes = a.memory_volumes.clone();
             options(a.data_dir, a.bind_address, a.port, a.common).and_then(|opts| {
-                runtime()?.block_on(run_cluster(opts, node_name, a.max_pods, a.proxy))
+                runtime()?.block_on(run_cluster(
+                    opts,
+                    node_name,
+                    a.max_pods,
+                    memory_volumes,
+                    a.proxy,
+                ))
             })
         }
         Command::Agent(a) => runtime().and_then(|rt| rt.block_on(run_agent(a))),

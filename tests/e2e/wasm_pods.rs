@@ -616,10 +616,43 @@ spec:
         .to_string();
     let pod_dir = a.data_dir.join("pods").join(&uid_a);
     assert!(pod_dir.is_dir(), "{} should exist", pod_dir.display());
+    // Its token volume is memory-backed, as the kubelet's: on the agent's tmpfs
+    // directory (DATA_DIR/memory leads there), never in the pod's directory on disk.
+    let memory_dir = a.data_dir.join("memory");
+    let tmpfs_dir = std::fs::read_link(&memory_dir)
+        .unwrap_or_else(|e| panic!("{} should lead to /dev/shm: {e}", memory_dir.display()));
+    assert!(tmpfs_dir.starts_with("/dev/shm"), "{}", tmpfs_dir.display());
+    let pod_memory_dir = memory_dir.join("pods").join(&uid_a);
+    let token_volumes = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("kube-api-access-")
+            })
+            .map(|e| e.path())
+            .collect()
+    };
+    let in_memory = token_volumes(&pod_memory_dir);
+    assert!(
+        in_memory.len() == 1 && in_memory[0].join("token").is_file(),
+        "the token volume in {}: {in_memory:?}",
+        pod_memory_dir.display()
+    );
+    assert!(token_volumes(&pod_dir.join("volumes")).is_empty());
     cluster
         .kubectl_ok(&["delete", "pod", "on-a", "--wait=true"])
         .await;
     assert!(!pod_dir.exists(), "{} should be gone", pod_dir.display());
+    assert!(
+        !pod_memory_dir.exists(),
+        "{} should be gone",
+        pod_memory_dir.display()
+    );
     let logs_dir = a.data_dir.join("logs");
     let left: Vec<String> = std::fs::read_dir(&logs_dir)
         .map(|d| {

@@ -26,6 +26,7 @@
 pub mod bootstrap;
 pub mod events;
 pub mod exec;
+pub mod memory_dir;
 pub mod node;
 pub mod objects;
 pub mod podnet;
@@ -85,6 +86,9 @@ pub struct AgentOptions {
     /// The Service ClusterIP range (`--service-cidr` of the server): pods may connect
     /// there.
     pub service_cidr: ipnet::IpNet,
+    /// Where memory-backed volumes (secret, projected, downwardAPI, emptyDir with
+    /// `medium: Memory`) go.
+    pub memory_dir: memory_dir::MemoryDir,
 }
 
 impl AgentOptions {
@@ -103,6 +107,7 @@ impl AgentOptions {
             insecure_registries: Vec::new(),
             cluster_cidr: DEFAULT_CLUSTER_CIDR.parse().expect("valid default CIDR"),
             service_cidr: DEFAULT_SERVICE_CIDR.parse().expect("valid default CIDR"),
+            memory_dir: memory_dir::MemoryDir::Auto,
         }
     }
 }
@@ -133,6 +138,10 @@ impl Agent {
         }
         std::fs::create_dir_all(&opts.data_dir)
             .with_context(|| format!("creating {}", opts.data_dir.display()))?;
+        let memory_pods_dir = opts
+            .memory_dir
+            .resolve(&opts.data_dir)
+            .context("setting up the directory for memory-backed volumes")?;
         let creds = bootstrap::credentials(
             &opts.data_dir,
             &opts.server,
@@ -209,6 +218,7 @@ impl Agent {
             objects: objects::CachedSource::new(client.clone()),
             recorder: Arc::new(events::Recorder::new(client, &opts.node_name)),
             pods_dir: opts.data_dir.join("pods"),
+            memory_pods_dir,
             sandboxes,
             pod_egress: Arc::from(vec![opts.cluster_cidr, opts.service_cidr]),
             services,

@@ -38,6 +38,9 @@ pub struct Context {
     pub recorder: Arc<Recorder>,
     /// `pods/<uid>/` per pod.
     pub pods_dir: PathBuf,
+    /// `<uid>/` per pod for its memory-backed volumes, if they are not on disk (see
+    /// [`super::memory_dir`]).
+    pub memory_pods_dir: Option<PathBuf>,
     /// The running containers' sandboxes, for exec, probes and port-forward.
     pub sandboxes: Arc<super::sandbox::Sandboxes>,
     /// Where pods' sockets may go: the cluster's pod and service ranges.
@@ -148,15 +151,19 @@ fn apply(
     );
 }
 
-/// Removes the files (`pods/<uid>` and logs) of pods that no longer exist.
+/// Removes the files (`pods/<uid>`, memory-backed volumes and logs) of pods that no
+/// longer exist.
 fn remove_orphan_dirs(ctx: &Context, live: &HashSet<String>) {
-    if let Ok(entries) = std::fs::read_dir(&ctx.pods_dir) {
+    for root in std::iter::once(&ctx.pods_dir).chain(&ctx.memory_pods_dir) {
+        let Ok(entries) = std::fs::read_dir(root) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let uid = entry.file_name().to_string_lossy().into_owned();
             if live.contains(&uid) {
                 continue;
             }
-            tracing::info!(uid = %uid, "removing the files of a pod that no longer exists");
+            tracing::info!(uid = %uid, dir = %entry.path().display(), "removing the files of a pod that no longer exists");
             if let Err(e) = crate::volumes::remove_pod_dir(&entry.path()) {
                 tracing::warn!(uid = %uid, error = %e, "removing an orphaned pod directory");
             }

@@ -40,7 +40,7 @@ use super::probes;
 use super::sandbox::ContainerSandbox;
 use super::status::{ContainerState, PodState, RestartPolicy, Terminated};
 use crate::fetch::{Fetched, PullPolicy, RegistryAuth};
-use crate::volumes::PodVolumes;
+use crate::volumes::{PodDirs, PodVolumes};
 use crate::wasm::{Egress, Exit, Program, RunSpec};
 
 /// The first back-off after a failure, as the kubelet's.
@@ -116,7 +116,7 @@ pub async fn run(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
         Some("Succeeded") | Some("Failed")
     );
-    let pod_dir = ctx.pods_dir.join(&uid);
+    let pod_dirs = PodDirs::of(&ctx.pods_dir, ctx.memory_pods_dir.as_deref(), &uid);
     let host_ip = ctx.node_ip.to_string();
     let recorded_ip = pod
         .status
@@ -168,7 +168,7 @@ pub async fn run(
         let run_cancel = CancellationToken::new();
         let latest = pod_rx.clone();
         tokio::select! {
-            _ = run_pod(&shared, &mut pod_rx, &pod_dir, run_cancel.clone()) => {}
+            _ = run_pod(&shared, &mut pod_rx, &pod_dirs, run_cancel.clone()) => {}
             // The containers keep running while their preStop hooks do.
             _ = async {
                 terminate.cancelled().await;
@@ -205,7 +205,7 @@ pub async fn run(
             "Stopping the pod's containers",
         );
     }
-    if let Err(e) = crate::volumes::remove_pod_dir(&pod_dir) {
+    if let Err(e) = pod_dirs.remove() {
         tracing::warn!(namespace = %ns, pod = %name, error = %e, "removing the pod's files");
     }
     if let Err(e) = ctx.logs.remove_pod_named(&ns, &name, &uid) {
@@ -237,7 +237,7 @@ pub async fn run(
 async fn run_pod(
     shared: &Arc<Shared>,
     pod_rx: &mut watch::Receiver<Pod>,
-    pod_dir: &std::path::Path,
+    pod_dirs: &PodDirs,
     cancel: CancellationToken,
 ) {
     let ctx = &shared.ctx;
@@ -261,7 +261,7 @@ async fn run_pod(
     // Volumes.
     let mut backoff = Backoff::new();
     let volumes = loop {
-        match PodVolumes::prepare(&ctx.objects, &pod, pod_dir).await {
+        match PodVolumes::prepare(&ctx.objects, &pod, pod_dirs).await {
             Ok(v) => break v,
             Err(e) => {
                 let message = format!("MountVolume.SetUp failed: {e}");

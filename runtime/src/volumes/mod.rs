@@ -1,10 +1,13 @@
 //! A pod's volumes, laid out as host directories its containers preopen.
 //!
-//! Every volume lives at `<pod_dir>/volumes/<name>` except hostPath, which is the host
-//! directory itself:
+//! Every volume lives in one of the pod's two directories ([`PodDirs`]) except
+//! hostPath, which is the host directory itself. Volumes the kubelet backs with memory
+//! (secret, downwardAPI, projected, and emptyDir with `medium: Memory`) go to
+//! `<memory>/<name>`, which the agent keeps on a tmpfs, so Secrets and tokens never
+//! reach the disk; the others go to `<disk>/volumes/<name>`:
 //!
-//! - emptyDir (any medium): a plain directory, kept across container restarts and
-//!   removed with the pod (`sizeLimit` is not enforced);
+//! - emptyDir: a plain directory, kept across container restarts and removed with the
+//!   pod (`sizeLimit` is not enforced);
 //! - hostPath: types `""`, `DirectoryOrCreate` and `Directory` (a missing path is
 //!   created for `""`, as containerd does); file, socket and device types are refused
 //!   because a WASI preopen is always a directory;
@@ -169,6 +172,18 @@ impl VolumeKind {
         )
     }
 
+    /// Whether the kubelet backs this volume with memory (a tmpfs): Secrets, tokens
+    /// and the downward API, and emptyDirs that ask for it.
+    fn memory_backed(self, volume: &Volume) -> bool {
+        match self {
+            Self::Secret | Self::DownwardApi | Self::Projected => true,
+            Self::EmptyDir => {
+                volume.empty_dir.as_ref().and_then(|e| e.medium.as_deref()) == Some("Memory")
+            }
+            Self::HostPath | Self::ConfigMap => false,
+        }
+    }
+
     /// Missing sub-paths are created in writable volumes, as the kubelet does.
     fn creates_sub_paths(self) -> bool {
         matches!(self, Self::EmptyDir | Self::HostPath)
@@ -230,10 +245,50 @@ const TOKEN_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// The API default for `serviceAccountToken.expirationSeconds`.
 const DEFAULT_TOKEN_SECONDS: i64 = 3600;
 
-/// The volumes of one pod, laid out on disk.
+/// Where one pod's files go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodDirs {
+    /// The pod's directory on disk; its other volumes are in `volumes/` below it.
+    pub disk: PathBuf,
+    /// The directory of the pod's memory-backed volumes.
+    pub memory: PathBuf,
+}
+
+impl PodDirs {
+    /// The directories of pod `uid` under the agent's roots; without a memory root the
+    /// memory-backed volumes stay beside the others on disk.
+    pub fn of(pods_root: &Path, memory_root: Option<&Path>, uid: &str) -> PodDirs {
+        let disk = pods_root.join(uid);
+        let memory = match memory_root {
+            Some(root) => root.join(uid),
+            None => disk.join("volumes"),
+        };
+        PodDirs { disk, memory }
+    }
+
+    /// Everything under `pod_dir` (no tmpfs).
+    pub fn on_disk(pod_dir: &Path) -> PodDirs {
+        PodDirs {
+            disk: pod_dir.to_path_buf(),
+            memory: pod_dir.join("volumes"),
+        }
+    }
+
+    /// Deletes both directories (see [`remove_pod_dir`]); missing ones are fine.
+    pub fn remove(&self) -> Result<(), VolumeError> {
+        let memory = if self.memory.starts_with(&self.disk) {
+            Ok(())
+        } else {
+            remove_pod_dir(&self.memory)
+        };
+        remove_pod_dir(&self.disk).and(memory)
+    }
+}
+
+/// The volumes of one pod, laid out in its [`PodDirs`].
 #[derive(Debug)]
 pub struct PodVolumes {
-    pod_dir: PathBuf,
+    dirs: PodDirs,
     volumes: BTreeMap<String, PreparedVolume>,
     /// Projected tokens by (volume, source index), so refreshes reuse a token until it
     /// is due for rotation instead of requesting one every time.
@@ -250,28 +305,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl PodVolumes {
-    /// Lays out every volume of `pod` under `pod_dir/volumes/`. Idempotent: called again
-    /// for the same pod (after an agent restart) it keeps emptyDir contents and only
-    /// rewrites projected files that changed.
+    /// Lays out every volume of `pod` in `dirs`. Idempotent: called again for the same
+    /// pod (after an agent restart) it keeps emptyDir contents and only rewrites
+    /// projected files that changed. A pod without volumes creates no directory.
     pub async fn prepare<S: ObjectSource>(
         source: &S,
         pod: &Pod,
-        pod_dir: &Path,
+        dirs: &PodDirs,
     ) -> Result<PodVolumes, VolumeError> {
-        let volumes_root = pod_dir.join("volumes");
-        std::fs::create_dir_all(&volumes_root).map_err(|source| VolumeError::PodDir {
-            path: volumes_root.clone(),
-            source,
-        })?;
-        let volumes_dir =
-            Dir::open_ambient_dir(&volumes_root, ambient_authority()).map_err(|source| {
-                VolumeError::PodDir {
-                    path: volumes_root.clone(),
-                    source,
-                }
-            })?;
         let mut prepared = PodVolumes {
-            pod_dir: pod_dir.to_path_buf(),
+            dirs: dirs.clone(),
             volumes: BTreeMap::new(),
             tokens: Mutex::new(HashMap::new()),
             sub_paths: Mutex::new(HashMap::new()),
@@ -294,10 +337,23 @@ impl PodVolumes {
             let path = match (&volume.host_path, kind) {
                 (Some(host), VolumeKind::HostPath) => check_host_path(host).map_err(set_up)?,
                 _ => {
-                    volumes_dir
-                        .create_dir_all(&volume.name)
-                        .map_err(|e| set_up(e.into()))?;
-                    volumes_root.join(&volume.name)
+                    let root = if kind.memory_backed(volume) {
+                        dirs.memory.clone()
+                    } else {
+                        dirs.disk.join("volumes")
+                    };
+                    std::fs::create_dir_all(&root).map_err(|source| VolumeError::PodDir {
+                        path: root.clone(),
+                        source,
+                    })?;
+                    // The name is a plain file name (checked above), so it stays in root.
+                    let path = root.join(&volume.name);
+                    match std::fs::create_dir(&path) {
+                        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                            return Err(set_up(e.into()))
+                        }
+                        _ => path,
+                    }
                 }
             };
             prepared
@@ -305,7 +361,7 @@ impl PodVolumes {
                 .insert(volume.name.clone(), PreparedVolume { kind, path });
             if kind.is_projected() {
                 let changed = prepared
-                    .project(source, pod, volume, &volumes_dir)
+                    .project(source, pod, volume)
                     .await
                     .map_err(set_up)?;
                 tracing::debug!(pod = %pod_key(pod), volume = %volume.name, changed, "volume projected");
@@ -314,9 +370,9 @@ impl PodVolumes {
         Ok(prepared)
     }
 
-    /// The pod directory these volumes live in.
-    pub fn pod_dir(&self) -> &Path {
-        &self.pod_dir
+    /// The pod's directories these volumes live in.
+    pub fn dirs(&self) -> &PodDirs {
+        &self.dirs
     }
 
     /// The kind and host directory of a volume, if the pod declares it.
@@ -334,14 +390,6 @@ impl PodVolumes {
         source: &S,
         pod: &Pod,
     ) -> Result<bool, VolumeError> {
-        let volumes_root = self.pod_dir.join("volumes");
-        let volumes_dir =
-            Dir::open_ambient_dir(&volumes_root, ambient_authority()).map_err(|source| {
-                VolumeError::PodDir {
-                    path: volumes_root.clone(),
-                    source,
-                }
-            })?;
         let spec_volumes = pod
             .spec
             .as_ref()
@@ -356,7 +404,7 @@ impl PodVolumes {
             if !prepared.kind.is_projected() {
                 continue;
             }
-            match self.project(source, pod, volume, &volumes_dir).await {
+            match self.project(source, pod, volume).await {
                 Ok(true) => {
                     tracing::info!(pod = %pod_key(pod), volume = %volume.name, "volume contents updated");
                     changed = true;
@@ -425,11 +473,11 @@ impl PodVolumes {
         Ok(preopens)
     }
 
-    /// Deletes the pod's directory with everything in it (see [`remove_pod_dir`]).
+    /// Deletes the pod's directories with everything in them (see [`PodDirs::remove`]).
     pub fn remove(self) -> Result<(), VolumeError> {
-        let pod_dir = self.pod_dir.clone();
+        let dirs = self.dirs.clone();
         drop(self);
-        remove_pod_dir(&pod_dir)
+        dirs.remove()
     }
 
     /// Builds a projected-kind volume's payload and publishes it.
@@ -438,10 +486,13 @@ impl PodVolumes {
         source: &S,
         pod: &Pod,
         volume: &Volume,
-        volumes_dir: &Dir,
     ) -> Result<bool, SetUpError> {
         let payload = self.payload(source, pod, volume).await?;
-        let dir = volumes_dir.open_dir(&volume.name)?;
+        let path = match self.volumes.get(&volume.name) {
+            Some(prepared) => &prepared.path,
+            None => return Err(SetUpError::Invalid("volume not prepared".into())),
+        };
+        let dir = Dir::open_ambient_dir(path, ambient_authority())?;
         Ok(atomic::write(&dir, &payload)?)
     }
 

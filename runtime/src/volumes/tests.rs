@@ -221,7 +221,7 @@ async fn every_volume_kind_is_laid_out() {
         vec![app.clone()],
     );
 
-    let volumes = PodVolumes::prepare(&source, &pod, &pod_dir)
+    let volumes = PodVolumes::prepare(&source, &pod, &PodDirs::on_disk(&pod_dir))
         .await
         .expect("prepare");
     let vdir = pod_dir.join("volumes");
@@ -283,7 +283,7 @@ async fn missing_objects_and_keys() {
     source.put_config_map("prod", "cfg", &[("a", "1")]);
 
     let p = pod(vec![config_map("cfg", "missing", None, false)], vec![]);
-    let err = PodVolumes::prepare(&source, &p, tmp.path())
+    let err = PodVolumes::prepare(&source, &p, &PodDirs::on_disk(tmp.path()))
         .await
         .expect_err("missing configmap");
     assert_eq!(
@@ -292,7 +292,7 @@ async fn missing_objects_and_keys() {
     );
 
     let p = pod(vec![config_map("cfg", "missing", None, true)], vec![]);
-    PodVolumes::prepare(&source, &p, tmp.path())
+    PodVolumes::prepare(&source, &p, &PodDirs::on_disk(tmp.path()))
         .await
         .expect("optional configmap may be missing");
     assert!(tmp.path().join("volumes/cfg/..data").is_dir());
@@ -301,7 +301,7 @@ async fn missing_objects_and_keys() {
         vec![config_map("cfg", "cfg", Some(vec![("zz", "zz")]), false)],
         vec![],
     );
-    let err = PodVolumes::prepare(&source, &p, tmp.path())
+    let err = PodVolumes::prepare(&source, &p, &PodDirs::on_disk(tmp.path()))
         .await
         .expect_err("missing key");
     assert!(
@@ -319,7 +319,7 @@ async fn missing_objects_and_keys() {
         )],
         vec![],
     );
-    PodVolumes::prepare(&source, &p, tmp.path())
+    PodVolumes::prepare(&source, &p, &PodDirs::on_disk(tmp.path()))
         .await
         .expect("optional keys may be missing");
     assert_eq!(read(tmp.path().join("volumes/cfg/x/a")), "1");
@@ -334,7 +334,7 @@ async fn missing_objects_and_keys() {
         }],
         vec![],
     );
-    let err = PodVolumes::prepare(&source, &p, tmp.path())
+    let err = PodVolumes::prepare(&source, &p, &PodDirs::on_disk(tmp.path()))
         .await
         .expect_err("missing secret");
     assert!(
@@ -353,7 +353,7 @@ async fn items_paths_cannot_escape() {
             vec![config_map("cfg", "cfg", Some(vec![("a", bad)]), false)],
             vec![],
         );
-        let err = PodVolumes::prepare(&source, &p, &tmp.path().join("pod"))
+        let err = PodVolumes::prepare(&source, &p, &PodDirs::on_disk(&tmp.path().join("pod")))
             .await
             .expect_err("bad path");
         assert!(err.to_string().contains("invalid path"), "{bad}: {err}");
@@ -370,7 +370,7 @@ async fn refresh_follows_object_updates() {
         vec![config_map("cfg", "cfg", None, false), empty_dir("e")],
         vec![],
     );
-    let volumes = PodVolumes::prepare(&source, &p, tmp.path())
+    let volumes = PodVolumes::prepare(&source, &p, &PodDirs::on_disk(tmp.path()))
         .await
         .expect("prepare");
     let file = tmp.path().join("volumes/cfg/k");
@@ -405,7 +405,7 @@ async fn downward_volume_follows_label_changes() {
         ..volume("info")
     };
     let mut p = pod(vec![dv], vec![]);
-    let volumes = PodVolumes::prepare(&source, &p, tmp.path())
+    let volumes = PodVolumes::prepare(&source, &p, &PodDirs::on_disk(tmp.path()))
         .await
         .expect("prepare");
     p.metadata
@@ -444,7 +444,7 @@ async fn tokens_are_reused_until_due() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let source = FakeSource::default();
     let p = token_pod();
-    let volumes = PodVolumes::prepare(&source, &p, tmp.path())
+    let volumes = PodVolumes::prepare(&source, &p, &PodDirs::on_disk(tmp.path()))
         .await
         .expect("prepare");
     assert!(!volumes.refresh(&source, &p).await.expect("refresh"));
@@ -461,7 +461,7 @@ async fn tokens_rotate_when_due() {
     // Tokens that are already at the end of their life are due on every refresh.
     *source.token_lifetime.lock().expect("lock") = Some(Duration::ZERO);
     let p = token_pod();
-    let volumes = PodVolumes::prepare(&source, &p, tmp.path())
+    let volumes = PodVolumes::prepare(&source, &p, &PodDirs::on_disk(tmp.path()))
         .await
         .expect("prepare");
     let file = tmp.path().join("volumes/sa/token");
@@ -483,7 +483,7 @@ async fn sub_paths_resolve_inside_the_volume() {
         ],
         vec![],
     );
-    let volumes = PodVolumes::prepare(&source, &p, tmp.path())
+    let volumes = PodVolumes::prepare(&source, &p, &PodDirs::on_disk(tmp.path()))
         .await
         .expect("prepare");
     let data = tmp.path().join("volumes/data");
@@ -571,7 +571,7 @@ async fn a_symlink_planted_in_a_volume_cannot_lead_out() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let source = FakeSource::default();
     let p = pod(vec![empty_dir("data")], vec![]);
-    let volumes = PodVolumes::prepare(&source, &p, tmp.path())
+    let volumes = PodVolumes::prepare(&source, &p, &PodDirs::on_disk(tmp.path()))
         .await
         .expect("prepare");
     let data = tmp.path().join("volumes/data");
@@ -628,14 +628,14 @@ async fn host_path_types() {
     ];
     for (v, expected) in cases {
         let p = pod(vec![v], vec![]);
-        let err = PodVolumes::prepare(&source, &p, &tmp.path().join("pod"))
+        let err = PodVolumes::prepare(&source, &p, &PodDirs::on_disk(&tmp.path().join("pod")))
             .await
             .expect_err("refused");
         assert!(err.to_string().contains(expected), "{err} vs {expected}");
     }
     let created = tmp.path().join("made/by/default");
     let p = pod(vec![host_path("h", &created, None)], vec![]);
-    PodVolumes::prepare(&source, &p, &tmp.path().join("pod"))
+    PodVolumes::prepare(&source, &p, &PodDirs::on_disk(&tmp.path().join("pod")))
         .await
         .expect("type \"\" creates a missing directory");
     assert!(created.is_dir());
@@ -646,11 +646,11 @@ async fn prepare_again_keeps_empty_dir_contents() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let source = FakeSource::default();
     let p = pod(vec![empty_dir("data")], vec![]);
-    PodVolumes::prepare(&source, &p, tmp.path())
+    PodVolumes::prepare(&source, &p, &PodDirs::on_disk(tmp.path()))
         .await
         .expect("prepare");
     std::fs::write(tmp.path().join("volumes/data/keep"), "k").expect("write");
-    PodVolumes::prepare(&source, &p, tmp.path())
+    PodVolumes::prepare(&source, &p, &PodDirs::on_disk(tmp.path()))
         .await
         .expect("prepare again");
     assert_eq!(read(tmp.path().join("volumes/data/keep")), "k");
@@ -671,7 +671,7 @@ async fn removal_never_follows_symlinks_out() {
         vec![empty_dir("data"), host_path("h", &host, Some("Directory"))],
         vec![],
     );
-    let volumes = PodVolumes::prepare(&source, &p, &pod_dir)
+    let volumes = PodVolumes::prepare(&source, &p, &PodDirs::on_disk(&pod_dir))
         .await
         .expect("prepare");
     let data = pod_dir.join("volumes/data");
@@ -683,4 +683,84 @@ async fn removal_never_follows_symlinks_out() {
     assert!(outside.join("precious").exists());
     assert!(host.join("precious").exists());
     remove_pod_dir(&pod_dir).expect("removing twice is fine");
+}
+
+#[tokio::test]
+async fn memory_backed_volumes_live_in_the_memory_dir() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let source = FakeSource::default();
+    source.put_config_map("prod", "cfg", &[("a.conf", "A")]);
+    source.put_secret("prod", "creds", &[("password", b"pw")]);
+    let dirs = PodDirs::of(
+        &tmp.path().join("pods"),
+        Some(&tmp.path().join("shm")),
+        "uid-1",
+    );
+    assert_eq!(dirs.disk, tmp.path().join("pods/uid-1"));
+    assert_eq!(dirs.memory, tmp.path().join("shm/uid-1"));
+    let secret = Volume {
+        secret: Some(SecretVolumeSource {
+            secret_name: Some("creds".into()),
+            ..SecretVolumeSource::default()
+        }),
+        ..volume("secret")
+    };
+    let memory_empty_dir = Volume {
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: Some("Memory".into()),
+            ..EmptyDirVolumeSource::default()
+        }),
+        ..volume("fast")
+    };
+    let p = pod(
+        vec![
+            secret,
+            memory_empty_dir,
+            empty_dir("scratch"),
+            config_map("cfg", "cfg", None, false),
+        ],
+        vec![container(
+            "app",
+            vec![mount("secret", "/secret"), mount("fast", "/fast")],
+        )],
+    );
+    let volumes = PodVolumes::prepare(&source, &p, &dirs)
+        .await
+        .expect("prepare");
+    assert_eq!(read(dirs.memory.join("secret/password")), "pw");
+    assert!(dirs.memory.join("fast").is_dir());
+    assert!(dirs.disk.join("volumes/scratch").is_dir());
+    assert_eq!(read(dirs.disk.join("volumes/cfg/a.conf")), "A");
+    assert!(
+        !dirs.disk.join("volumes/secret").exists() && !dirs.disk.join("volumes/fast").exists(),
+        "memory-backed volumes are not on disk"
+    );
+    let preopens = volumes
+        .preopens(&p.spec.as_ref().expect("spec").containers[0], &[])
+        .expect("preopens");
+    assert_eq!(preopens[0].host, dirs.memory.join("secret"));
+
+    source.put_secret("prod", "creds", &[("password", b"new")]);
+    assert!(volumes.refresh(&source, &p).await.expect("refresh"));
+    assert_eq!(read(dirs.memory.join("secret/password")), "new");
+
+    volumes.remove().expect("remove");
+    assert!(!dirs.disk.exists() && !dirs.memory.exists());
+}
+
+#[tokio::test]
+async fn a_pod_without_volumes_creates_no_directory() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dirs = PodDirs::of(
+        &tmp.path().join("pods"),
+        Some(&tmp.path().join("shm")),
+        "uid-1",
+    );
+    let volumes = PodVolumes::prepare(&FakeSource::default(), &pod(vec![], vec![]), &dirs)
+        .await
+        .expect("prepare");
+    assert!(!dirs.disk.exists() && !dirs.memory.exists());
+    volumes
+        .remove()
+        .expect("removing what was never made is fine");
 }

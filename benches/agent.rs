@@ -1352,6 +1352,22 @@ async fn teardown(
     }
 }
 
+/// The space the files under `dir` take (allocated blocks, directories included),
+/// without following symlinks; 0 if it does not exist.
+fn allocated_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(dir) else {
+        return 0;
+    };
+    let mut total = meta.blocks() * 512;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            total += allocated_bytes(&entry.path());
+        }
+    }
+    total
+}
+
 /// The pods the agent with data directory `agent_dir` still has files for: directories
 /// on disk (`pods/<uid>`) or on its tmpfs (`memory/pods/<uid>`).
 fn pod_dirs_left(agent_dir: &Path) -> usize {
@@ -2035,6 +2051,8 @@ struct IdleSection {
     fds_before: Option<Vec<(String, usize)>>,
     fds_with_pods: Option<Vec<(String, usize)>>,
     threads_with_pods: Option<f64>,
+    /// Bytes the pods' memory-backed volumes take on the agent's tmpfs (not in RSS).
+    volumes_on_tmpfs: u64,
     steady_wall: Duration,
     steady_cpu: PhaseCpu,
     http: HttpCheck,
@@ -2121,6 +2139,7 @@ async fn idle_with_agent(
     let with_regions = regions(agent.pid)?;
     let fds_with_pods = open_fds(agent.pid);
     let threads_with_pods = status_field(agent.pid, "Threads:").ok();
+    let volumes_on_tmpfs = allocated_bytes(&agent_dir.join("memory/pods"));
     println!(
         "  with {} pods Running: RSS {with_pods:.1} MiB (peak {hwm:.1} MiB)",
         pods.running
@@ -2172,6 +2191,7 @@ async fn idle_with_agent(
         fds_before,
         fds_with_pods,
         threads_with_pods,
+        volumes_on_tmpfs,
         steady_wall,
         steady_cpu,
         http,
@@ -2698,6 +2718,11 @@ fn print_report(
             i.hwm,
             per_pod_kib,
             per_pod_kib / 1024.0
+        );
+        println!(
+            "    plus the pods' memory-backed volumes (token, CA) on the agent's tmpfs, outside RSS: {:.1} MiB = {:.1} KiB per pod",
+            i.volumes_on_tmpfs as f64 / (1024.0 * 1024.0),
+            i.volumes_on_tmpfs as f64 / 1024.0 / n
         );
         println!(
             "    before = the module loaded (a warm-up pod run and deleted, {:.0} ms to Running); {:.1} MiB idle after registration ({:.1} s after start)",

@@ -137,3 +137,79 @@ async fn get_watch_prints_added_modified_deleted() {
         watched.stdout
     );
 }
+
+/// What the garbage collector relies on: a metadata-only list and watch (`Accept:
+/// …;as=PartialObjectMetadata`, kube-rs' `Api<PartialObjectMeta<K>>`) carry every
+/// event, each with the object's metadata alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_only_watch_sees_every_event() {
+    use futures::{StreamExt, TryStreamExt};
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, ListParams, WatchEvent, WatchParams};
+    use kube::core::PartialObjectMeta;
+
+    let cluster = Cluster::start().await;
+    let client = cluster.node_client("metadata-watcher").await;
+    let api: Api<PartialObjectMeta<Pod>> = Api::namespaced(client, "default");
+    cluster.create_stdin(&pod_yaml("m0")).await;
+    let list = api
+        .list(&ListParams::default())
+        .await
+        .expect("metadata list");
+    assert_eq!(list.types.kind, "PartialObjectMetadataList");
+    let listed: Vec<_> = list.items.iter().map(|p| p.metadata.name.clone()).collect();
+    assert_eq!(listed, [Some("m0".to_string())]);
+    let rv = list
+        .metadata
+        .resource_version
+        .expect("a list resourceVersion");
+    let mut events = api
+        .watch(&WatchParams::default().timeout(30), &rv)
+        .await
+        .expect("metadata watch")
+        .boxed();
+
+    cluster.create_stdin(&pod_yaml("m1")).await;
+    cluster
+        .kubectl_ok(&["label", "pod", "m1", "-n", "default", "color=red"])
+        .await;
+    cluster
+        .kubectl_ok(&["delete", "pod", "m1", "-n", "default", "--wait=false"])
+        .await;
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + crate::harness::DEADLINE;
+    while !seen.iter().any(|s: &String| s.starts_with("DELETED")) {
+        let next = tokio::time::timeout_at(deadline, events.try_next())
+            .await
+            .unwrap_or_else(|_| panic!("no DELETED event for m1 in time; saw {seen:?}"))
+            .expect("watch stream")
+            .unwrap_or_else(|| panic!("the watch ended; saw {seen:?}"));
+        let (kind, obj) = match next {
+            WatchEvent::Added(o) => ("ADDED", o),
+            WatchEvent::Modified(o) => ("MODIFIED", o),
+            WatchEvent::Deleted(o) => ("DELETED", o),
+            WatchEvent::Bookmark(_) => continue,
+            WatchEvent::Error(e) => panic!("watch error: {e:?}"),
+        };
+        assert_eq!(
+            obj.types.as_ref().map(|t| t.kind.as_str()),
+            Some("PartialObjectMetadata"),
+            "{kind} carries metadata only"
+        );
+        let labels = obj.metadata.labels.clone().unwrap_or_default();
+        seen.push(format!(
+            "{kind} {} color={}",
+            obj.metadata.name.unwrap_or_default(),
+            labels.get("color").map_or("", String::as_str)
+        ));
+    }
+    assert_eq!(seen[0], "ADDED m1 color=", "{seen:?}");
+    assert!(
+        seen.iter().any(|s| s == "MODIFIED m1 color=red"),
+        "{seen:?}"
+    );
+    assert!(
+        seen.last().is_some_and(|s| s.starts_with("DELETED m1")),
+        "{seen:?}"
+    );
+}

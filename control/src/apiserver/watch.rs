@@ -192,7 +192,12 @@ fn event_line(
             return Some(line);
         }
     }
-    Some(line(kind, output::object(def, decoded.now.clone(), format)))
+    let object = match format {
+        // Metadata-only watchers (the garbage collector's) get no copy of the whole object.
+        Format::PartialMetadata => output::partial_metadata(&decoded.now),
+        _ => output::object(def, decoded.now.clone(), format),
+    };
+    Some(line(kind, object))
 }
 
 /// The watch event type of an unfiltered storage event.

@@ -30,7 +30,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::api::{
     Api, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions, PropagationPolicy,
 };
-use kube::core::ApiResource;
+use kube::core::{ApiResource, PartialObjectMeta};
 use kube::discovery::{verbs, Discovery, Scope};
 use kube::runtime::{watcher, WatchStreamExt};
 use serde_json::json;
@@ -450,7 +450,7 @@ enum Change {
     Watch {
         api_version: String,
         kind: String,
-        event: Box<watcher::Event<DynamicObject>>,
+        event: Box<watcher::Event<PartialObjectMeta<DynamicObject>>>,
     },
 }
 
@@ -568,9 +568,11 @@ async fn discover_loop(gc: Arc<Collector>, changes: mpsc::Sender<Change>) {
     }
 }
 
-/// Forwards one resource's watch events to the graph builder.
+/// Forwards one resource's watch events to the graph builder. The graph needs only
+/// metadata, so the watch asks for PartialObjectMetadata, as kube-controller-manager's
+/// metadata informers do: every pod change would otherwise be decoded whole here.
 async fn watch_resource(client: kube::Client, ar: ApiResource, changes: mpsc::Sender<Change>) {
-    let api: Api<DynamicObject> = Api::all_with(client, &ar);
+    let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client, &ar);
     let mut stream = watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();

@@ -225,7 +225,8 @@ pub(crate) fn decode_as<T>(obj: &Value) -> Result<Value, String>
 where
     T: serde::de::DeserializeOwned + serde::Serialize,
 {
-    let typed = serde_json::from_value::<T>(obj.clone()).map_err(|e| e.to_string())?;
+    // Deserializing from a borrowed Value spares a deep copy of the object.
+    let typed = T::deserialize(obj).map_err(|e| e.to_string())?;
     serde_json::to_value(typed).map_err(|e| e.to_string())
 }
 
@@ -234,31 +235,58 @@ where
 /// Null values count as absent.
 pub fn unknown_fields(input: &Value, known: &Value) -> Vec<String> {
     let mut out = Vec::new();
-    collect_unknown(input, known, String::new(), &mut out);
+    collect_unknown(input, known, &mut Vec::new(), &mut out);
     out
 }
 
-fn collect_unknown(input: &Value, known: &Value, path: String, out: &mut Vec<String>) {
+/// One step of a field path.
+enum PathStep<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// `spec.containers[0].name`; built only for the fields reported, since most writes
+/// have none.
+fn render_path(path: &[PathStep<'_>]) -> String {
+    let mut out = String::new();
+    for step in path {
+        match step {
+            PathStep::Key(k) if out.is_empty() => out.push_str(k),
+            PathStep::Key(k) => {
+                out.push('.');
+                out.push_str(k);
+            }
+            PathStep::Index(n) => out.push_str(&format!("[{n}]")),
+        }
+    }
+    out
+}
+
+fn collect_unknown<'a>(
+    input: &'a Value,
+    known: &Value,
+    path: &mut Vec<PathStep<'a>>,
+    out: &mut Vec<String>,
+) {
     match (input, known) {
         (Value::Object(i), Value::Object(k)) => {
             for (key, v) in i {
                 if v.is_null() {
                     continue;
                 }
-                let p = if path.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{path}.{key}")
-                };
+                path.push(PathStep::Key(key));
                 match k.get(key) {
-                    Some(kv) => collect_unknown(v, kv, p, out),
-                    None => out.push(p),
+                    Some(kv) => collect_unknown(v, kv, path, out),
+                    None => out.push(render_path(path)),
                 }
+                path.pop();
             }
         }
         (Value::Array(i), Value::Array(k)) => {
             for (n, (iv, kv)) in i.iter().zip(k.iter()).enumerate() {
-                collect_unknown(iv, kv, format!("{path}[{n}]"), out);
+                path.push(PathStep::Index(n));
+                collect_unknown(iv, kv, path, out);
+                path.pop();
             }
         }
         _ => {}
@@ -325,5 +353,48 @@ impl Registry {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_named_by_their_paths() {
+        let input = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "p", "labelz": {"a": "b"}},
+            "spec": {
+                "containers": [
+                    {"name": "a", "image": "x"},
+                    {"name": "b", "image": "y", "imagee": "z", "resources": {"limitz": {}}}
+                ],
+                "nodeName": null,
+                "notAField": null
+            },
+            "extra": 1
+        });
+        let known = decode_as::<k8s_openapi::api::core::v1::Pod>(&input).expect("decodes");
+        let mut unknown = unknown_fields(&input, &known);
+        unknown.sort();
+        assert_eq!(
+            unknown,
+            [
+                "extra",
+                "metadata.labelz",
+                "spec.containers[1].imagee",
+                "spec.containers[1].resources.limitz",
+            ]
+        );
+        assert!(unknown_fields(&known, &known).is_empty());
+        assert_eq!(
+            decode_as::<k8s_openapi::api::core::v1::Pod>(&json!({"spec": {"containers": "x"}}))
+                .expect_err("a string is not a list"),
+            "invalid type: string \"x\", expected a sequence"
+        );
     }
 }

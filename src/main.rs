@@ -85,6 +85,10 @@ struct UpArgs {
     /// The node's name (default: the host name).
     #[arg(long)]
     node_name: Option<String>,
+    /// The node's address: published as its InternalIP; the agent's HTTPS endpoint and
+    /// NodePorts listen there, and other nodes' proxies tunnel to it.
+    #[arg(long, default_value = "127.0.0.1")]
+    node_ip: IpAddr,
     /// Pods the node takes.
     #[arg(long, default_value_t = 1000)]
     max_pods: u32,
@@ -97,6 +101,14 @@ struct UpArgs {
     proxy: ProxyArgs,
     #[command(flatten)]
     common: CommonArgs,
+}
+
+/// The node `up` runs beside its control plane.
+struct UpNode {
+    name: String,
+    ip: IpAddr,
+    max_pods: u32,
+    memory_volumes: MemoryDir,
 }
 
 /// The node's Service proxy (for `agent` and `up`).
@@ -389,22 +401,17 @@ async fn run_until_signal(opts: ServerOptions) -> Result<()> {
 }
 
 /// `up`: the control plane, then one agent joined to it with the server's own token.
-async fn run_cluster(
-    opts: ServerOptions,
-    node_name: String,
-    max_pods: u32,
-    memory_volumes: MemoryDir,
-    proxy: ProxyArgs,
-) -> Result<()> {
+async fn run_cluster(opts: ServerOptions, node: UpNode, proxy: ProxyArgs) -> Result<()> {
     let data_dir = opts.data_dir.clone();
     let cluster_cidr = opts.controllers.node_ipam.cluster_cidr;
     let service_cidr = opts.service_cidr;
     let server = Server::start(opts).await?;
-    let mut agent_opts = AgentOptions::new(server.url.clone(), node_name, data_dir.join("agent"));
+    let mut agent_opts = AgentOptions::new(server.url.clone(), node.name, data_dir.join("agent"));
     agent_opts.join_token = Some(server.join_token.clone());
     agent_opts.ca_cert = Some(data_dir.join("pki").join("ca.crt"));
-    agent_opts.max_pods = max_pods;
-    agent_opts.memory_dir = memory_volumes;
+    agent_opts.node_ip = node.ip;
+    agent_opts.max_pods = node.max_pods;
+    agent_opts.memory_dir = node.memory_volumes;
     let node_ip = agent_opts.node_ip;
     let node = agent_opts.node_name.clone();
     agent_opts.cluster_cidr = cluster_cidr;
@@ -540,17 +547,14 @@ fn main() -> std::process::ExitCode {
                 runtime()?.block_on(run_until_signal(opts))
             }),
         Command::Up(a) => {
-            let node_name = a.node_name.clone().unwrap_or_else(host_name);
-            let memory_volumes = a.memory_volumes.clone();
-            options(a.data_dir, a.bind_address, a.port, a.common).and_then(|opts| {
-                runtime()?.block_on(run_cluster(
-                    opts,
-                    node_name,
-                    a.max_pods,
-                    memory_volumes,
-                    a.proxy,
-                ))
-            })
+            let node = UpNode {
+                name: a.node_name.clone().unwrap_or_else(host_name),
+                ip: a.node_ip,
+                max_pods: a.max_pods,
+                memory_volumes: a.memory_volumes.clone(),
+            };
+            options(a.data_dir, a.bind_address, a.port, a.common)
+                .and_then(|opts| runtime()?.block_on(run_cluster(opts, node, a.proxy)))
         }
         Command::Agent(a) => runtime().and_then(|rt| rt.block_on(run_agent(a))),
         Command::Push(a) => runtime().and_then(|rt| rt.block_on(run_push(a))),

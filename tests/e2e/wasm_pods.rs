@@ -62,11 +62,21 @@ fn container_status<'a>(pod: &'a Value, name: &str) -> &'a Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_runs_hello_to_completed_with_logs_and_events() {
-    let cluster = Cluster::builder().up().start().await;
+    // A node address of its own: the logs below reach the agent there, since its
+    // endpoint listens on the node address only.
+    let cluster = Cluster::builder()
+        .up()
+        .args(&["--node-ip", "127.0.0.7"])
+        .start()
+        .await;
     let node = up_node(&cluster).await;
 
     // The node is real: capacity from the machine, the runtime label, nodeInfo.
     let n = cluster.get_json(&["node", &node]).await;
+    assert_eq!(
+        n["status"]["addresses"][0],
+        serde_json::json!({"type": "InternalIP", "address": "127.0.0.7"})
+    );
     assert_eq!(
         n["metadata"]["labels"]["runtime.wasmkube.io/wasmtime"],
         "true"
@@ -122,7 +132,7 @@ spec:
             .is_some_and(|i| i.contains("sha256:")),
         "{st}"
     );
-    assert_eq!(pod["status"]["hostIP"], "127.0.0.1");
+    assert_eq!(pod["status"]["hostIP"], "127.0.0.7");
     let table = cluster.get_table(&["pod", "hello"]).await;
     assert_eq!(table.row("hello").get("STATUS"), "Completed");
 

@@ -472,8 +472,7 @@ async fn resource(
                     // 10,000-pod Table holds several times its text in memory.
                     let (rows, meta) = objects
                         .list_map(&def, ns, &params, |o| {
-                            serde_json::to_vec(&output::table_row(&def, &o, include, now))
-                                .unwrap_or_default()
+                            output::table_row_json(&def, &o, include, now)
                         })
                         .await?;
                     Ok(joined_response(

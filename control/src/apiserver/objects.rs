@@ -205,6 +205,34 @@ fn metadata_body_start(raw: &[u8]) -> Option<usize> {
     None
 }
 
+/// The text of the top-level `metadata` object (braces included) of a JSON object's
+/// text; `None` if it has none or the text is cut short.
+pub(crate) fn metadata_text(raw: &[u8]) -> Option<&[u8]> {
+    let open = metadata_body_start(raw)? - 1;
+    let mut depth = 0usize;
+    let mut i = open;
+    while i < raw.len() {
+        match raw[i] {
+            b'"' => {
+                i += 1;
+                while i < raw.len() && raw[i] != b'"' {
+                    i += if raw[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth -= 1;
+                if depth == 0 {
+                    return raw.get(open..=i);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
 /// The stored form: no resourceVersion (it is the key's revision) and no selfLink.
 fn encode(obj: &Value) -> Bytes {
     Bytes::from(serde_json::to_vec(&StoredForm(obj)).unwrap_or_default())

@@ -167,6 +167,16 @@ pub(crate) fn with_resource_version(raw: &[u8], revision: i64) -> Option<Vec<u8>
     Some(out)
 }
 
+/// The index of the quote that closes the JSON string whose opening quote is at
+/// `open` (`raw.len()` if the text ends first); escapes are skipped.
+fn string_end(raw: &[u8], open: usize) -> usize {
+    let mut i = open + 1;
+    while i < raw.len() && raw[i] != b'"' {
+        i += if raw[i] == b'\\' { 2 } else { 1 };
+    }
+    i.min(raw.len())
+}
+
 /// The index just after the `{` that opens the value of the top-level `"metadata"` key.
 fn metadata_body_start(raw: &[u8]) -> Option<usize> {
     let mut depth = 0usize;
@@ -175,10 +185,7 @@ fn metadata_body_start(raw: &[u8]) -> Option<usize> {
         match raw[i] {
             b'"' => {
                 let start = i + 1;
-                let mut j = start;
-                while j < raw.len() && raw[j] != b'"' {
-                    j += if raw[j] == b'\\' { 2 } else { 1 };
-                }
+                let j = string_end(raw, i);
                 let token = raw.get(start..j)?;
                 i = j + 1;
                 if depth == 1 && token == b"metadata" {
@@ -213,12 +220,7 @@ pub(crate) fn metadata_text(raw: &[u8]) -> Option<&[u8]> {
     let mut i = open;
     while i < raw.len() {
         match raw[i] {
-            b'"' => {
-                i += 1;
-                while i < raw.len() && raw[i] != b'"' {
-                    i += if raw[i] == b'\\' { 2 } else { 1 };
-                }
-            }
+            b'"' => i = string_end(raw, i),
             b'{' | b'[' => depth += 1,
             b'}' | b']' => {
                 depth -= 1;

@@ -116,61 +116,82 @@ pub fn wants_aggregated_discovery(accept: Option<&str>) -> bool {
 
 /// The PartialObjectMetadata of an object.
 pub fn partial_metadata(obj: &Value) -> Value {
-    json!({
-        "kind": "PartialObjectMetadata",
-        "apiVersion": "meta.k8s.io/v1",
-        "metadata": obj.get("metadata").cloned().unwrap_or_else(|| json!({})),
-    })
+    serde_json::to_value(PartialMetadataRef::of(obj)).unwrap_or_default()
 }
 
-/// A PartialObjectMetadata that borrows the object's metadata, for encoding without a
-/// copy (the metadata, managedFields included, is most of a row's bytes).
+/// A PartialObjectMetadata that borrows the object's metadata, so it can be encoded
+/// without a copy (the metadata, managedFields included, is most of a row's bytes).
 #[derive(serde::Serialize)]
 struct PartialMetadataRef<'a> {
     kind: &'static str,
     #[serde(rename = "apiVersion")]
     api_version: &'static str,
-    metadata: &'a Value,
+    /// An object without metadata gets `{}`.
+    #[serde(serialize_with = "metadata_or_empty")]
+    metadata: Option<&'a Value>,
 }
 
-/// A Table row whose object is encoded from a borrow.
+impl<'a> PartialMetadataRef<'a> {
+    fn of(obj: &'a Value) -> Self {
+        PartialMetadataRef {
+            kind: "PartialObjectMetadata",
+            api_version: "meta.k8s.io/v1",
+            metadata: obj.get("metadata"),
+        }
+    }
+}
+
+fn metadata_or_empty<S: serde::Serializer>(m: &Option<&Value>, s: S) -> Result<S::Ok, S::Error> {
+    match m {
+        Some(v) => serde::Serialize::serialize(v, s),
+        None => serde::Serialize::serialize(&Map::new(), s),
+    }
+}
+
+/// A Table row, borrowing its object.
 #[derive(serde::Serialize)]
-struct RowRef<O: serde::Serialize> {
+struct RowRef<'a> {
     cells: Vec<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    object: Option<O>,
+    object: Option<RowObject<'a>>,
 }
 
-/// One Table row for `obj` as JSON text: the same as encoding [`table_row`], without
-/// copying the object into the row first.
+/// What a row carries of its object (`?includeObject=`).
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum RowObject<'a> {
+    Metadata(PartialMetadataRef<'a>),
+    Whole(&'a Value),
+}
+
+impl<'a> RowRef<'a> {
+    fn of(
+        def: &ResourceDef,
+        obj: &'a Value,
+        include: IncludeObject,
+        now: chrono::DateTime<Utc>,
+    ) -> Self {
+        RowRef {
+            cells: def.strategy.cells(obj, now),
+            object: match include {
+                IncludeObject::None => None,
+                IncludeObject::Metadata => Some(RowObject::Metadata(PartialMetadataRef::of(obj))),
+                IncludeObject::Object => Some(RowObject::Whole(obj)),
+            },
+        }
+    }
+}
+
+/// One Table row for `obj` as JSON text, encoded straight from the object (a list's
+/// rows are rendered to text as they are made).
 pub fn table_row_json(
     def: &ResourceDef,
     obj: &Value,
     include: IncludeObject,
     now: chrono::DateTime<Utc>,
 ) -> Vec<u8> {
-    let cells = def.strategy.cells(obj, now);
-    let empty = json!({});
-    let encoded = match include {
-        IncludeObject::None => serde_json::to_vec(&RowRef::<&Value> {
-            cells,
-            object: None,
-        }),
-        IncludeObject::Metadata => serde_json::to_vec(&RowRef {
-            cells,
-            object: Some(PartialMetadataRef {
-                kind: "PartialObjectMetadata",
-                api_version: "meta.k8s.io/v1",
-                metadata: obj.get("metadata").unwrap_or(&empty),
-            }),
-        }),
-        IncludeObject::Object => serde_json::to_vec(&RowRef {
-            cells,
-            object: Some(obj),
-        }),
-    };
     // Encoding a Value into memory cannot fail.
-    encoded.unwrap_or_default()
+    serde_json::to_vec(&RowRef::of(def, obj, include, now)).unwrap_or_default()
 }
 
 /// One Table row for `obj`; `now` renders ages.
@@ -180,14 +201,7 @@ pub fn table_row(
     include: IncludeObject,
     now: chrono::DateTime<Utc>,
 ) -> Value {
-    let cells = def.strategy.cells(obj, now);
-    let mut row = json!({"cells": cells});
-    match include {
-        IncludeObject::None => {}
-        IncludeObject::Metadata => row["object"] = partial_metadata(obj),
-        IncludeObject::Object => row["object"] = obj.clone(),
-    }
-    row
+    serde_json::to_value(RowRef::of(def, obj, include, now)).unwrap_or_default()
 }
 
 /// A Table of rows already rendered; `list_meta` is the list's metadata.
@@ -298,7 +312,7 @@ mod tests {
     }
 
     #[test]
-    fn row_text_is_the_encoded_row() {
+    fn table_rows_carry_the_cells_and_what_include_object_asks_for() {
         let registry = crate::registry::Registry::builtin();
         let def = registry.lookup("", "v1", "pods").expect("pods");
         let pod = json!({
@@ -310,20 +324,31 @@ mod tests {
             "status": {"phase": "Running"}
         });
         let now = Utc::now();
-        for include in [
-            IncludeObject::None,
-            IncludeObject::Metadata,
-            IncludeObject::Object,
+        let cells = json!(def.strategy.cells(&pod, now));
+        let partial = json!({
+            "kind": "PartialObjectMetadata",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": pod["metadata"],
+        });
+        for (include, object) in [
+            (IncludeObject::None, None),
+            (IncludeObject::Metadata, Some(partial.clone())),
+            (IncludeObject::Object, Some(pod.clone())),
         ] {
-            let text = table_row_json(&def, &pod, include, now);
-            let row: Value = serde_json::from_slice(&text).expect("a row is JSON");
-            assert_eq!(row, table_row(&def, &pod, include, now), "{include:?}");
+            let mut want = json!({"cells": cells});
+            if let Some(o) = object {
+                want["object"] = o;
+            }
+            let text: Value = serde_json::from_slice(&table_row_json(&def, &pod, include, now))
+                .expect("a row is JSON");
+            assert_eq!(text, want, "{include:?} as text");
+            assert_eq!(table_row(&def, &pod, include, now), want, "{include:?}");
         }
-        let row: Value =
-            serde_json::from_slice(&table_row_json(&def, &pod, IncludeObject::Metadata, now))
-                .expect("JSON");
-        assert_eq!(row["object"]["kind"], "PartialObjectMetadata");
-        assert_eq!(row["object"]["metadata"]["name"], "web");
-        assert!(row["object"].get("spec").is_none());
+        assert_eq!(cells[0], "web");
+        assert_eq!(partial_metadata(&pod), partial);
+        assert_eq!(
+            partial_metadata(&json!({"kind": "Pod"}))["metadata"],
+            json!({})
+        );
     }
 }

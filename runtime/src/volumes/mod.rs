@@ -370,11 +370,6 @@ impl PodVolumes {
         Ok(prepared)
     }
 
-    /// The pod's directories these volumes live in.
-    pub fn dirs(&self) -> &PodDirs {
-        &self.dirs
-    }
-
     /// The kind and host directory of a volume, if the pod declares it.
     pub fn volume(&self, name: &str) -> Option<(VolumeKind, &Path)> {
         self.volumes.get(name).map(|v| (v.kind, v.path.as_path()))

@@ -11,7 +11,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
 use super::discovery;
-use super::objects::{ApplyOptions, DeleteOptions, ListParams, Ownership, UpdateTarget, Write};
+use super::objects::{
+    with_resource_version, ApplyOptions, DeleteOptions, ListParams, Ownership, UpdateTarget, Write,
+};
 use super::output::{self, Format};
 use super::patch::{self, PatchType};
 use super::protobuf::{self, ProtobufError};
@@ -21,7 +23,7 @@ use super::watch::{self, WatchRequest};
 use super::ApiState;
 use crate::metrics;
 use crate::registry::selectors::{FieldSelector, LabelSelector};
-use crate::registry::{ResourceDef, Subresource};
+use crate::registry::{Projection, ResourceDef, Subresource};
 
 /// Largest request body accepted, as in Kubernetes (3 MiB).
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -459,9 +461,11 @@ async fn resource(
             }
             match format {
                 Format::Json => {
+                    // Selectors need the decoded objects, the response only their text.
                     let (items, meta) = objects
-                        .list_map(&def, ns, &params, |o| {
-                            serde_json::to_vec(&o).unwrap_or_default()
+                        .list_stored(&def, ns, &params, &Projection::All, |kv, o| {
+                            with_resource_version(&kv.value, kv.mod_revision)
+                                .unwrap_or_else(|| serde_json::to_vec(o).unwrap_or_default())
                         })
                         .await?;
                     Ok(raw_list_response(&def, items.join(&b','), &meta))
@@ -470,9 +474,10 @@ async fn resource(
                     let now = chrono::Utc::now();
                     // Rows are rendered to text as they are made: a decoded row of a
                     // 10,000-pod Table holds several times its text in memory.
+                    let fields = def.strategy.cell_fields();
                     let (rows, meta) = objects
-                        .list_map(&def, ns, &params, |o| {
-                            output::table_row_json(&def, &o, include, now)
+                        .list_stored(&def, ns, &params, fields, |kv, o| {
+                            output::table_row_text(&def, kv, o, include, now)
                         })
                         .await?;
                     Ok(joined_response(
@@ -483,11 +488,14 @@ async fn resource(
                 }
                 Format::PartialMetadata => {
                     let (items, meta) = objects
-                        .list_map(&def, ns, &params, |o| output::partial_metadata(&o))
+                        .list_stored(&def, ns, &params, &output::METADATA_FIELDS, |kv, o| {
+                            output::partial_metadata_text(kv, o)
+                        })
                         .await?;
-                    Ok(json_response(
-                        StatusCode::OK,
-                        &output::partial_metadata_list(items, meta),
+                    Ok(joined_response(
+                        output::partial_metadata_list(Vec::new(), meta),
+                        "items",
+                        items.join(&b','),
                     ))
                 }
             }

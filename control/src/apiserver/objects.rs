@@ -24,7 +24,7 @@ use super::namespace_lifecycle::{NamespaceLifecycle, NamespaceState};
 use super::status::{ApiError, ApiResult};
 use crate::registry::selectors::{FieldSelector, LabelSelector};
 use crate::registry::validation::{self, Cause};
-use crate::registry::{Registry, ResourceDef, Subresource};
+use crate::registry::{projection, Projection, Registry, ResourceDef, Subresource};
 use crate::storage::{self, KeyValue, ListOptions, Store, WatchCache};
 
 /// Size of each watch cache's replay buffer, in events.
@@ -150,7 +150,23 @@ fn set_rv(obj: &mut Value, revision: i64) {
 /// The stored JSON text of an object with `"resourceVersion":"<rev>"` inserted at the
 /// start of its top-level `metadata` object; `None` if the text has no such object.
 pub(crate) fn with_resource_version(raw: &[u8], revision: i64) -> Option<Vec<u8>> {
-    let at = metadata_body_start(raw)?;
+    Some(splice_resource_version(
+        raw,
+        metadata_body_start(raw)?,
+        revision,
+    ))
+}
+
+/// The top-level `metadata` object of a stored object's text with `"resourceVersion"`
+/// inserted (what a PartialObjectMetadata carries); `None` if it has none.
+pub(crate) fn metadata_with_resource_version(raw: &[u8], revision: i64) -> Option<Vec<u8>> {
+    let metadata = metadata_text(raw)?;
+    Some(splice_resource_version(metadata, 1, revision))
+}
+
+/// `raw` with `"resourceVersion":"<revision>"` inserted at `at`, just after an object's
+/// opening brace.
+fn splice_resource_version(raw: &[u8], at: usize, revision: i64) -> Vec<u8> {
     let rest = &raw[at..];
     let empty = rest
         .iter()
@@ -164,7 +180,7 @@ pub(crate) fn with_resource_version(raw: &[u8], revision: i64) -> Option<Vec<u8>
     out.extend_from_slice(&raw[..at]);
     out.extend_from_slice(field.as_bytes());
     out.extend_from_slice(rest);
-    Some(out)
+    out
 }
 
 /// The index of the quote that closes the JSON string whose opening quote is at
@@ -214,7 +230,7 @@ fn metadata_body_start(raw: &[u8]) -> Option<usize> {
 
 /// The text of the top-level `metadata` object (braces included) of a JSON object's
 /// text; `None` if it has none or the text is cut short.
-pub(crate) fn metadata_text(raw: &[u8]) -> Option<&[u8]> {
+fn metadata_text(raw: &[u8]) -> Option<&[u8]> {
     let open = metadata_body_start(raw)? - 1;
     let mut depth = 0usize;
     let mut i = open;
@@ -420,6 +436,41 @@ impl Objects {
                 let keep = self.matches(def, &obj, params)?;
                 if keep {
                     items.push(f(obj));
+                }
+                Ok(keep)
+            })
+            .await?;
+        Ok((items, list_meta))
+    }
+
+    /// Lists like [`Objects::list_map`], handing `f` each matching object's stored text
+    /// (`kv`) with the object decoded only as far as `fields` names (and whole when
+    /// selectors must look at it): a Table row reads a few fields and copies the rest
+    /// from the text, so a big list builds nothing else.
+    pub async fn list_stored<T>(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        params: &ListParams,
+        fields: &Projection,
+        mut f: impl FnMut(&KeyValue, &Value) -> T,
+    ) -> ApiResult<(Vec<T>, Value)> {
+        let selected = params.labels.is_some() || params.fields.is_some();
+        let mut items = Vec::new();
+        let list_meta = self
+            .scan(def, ns, params, |kv| {
+                let obj = if selected {
+                    decode_kv(kv)?
+                } else {
+                    let mut obj = projection::decode(&kv.value, fields).map_err(|e| {
+                        ApiError::internal(format!("stored object is not JSON: {e}"))
+                    })?;
+                    set_rv(&mut obj, kv.mod_revision);
+                    obj
+                };
+                let keep = !selected || self.matches(def, &obj, params)?;
+                if keep {
+                    items.push(f(kv, &obj));
                 }
                 Ok(keep)
             })

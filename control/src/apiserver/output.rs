@@ -5,9 +5,11 @@
 use chrono::Utc;
 use serde_json::{json, Map, Value};
 
+use super::objects::{decode_stored, metadata_with_resource_version, with_resource_version};
 use super::request::Query;
 use super::status::{ApiError, ApiResult};
-use crate::registry::ResourceDef;
+use crate::registry::{Projection, ResourceDef};
+use crate::storage::KeyValue;
 
 /// How to encode objects in a response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +121,28 @@ pub fn partial_metadata(obj: &Value) -> Value {
     serde_json::to_value(PartialMetadataRef::of(obj)).unwrap_or_default()
 }
 
+/// What a PartialObjectMetadata reads of an object.
+pub static METADATA_FIELDS: Projection = Projection::Keys(&[("metadata", Projection::All)]);
+
+/// The PartialObjectMetadata of a listed object as JSON text, its metadata cut from the
+/// stored text; `obj` (its metadata decoded) when the text has none to cut.
+pub fn partial_metadata_text(kv: &KeyValue, obj: &Value) -> Vec<u8> {
+    match metadata_with_resource_version(&kv.value, kv.mod_revision) {
+        Some(metadata) => {
+            let mut out = Vec::with_capacity(metadata.len() + 80);
+            out.extend_from_slice(PARTIAL_METADATA_HEAD);
+            out.extend_from_slice(&metadata);
+            out.push(b'}');
+            out
+        }
+        None => serde_json::to_vec(&PartialMetadataRef::of(obj)).unwrap_or_default(),
+    }
+}
+
+/// A PartialObjectMetadata's text up to its metadata object.
+const PARTIAL_METADATA_HEAD: &[u8] =
+    b"{\"kind\":\"PartialObjectMetadata\",\"apiVersion\":\"meta.k8s.io/v1\",\"metadata\":";
+
 /// A PartialObjectMetadata that borrows the object's metadata, so it can be encoded
 /// without a copy (the metadata, managedFields included, is most of a row's bytes).
 #[derive(serde::Serialize)]
@@ -192,6 +216,50 @@ pub fn table_row_json(
 ) -> Vec<u8> {
     // Encoding a Value into memory cannot fail.
     serde_json::to_vec(&RowRef::of(def, obj, include, now)).unwrap_or_default()
+}
+
+/// One Table row as JSON text for an object listed with
+/// [`Objects::list_stored`](super::objects::Objects::list_stored): the cells from `obj`
+/// (decoded as far as the strategy's `cell_fields`), the row's object cut from the
+/// stored text rather than encoded again.
+pub fn table_row_text(
+    def: &ResourceDef,
+    kv: &KeyValue,
+    obj: &Value,
+    include: IncludeObject,
+    now: chrono::DateTime<Utc>,
+) -> Vec<u8> {
+    let object = match include {
+        IncludeObject::None => Some(Vec::new()),
+        IncludeObject::Metadata => metadata_with_resource_version(&kv.value, kv.mod_revision),
+        IncludeObject::Object => with_resource_version(&kv.value, kv.mod_revision),
+    };
+    let Some(object) = object else {
+        // Text without a metadata object: render from a full decode instead.
+        return match decode_stored(&kv.value, kv.mod_revision) {
+            Ok(full) => table_row_json(def, &full, include, now),
+            Err(_) => table_row_json(def, obj, include, now),
+        };
+    };
+    let cells = serde_json::to_vec(&def.strategy.cells(obj, now)).unwrap_or_default();
+    let mut row = Vec::with_capacity(cells.len() + object.len() + 96);
+    row.extend_from_slice(b"{\"cells\":");
+    row.extend_from_slice(&cells);
+    match include {
+        IncludeObject::None => {}
+        IncludeObject::Metadata => {
+            row.extend_from_slice(b",\"object\":");
+            row.extend_from_slice(PARTIAL_METADATA_HEAD);
+            row.extend_from_slice(&object);
+            row.push(b'}');
+        }
+        IncludeObject::Object => {
+            row.extend_from_slice(b",\"object\":");
+            row.extend_from_slice(&object);
+        }
+    }
+    row.push(b'}');
+    row
 }
 
 /// One Table row for `obj`; `now` renders ages.
@@ -346,6 +414,50 @@ mod tests {
         }
         assert_eq!(cells[0], "web");
         assert_eq!(partial_metadata(&pod), partial);
+
+        // Rows cut from the stored text (no resourceVersion in it) say the same, with
+        // the key's revision as the resourceVersion.
+        let kv = KeyValue {
+            key: "/registry/pods/prod/web".into(),
+            value: serde_json::to_vec(&pod).expect("encodes").into(),
+            create_revision: 5,
+            mod_revision: 9,
+        };
+        let mut stored_pod = pod.clone();
+        stored_pod["metadata"]["resourceVersion"] = json!("9");
+        let projected = crate::registry::projection::decode(&kv.value, def.strategy.cell_fields())
+            .expect("decodes");
+        for include in [
+            IncludeObject::None,
+            IncludeObject::Metadata,
+            IncludeObject::Object,
+        ] {
+            let cut: Value =
+                serde_json::from_slice(&table_row_text(&def, &kv, &projected, include, now))
+                    .expect("a row is JSON");
+            assert_eq!(
+                cut,
+                table_row(&def, &stored_pod, include, now),
+                "{include:?}"
+            );
+        }
+        let metadata: Value =
+            serde_json::from_slice(&partial_metadata_text(&kv, &projected)).expect("JSON");
+        assert_eq!(metadata, partial_metadata(&stored_pod));
+        // Text without a metadata object falls back to encoding what was decoded.
+        let bare = KeyValue {
+            value: br#"{"kind":"Pod","spec":{}}"#.to_vec().into(),
+            ..kv
+        };
+        let row: Value = serde_json::from_slice(&table_row_text(
+            &def,
+            &bare,
+            &json!({"kind": "Pod", "spec": {}}),
+            IncludeObject::Metadata,
+            now,
+        ))
+        .expect("JSON");
+        assert_eq!(row["object"]["metadata"], json!({}));
         assert_eq!(
             partial_metadata(&json!({"kind": "Pod"}))["metadata"],
             json!({})

@@ -17,7 +17,9 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::objects::{decode_stored, metadata_text, with_resource_version, ListParams, Objects};
+use super::objects::{
+    decode_stored, metadata_with_resource_version, with_resource_version, ListParams, Objects,
+};
 use super::output::{self, Format};
 use super::status::{ApiError, ApiResult};
 use crate::metrics::WatchGuard;
@@ -58,15 +60,14 @@ fn raw_line(kind: &str, stored: &[u8], revision: i64) -> Option<Bytes> {
 /// with the resourceVersion spliced in): a metadata-only watcher, the garbage
 /// collector's, costs no parse per event either.
 fn raw_metadata_line(kind: &str, stored: &[u8], revision: i64) -> Option<Bytes> {
-    let object = with_resource_version(stored, revision)?;
-    let metadata = metadata_text(&object)?;
+    let metadata = metadata_with_resource_version(stored, revision)?;
     let mut buf = Vec::with_capacity(metadata.len() + kind.len() + 96);
     buf.extend_from_slice(b"{\"type\":\"");
     buf.extend_from_slice(kind.as_bytes());
     buf.extend_from_slice(
         b"\",\"object\":{\"kind\":\"PartialObjectMetadata\",\"apiVersion\":\"meta.k8s.io/v1\",\"metadata\":",
     );
-    buf.extend_from_slice(metadata);
+    buf.extend_from_slice(&metadata);
     buf.extend_from_slice(b"}}\n");
     Some(Bytes::from(buf))
 }

@@ -9,6 +9,7 @@
 //! a round trip; each kind also decodes into its `k8s-openapi` type to reject bodies of the
 //! wrong shape.
 
+pub mod projection;
 pub mod schema;
 pub mod selectors;
 pub mod table;
@@ -37,6 +38,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+pub use projection::Projection;
 pub use table::Column;
 pub use validation::Cause;
 
@@ -148,6 +150,11 @@ pub trait Strategy: Send + Sync {
     /// One Table row's cells for `obj`, matching [`Strategy::columns`]; `now` renders ages.
     fn cells(&self, obj: &Value, now: DateTime<Utc>) -> Vec<Value> {
         table::default_cells(obj, now)
+    }
+
+    /// The fields [`Strategy::cells`] reads: a list's Table rows decode only these.
+    fn cell_fields(&self) -> &'static Projection {
+        &Projection::All
     }
 }
 

@@ -13,7 +13,7 @@ use super::podspec::{
 };
 use super::table::{self, Column};
 use super::validation::Cause;
-use super::{decode_as, ResourceDef, Strategy, Subresource};
+use super::{decode_as, Projection, ResourceDef, Strategy, Subresource};
 
 struct PodStrategy;
 
@@ -156,6 +156,10 @@ impl Strategy for PodStrategy {
         ]
     }
 
+    fn cell_fields(&self) -> &'static Projection {
+        &CELL_FIELDS
+    }
+
     fn cells(&self, obj: &Value, now: DateTime<Utc>) -> Vec<Value> {
         let s = pod_summary(obj, now);
         let or_none = |v: &str| {
@@ -186,6 +190,34 @@ impl Strategy for PodStrategy {
         ]
     }
 }
+
+/// What [`PodStrategy::cells`] reads (through `pod_summary`, `pod_ip`, `readiness_gates`).
+static CELL_FIELDS: Projection = Projection::Keys(&[
+    (
+        "metadata",
+        Projection::Keys(&[
+            ("name", Projection::All),
+            ("creationTimestamp", Projection::All),
+            ("deletionTimestamp", Projection::All),
+        ]),
+    ),
+    (
+        "spec",
+        Projection::Keys(&[
+            ("containers", Projection::Keys(&[("name", Projection::All)])),
+            (
+                "initContainers",
+                Projection::Keys(&[
+                    ("name", Projection::All),
+                    ("restartPolicy", Projection::All),
+                ]),
+            ),
+            ("nodeName", Projection::All),
+            ("readinessGates", Projection::All),
+        ]),
+    ),
+    ("status", Projection::All),
+]);
 
 pub(super) fn def() -> ResourceDef {
     ResourceDef {
@@ -947,6 +979,63 @@ mod tests {
         let mut deleting = with_status(json!({"phase": "Running"}));
         deleting["metadata"]["deletionTimestamp"] = json!("2025-01-01T11:59:00Z");
         assert_eq!(pod_summary(&deleting, now()).status, "Terminating");
+    }
+
+    #[test]
+    fn cells_read_only_the_projected_fields() {
+        let mut base = created(&minimal());
+        PodStrategy.default(&mut base);
+        base["metadata"]["creationTimestamp"] = json!("2025-01-01T11:00:00Z");
+        base["metadata"]["managedFields"] = json!([{"manager": "kubectl", "fieldsV1": {}}]);
+        base["spec"]["nodeName"] = json!("node-1");
+        base["spec"]["readinessGates"] = json!([{"conditionType": "example.com/gate"}]);
+        base["spec"]["initContainers"] = json!([
+            {"name": "side", "image": "x", "restartPolicy": "Always"},
+            {"name": "init", "image": "y"},
+        ]);
+        let restarted =
+            json!({"terminated": {"exitCode": 1, "finishedAt": "2025-01-01T11:50:00Z"}});
+        let statuses = [
+            json!({"phase": "Pending", "initContainerStatuses": [
+                {"name": "side", "ready": true, "started": true, "restartCount": 2,
+                 "state": {"running": {}}, "lastState": restarted},
+                {"name": "init", "ready": false, "restartCount": 0,
+                 "state": {"waiting": {"reason": "CrashLoopBackOff"}}},
+            ]}),
+            json!({"phase": "Running", "podIPs": [{"ip": "10.1.0.5"}], "podIP": "10.1.0.5",
+                "nominatedNodeName": "node-2",
+                "conditions": [{"type": "Initialized", "status": "True"},
+                    {"type": "example.com/gate", "status": "True"}, {"type": "Ready", "status": "True"}],
+                "initContainerStatuses": [
+                    {"name": "side", "ready": true, "started": true, "restartCount": 1,
+                     "state": {"running": {}}, "lastState": restarted},
+                    {"name": "init", "ready": false, "restartCount": 0,
+                     "state": {"terminated": {"exitCode": 0}}},
+                ],
+                "containerStatuses": [{"name": "web", "ready": true, "restartCount": 3,
+                    "state": {"running": {}}, "lastState": restarted}]}),
+            json!({"phase": "Running", "reason": "NodeLost", "containerStatuses": [
+                {"name": "web", "ready": false, "restartCount": 0,
+                 "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]}),
+        ];
+        for (i, status) in statuses.into_iter().enumerate() {
+            for deleting in [false, true] {
+                let mut pod = base.clone();
+                pod["status"] = status.clone();
+                if deleting {
+                    pod["metadata"]["deletionTimestamp"] = json!("2025-01-01T11:59:00Z");
+                }
+                let text = serde_json::to_vec(&pod).expect("encodes");
+                let projected = super::super::projection::decode(&text, PodStrategy.cell_fields())
+                    .expect("decodes");
+                assert!(projected["metadata"].get("managedFields").is_none());
+                assert_eq!(
+                    PodStrategy.cells(&projected, now()),
+                    PodStrategy.cells(&pod, now()),
+                    "status {i}, deleting {deleting}"
+                );
+            }
+        }
     }
 
     #[test]

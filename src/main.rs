@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -10,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use wasmkube_control::server::{Server, ServerOptions};
 use wasmkube_runtime::agent::memory_dir::MemoryDir;
-use wasmkube_runtime::agent::{Agent, AgentOptions};
+use wasmkube_runtime::agent::{Agent, AgentOptions, ApiConnector};
 use wasmkube_runtime::fetch::RegistryAuth;
 
 /// mimalloc instead of glibc malloc: a long-running server that serves big lists now and
@@ -163,7 +164,7 @@ impl ProxyArgs {
             .proxy_metrics_port
             .map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
         let stop = CancellationToken::new();
-        let proxy = wasmkube_proxy::start(creds.client().await?, options, stop.clone())
+        let proxy = wasmkube_proxy::start(agent.client.clone(), options, stop.clone())
             .await
             .context("starting the Service proxy")?;
         Ok(Some(NodeProxy { proxy, stop }))
@@ -412,6 +413,12 @@ async fn run_cluster(opts: ServerOptions, node: UpNode, proxy: ProxyArgs) -> Res
     agent_opts.node_ip = node.ip;
     agent_opts.max_pods = node.max_pods;
     agent_opts.memory_dir = node.memory_volumes;
+    // The agent shares the process with the API server: its requests skip the wire.
+    let local = server.local.clone();
+    agent_opts.connector = Some(ApiConnector(Arc::new(move |creds| {
+        let (cert_pem, _key) = creds.client_pem()?;
+        Ok(local.client(&cert_pem)?)
+    })));
     let node_ip = agent_opts.node_ip;
     let node = agent_opts.node_name.clone();
     agent_opts.cluster_cidr = cluster_cidr;

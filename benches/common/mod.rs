@@ -457,15 +457,13 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Starts the built `wasmkube` binary with `args`.
+    /// Starts the built `wasmkube` binary with `args`, or the one `WASMKUBE_BENCH_BIN`
+    /// names (an A/B against another build in the same invocation).
     pub fn wasmkube(name: &str, args: &[String], log: &Path) -> Result<Proc> {
-        Proc::spawn(
-            name,
-            Path::new(env!("CARGO_BIN_EXE_wasmkube")),
-            args,
-            &[],
-            log,
-        )
+        let program = std::env::var_os("WASMKUBE_BENCH_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_wasmkube")));
+        Proc::spawn(name, &program, args, &[], log)
     }
 
     /// Starts `program` with `args` and the extra environment `envs`, its output to `log`.

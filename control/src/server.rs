@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use crate::apiserver::allocator::ServiceAllocator;
 use crate::apiserver::authn::{Authenticator, ServiceAccountAuthenticator};
 use crate::apiserver::jwt::SigningKey;
+use crate::apiserver::local::LocalApi;
 use crate::apiserver::objects::Objects;
 use crate::apiserver::tokens::TokenIssuer;
 use crate::apiserver::{self, ApiState};
@@ -103,6 +104,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// The token node agents join with (also in `<data-dir>/join-token`).
     pub join_token: String,
+    /// In-process API clients (for the node agent `up` runs beside the control plane).
+    pub local: LocalApi,
     shutdown: watch::Sender<bool>,
     /// Stops the leader-elected scheduler and controllers, which release their Leases.
     leader_stop: watch::Sender<bool>,
@@ -212,10 +215,12 @@ impl Server {
             .server_tls_config()
             .context("building the TLS configuration")?;
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let router = apiserver::router(state);
+        let local = LocalApi::new(router.clone());
         let mut tasks = vec![tokio::spawn(apiserver::serve::serve_tls(
             listener,
             tls,
-            apiserver::router(state),
+            router,
             shutdown_rx.clone(),
         ))];
         tasks.push(compactor::spawn(store.clone(), opts.compaction_interval));
@@ -228,15 +233,21 @@ impl Server {
         let kubeconfig_path = opts.data_dir.join("kubeconfig");
         let admin = Credential::ClientCert { cert_pem, key_pem };
         // The controllers and the scheduler are API clients with identities of their
-        // own, as kube-controller-manager and kube-scheduler are.
+        // own, as kube-controller-manager and kube-scheduler are; in this process they
+        // reach the API without the wire. Their kubeconfigs are written for running
+        // them as processes of their own.
         let component_client = |user: &'static str, file: &'static str| {
             let pki = &pki;
             let url = &url;
+            let local = &local;
             let path = opts.data_dir.join(file);
             async move {
                 let (cert_pem, key_pem) = pki
                     .issue_client_cert(user, &[])
                     .with_context(|| format!("issuing the certificate of {user}"))?;
+                let client = local
+                    .client(&cert_pem)
+                    .with_context(|| format!("the in-process client of {user}"))?;
                 kubeconfig::write(
                     &path,
                     "wasmkube",
@@ -246,7 +257,7 @@ impl Server {
                     &Credential::ClientCert { cert_pem, key_pem },
                 )
                 .with_context(|| format!("writing {}", path.display()))?;
-                controllers::client_from_kubeconfig(&path).await
+                anyhow::Ok(client)
             }
         };
         // Both run only while this process holds their Lease, so that several control
@@ -303,6 +314,7 @@ impl Server {
             kubeconfig: kubeconfig_path,
             addr,
             join_token,
+            local,
             shutdown,
             leader_stop,
             leader_tasks,

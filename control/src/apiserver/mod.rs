@@ -36,6 +36,7 @@ pub mod jwt;
 pub mod kubernetes_service;
 pub mod last_written;
 pub mod lister;
+pub mod local;
 pub mod namespace_lifecycle;
 pub mod objects;
 pub mod openapi;

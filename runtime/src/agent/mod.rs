@@ -89,6 +89,22 @@ pub struct AgentOptions {
     /// Where memory-backed volumes (secret, projected, downwardAPI, emptyDir with
     /// `medium: Memory`) go.
     pub memory_dir: memory_dir::MemoryDir,
+    /// Makes the API client from the node's credentials instead of connecting to
+    /// `server`: `wasmkube up` passes its API server's in-process clients.
+    pub connector: Option<ApiConnector>,
+}
+
+/// Makes an API client authenticated with the node's credentials.
+#[derive(Clone)]
+pub struct ApiConnector(pub Arc<ConnectFn>);
+
+/// What an [`ApiConnector`] calls.
+pub type ConnectFn = dyn Fn(&bootstrap::Credentials) -> Result<kube::Client> + Send + Sync;
+
+impl std::fmt::Debug for ApiConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiConnector")
+    }
 }
 
 impl AgentOptions {
@@ -108,6 +124,7 @@ impl AgentOptions {
             cluster_cidr: DEFAULT_CLUSTER_CIDR.parse().expect("valid default CIDR"),
             service_cidr: DEFAULT_SERVICE_CIDR.parse().expect("valid default CIDR"),
             memory_dir: memory_dir::MemoryDir::Auto,
+            connector: None,
         }
     }
 }
@@ -118,6 +135,8 @@ pub struct Agent {
     pub addr: SocketAddr,
     /// The node's credentials (for the Service proxy that runs beside the agent).
     pub credentials: bootstrap::Credentials,
+    /// The agent's API client (the Service proxy beside it shares it).
+    pub client: kube::Client,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -151,7 +170,10 @@ impl Agent {
             opts.ca_cert.as_deref(),
         )
         .await?;
-        let client = creds.client().await?;
+        let client = match &opts.connector {
+            Some(connect) => (connect.0)(&creds)?,
+            None => creds.client().await?,
+        };
 
         let listener = tokio::net::TcpListener::bind((opts.node_ip, opts.kubelet_port))
             .await
@@ -208,6 +230,7 @@ impl Agent {
             stop.clone(),
         )));
         let services = services::Services::start(client.clone(), stop.clone());
+        let client_for_proxy = client.clone();
         let ctx = Arc::new(pods::Context {
             client: client.clone(),
             node_name: opts.node_name.clone(),
@@ -228,6 +251,7 @@ impl Agent {
         Ok(Agent {
             addr,
             credentials: creds,
+            client: client_for_proxy,
             stop,
             tasks,
         })

@@ -60,7 +60,9 @@
 //! - `WASMKUBE_BENCH_IDLE_SECS` (5): how long an agent idles before its RSS is read;
 //! - `WASMKUBE_BENCH_STEADY_SECS` (10): how long running pods are watched for the API
 //!   requests and CPU they cost while nothing changes;
-//! - `WASMKUBE_BENCH_KEEP` (unset): keep the temp dir (process logs).
+//! - `WASMKUBE_BENCH_KEEP` (unset): keep the temp dir (process logs);
+//! - `WASMKUBE_BENCH_BIN` (unset): the `wasmkube` binary to start instead of this
+//!   build's (an A/B against a saved build).
 
 // Not every shared helper is used by this bench (the others need the rest).
 #[allow(dead_code)]

@@ -566,38 +566,54 @@ impl ManagedFields {
 /// The part of an object field ownership is tracked for: not the identity and
 /// bookkeeping metadata, and only the half (spec or status) the endpoint writes.
 pub fn tracked(obj: &Value, status_only: bool, has_status: bool) -> Value {
-    let mut v = obj.clone();
-    if let Some(m) = v.as_object_mut() {
-        m.remove("apiVersion");
-        m.remove("kind");
-        if status_only {
-            m.retain(|k, _| k == "status");
-        } else if has_status {
-            m.remove("status");
+    let Some(m) = obj.as_object() else {
+        return obj.clone();
+    };
+    // Built from the kept parts only: copying the whole object first (managedFields, and
+    // for a status write the whole spec) was most of what a write spent here.
+    let mut out = Map::new();
+    for (k, v) in m {
+        let keep = match k.as_str() {
+            "apiVersion" | "kind" => false,
+            "status" => status_only || !has_status,
+            _ => !status_only,
+        };
+        if !keep {
+            continue;
+        }
+        match (k.as_str(), v.as_object()) {
+            ("metadata", Some(meta)) => {
+                let kept: Map<String, Value> = meta
+                    .iter()
+                    .filter(|(f, _)| !UNTRACKED_METADATA.contains(&f.as_str()))
+                    .map(|(f, v)| (f.clone(), v.clone()))
+                    .collect();
+                if !kept.is_empty() {
+                    out.insert(k.clone(), Value::Object(kept));
+                }
+            }
+            _ => {
+                out.insert(k.clone(), v.clone());
+            }
         }
     }
-    if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-        for f in [
-            "name",
-            "namespace",
-            "uid",
-            "resourceVersion",
-            "generation",
-            "creationTimestamp",
-            "deletionTimestamp",
-            "deletionGracePeriodSeconds",
-            "managedFields",
-            "selfLink",
-            "generateName",
-        ] {
-            meta.remove(f);
-        }
-        if meta.is_empty() {
-            v.as_object_mut().map(|m| m.remove("metadata"));
-        }
-    }
-    v
+    Value::Object(out)
 }
+
+/// Identity and bookkeeping metadata: nobody owns these.
+const UNTRACKED_METADATA: [&str; 11] = [
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "managedFields",
+    "selfLink",
+    "generateName",
+];
 
 /// Records an Update by `manager`: it owns every field it changed, which no other
 /// manager owns any longer; removed fields are owned by nobody.
@@ -782,6 +798,34 @@ impl Applier<'_> {
 #[allow(clippy::too_many_arguments)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tracked_keeps_the_half_the_endpoint_writes_without_bookkeeping() {
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "a", "namespace": "n", "uid": "u", "labels": {"x": "1"},
+                         "managedFields": [{"manager": "m"}], "resourceVersion": "5"},
+            "spec": {"containers": [{"name": "c"}]},
+            "status": {"phase": "Running"},
+        });
+        assert_eq!(
+            tracked(&pod, false, true),
+            json!({"metadata": {"labels": {"x": "1"}}, "spec": {"containers": [{"name": "c"}]}})
+        );
+        assert_eq!(
+            tracked(&pod, true, true),
+            json!({"status": {"phase": "Running"}})
+        );
+        // A kind without a status subresource owns its status through the main endpoint.
+        assert_eq!(
+            tracked(&pod, false, false)["status"],
+            json!({"phase": "Running"})
+        );
+        // Metadata with nothing but bookkeeping is not tracked at all.
+        let bare = json!({"metadata": {"name": "a", "generation": 2}, "data": {"k": "v"}});
+        assert_eq!(tracked(&bare, false, false), json!({"data": {"k": "v"}}));
+        assert_eq!(tracked(&json!(null), false, false), json!(null));
+    }
 
     /// `spec.items` is a keyed list by `name`, `spec.tags` a set; the rest untyped.
     struct TestSchema;

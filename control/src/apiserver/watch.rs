@@ -23,7 +23,7 @@ use super::objects::{
 use super::output::{self, Format};
 use super::status::{ApiError, ApiResult};
 use crate::metrics::WatchGuard;
-use crate::registry::ResourceDef;
+use crate::registry::{projection, Projection, ResourceDef};
 use crate::storage::{self, EventKind};
 
 /// What a watch request asked for.
@@ -210,17 +210,21 @@ fn event_line(
             return line;
         }
     }
-    let decoded = objects.decoded_events.get(ev)?;
+    let decoded = objects
+        .decoded_events
+        .get(ev, def.strategy.selector_fields())?;
     let kind = translate(objects, def, params, ev.kind, &decoded)?;
     if format == Format::Json {
         if let Some(line) = raw_line(kind, &ev.value, ev.revision) {
             return Some(line);
         }
     }
+    // What was decoded is only what the selectors read; the response needs the object.
+    let now = decode_stored(&ev.value, ev.revision).ok()?;
     let object = match format {
         // Metadata-only watchers (the garbage collector's) get no copy of the whole object.
-        Format::PartialMetadata => output::partial_metadata(&decoded.now),
-        _ => output::object(def, decoded.now.clone(), format),
+        Format::PartialMetadata => output::partial_metadata(&now),
+        _ => output::object(def, now, format),
     };
     Some(line(kind, object))
 }
@@ -285,8 +289,9 @@ pub(crate) struct DecodedEvents {
 }
 
 impl DecodedEvents {
-    /// The decoded objects of `ev`; `None` if the stored text is not an object.
-    fn get(&self, ev: &storage::WatchEvent) -> Option<Arc<Decoded>> {
+    /// The objects of `ev` decoded as far as `fields` (what the resource's selectors
+    /// read); `None` if the stored text is not an object.
+    fn get(&self, ev: &storage::WatchEvent, fields: &Projection) -> Option<Arc<Decoded>> {
         let find = |recent: &std::collections::VecDeque<(i64, String, Arc<Decoded>)>| {
             recent
                 .iter()
@@ -299,10 +304,10 @@ impl DecodedEvents {
         }
         // Decoded outside the lock: the other watchers go on meanwhile (one of them may
         // decode the same event too; the first one stored wins).
-        let now = decode_stored(&ev.value, ev.revision).ok()?;
+        let now = projection::decode(&ev.value, fields).ok()?;
         let before = match (ev.kind, &ev.prev_value) {
             // An unreadable old state matches no selector, as if there were none.
-            (EventKind::Updated, Some(prev)) => decode_stored(prev, ev.revision).ok(),
+            (EventKind::Updated, Some(prev)) => projection::decode(prev, fields).ok(),
             _ => None,
         };
         let decoded = Arc::new(Decoded { now, before });
@@ -384,40 +389,46 @@ mod tests {
         }
     }
 
+    /// What the selectors of these tests read.
+    static FIELDS: Projection = Projection::Keys(&[
+        ("metadata", Projection::Keys(&[("name", Projection::All)])),
+        ("spec", Projection::Keys(&[("nodeName", Projection::All)])),
+    ]);
+
     #[test]
     fn an_event_is_decoded_once_for_every_watcher() {
         let memo = DecodedEvents::default();
         let ev = event(EventKind::Updated, "a", 7, "n1");
-        let first = memo.get(&ev).expect("decodes");
-        let again = memo.get(&ev).expect("decodes");
+        let first = memo.get(&ev, &FIELDS).expect("decodes");
+        let again = memo.get(&ev, &FIELDS).expect("decodes");
         assert!(
             Arc::ptr_eq(&first, &again),
             "the second watcher reuses the first's"
         );
         assert_eq!(first.now["spec"]["nodeName"], "n1");
-        assert_eq!(first.now["metadata"]["resourceVersion"], "7");
+        assert!(first.now.get("kind").is_none(), "only what selectors read");
         assert_eq!(
             first.before.as_ref().expect("old state")["spec"]["nodeName"],
             ""
         );
         // Another key at the same revision is another object.
         let other = memo
-            .get(&event(EventKind::Created, "b", 7, "n2"))
+            .get(&event(EventKind::Created, "b", 7, "n2"), &FIELDS)
             .expect("decodes");
         assert_eq!(other.now["metadata"]["name"], "b");
         assert!(other.before.is_none());
         // Old events fall out; they are still decoded, just not shared.
         for rev in 8..8 + DECODED_EVENTS as i64 {
-            memo.get(&event(EventKind::Created, "c", rev, "n"))
+            memo.get(&event(EventKind::Created, "c", rev, "n"), &FIELDS)
                 .expect("decodes");
         }
-        let late = memo.get(&ev).expect("decodes");
+        let late = memo.get(&ev, &FIELDS).expect("decodes");
         assert!(!Arc::ptr_eq(&first, &late));
         assert_eq!(late.now, first.now);
         let broken = storage::WatchEvent {
             value: Bytes::from_static(b"not json"),
             ..event(EventKind::Created, "d", 9999, "n")
         };
-        assert!(memo.get(&broken).is_none());
+        assert!(memo.get(&broken, &FIELDS).is_none());
     }
 }

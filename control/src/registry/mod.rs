@@ -152,6 +152,13 @@ pub trait Strategy: Send + Sync {
         table::default_cells(obj, now)
     }
 
+    /// The fields label and field selectors read ([`Strategy::field_value`] and
+    /// `metadata.name`, `.namespace`, `.labels`): watch events are decoded only this far
+    /// to decide which watchers get them.
+    fn selector_fields(&self) -> &'static Projection {
+        &Projection::All
+    }
+
     /// The fields [`Strategy::cells`] reads: a list's Table rows decode only these.
     fn cell_fields(&self) -> &'static Projection {
         &Projection::All

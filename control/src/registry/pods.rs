@@ -156,6 +156,10 @@ impl Strategy for PodStrategy {
         ]
     }
 
+    fn selector_fields(&self) -> &'static Projection {
+        &SELECTOR_FIELDS
+    }
+
     fn cell_fields(&self) -> &'static Projection {
         &CELL_FIELDS
     }
@@ -190,6 +194,38 @@ impl Strategy for PodStrategy {
         ]
     }
 }
+
+/// What selectors read of a pod: [`PodStrategy::field_value`]'s fields, and the name,
+/// namespace and labels.
+static SELECTOR_FIELDS: Projection = Projection::Keys(&[
+    (
+        "metadata",
+        Projection::Keys(&[
+            ("name", Projection::All),
+            ("namespace", Projection::All),
+            ("labels", Projection::All),
+        ]),
+    ),
+    (
+        "spec",
+        Projection::Keys(&[
+            ("nodeName", Projection::All),
+            ("restartPolicy", Projection::All),
+            ("schedulerName", Projection::All),
+            ("serviceAccountName", Projection::All),
+            ("hostNetwork", Projection::All),
+        ]),
+    ),
+    (
+        "status",
+        Projection::Keys(&[
+            ("phase", Projection::All),
+            ("podIP", Projection::All),
+            ("podIPs", Projection::All),
+            ("nominatedNodeName", Projection::All),
+        ]),
+    ),
+]);
 
 /// What [`PodStrategy::cells`] reads (through `pod_summary`, `pod_ip`, `readiness_gates`).
 static CELL_FIELDS: Projection = Projection::Keys(&[
@@ -1036,6 +1072,40 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn selectors_read_only_the_projected_fields() {
+        let mut pod = created(&minimal());
+        PodStrategy.default(&mut pod);
+        pod["metadata"]["namespace"] = json!("prod");
+        pod["metadata"]["labels"] = json!({"app": "web"});
+        pod["spec"]["nodeName"] = json!("node-1");
+        pod["spec"]["serviceAccountName"] = json!("robot");
+        pod["spec"]["hostNetwork"] = json!(true);
+        pod["status"] = json!({"phase": "Running", "podIPs": [{"ip": "10.1.0.5"}],
+            "nominatedNodeName": "node-2"});
+        let text = serde_json::to_vec(&pod).expect("encodes");
+        let projected = super::super::projection::decode(&text, PodStrategy.selector_fields())
+            .expect("decodes");
+        for field in [
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+        ] {
+            let want = PodStrategy.field_value(&pod, field);
+            assert!(want.as_deref().is_some_and(|v| !v.is_empty()), "{field}");
+            assert_eq!(PodStrategy.field_value(&projected, field), want, "{field}");
+        }
+        for meta in ["name", "namespace", "labels"] {
+            assert_eq!(projected["metadata"][meta], pod["metadata"][meta], "{meta}");
+        }
+        assert!(projected["spec"].get("containers").is_none());
     }
 
     #[test]

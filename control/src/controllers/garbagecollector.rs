@@ -20,17 +20,18 @@
 //! merely not seen yet is never taken for a missing one. Events and core Events are not
 //! watched, as upstream ignores them (they are many, and never own anything).
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kube::api::{
     Api, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions, PropagationPolicy,
 };
-use kube::core::{ApiResource, PartialObjectMeta};
+use kube::core::ApiResource;
 use kube::discovery::{verbs, Discovery, Scope};
 use kube::runtime::{watcher, WatchStreamExt};
 use serde_json::json;
@@ -450,7 +451,7 @@ enum Change {
     Watch {
         api_version: String,
         kind: String,
-        event: Box<watcher::Event<PartialObjectMeta<DynamicObject>>>,
+        event: Box<watcher::Event<GraphMeta>>,
     },
 }
 
@@ -572,7 +573,7 @@ async fn discover_loop(gc: Arc<Collector>, changes: mpsc::Sender<Change>) {
 /// metadata, so the watch asks for PartialObjectMetadata, as kube-controller-manager's
 /// metadata informers do: every pod change would otherwise be decoded whole here.
 async fn watch_resource(client: kube::Client, ar: ApiResource, changes: mpsc::Sender<Change>) {
-    let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client, &ar);
+    let api: Api<GraphMeta> = Api::all_with(client, &ar);
     let mut stream = watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
@@ -592,6 +593,87 @@ async fn watch_resource(client: kube::Client, ar: ApiResource, changes: mpsc::Se
                 tracing::debug!(resource = %ar.plural, error = %e, "garbage collector watch error")
             }
         }
+    }
+}
+
+/// An object's PartialObjectMetadata as the graph reads it: the identity, owners,
+/// finalizers and deletion mark. The rest of the metadata — managedFields, labels,
+/// annotations, most of what a metadata event carries — is skipped while decoding, not
+/// built (with every pod change going through this watch, it was most of its cost).
+#[derive(Clone, Debug, Default)]
+struct GraphMeta {
+    metadata: ObjectMeta,
+}
+
+impl<'de> serde::Deserialize<'de> for GraphMeta {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        struct Object {
+            #[serde(default)]
+            metadata: Metadata,
+        }
+        #[derive(serde::Deserialize, Default)]
+        #[serde(rename_all = "camelCase", default)]
+        struct Metadata {
+            name: Option<String>,
+            namespace: Option<String>,
+            uid: Option<String>,
+            resource_version: Option<String>,
+            owner_references: Option<Vec<OwnerReference>>,
+            finalizers: Option<Vec<String>>,
+            deletion_timestamp: Option<Time>,
+        }
+        let m = Object::deserialize(d)?.metadata;
+        Ok(GraphMeta {
+            metadata: ObjectMeta {
+                name: m.name,
+                namespace: m.namespace,
+                uid: m.uid,
+                resource_version: m.resource_version,
+                owner_references: m.owner_references,
+                finalizers: m.finalizers,
+                deletion_timestamp: m.deletion_timestamp,
+                ..ObjectMeta::default()
+            },
+        })
+    }
+}
+
+impl kube::Resource for GraphMeta {
+    type DynamicType = ApiResource;
+    type Scope = kube::core::DynamicResourceScope;
+
+    /// Requests ask for PartialObjectMetadata, as for `PartialObjectMeta<K>`.
+    fn metadata_api() -> bool {
+        true
+    }
+
+    fn kind(dt: &ApiResource) -> Cow<'_, str> {
+        dt.kind.as_str().into()
+    }
+
+    fn group(dt: &ApiResource) -> Cow<'_, str> {
+        dt.group.as_str().into()
+    }
+
+    fn version(dt: &ApiResource) -> Cow<'_, str> {
+        dt.version.as_str().into()
+    }
+
+    fn api_version(dt: &ApiResource) -> Cow<'_, str> {
+        dt.api_version.as_str().into()
+    }
+
+    fn plural(dt: &ApiResource) -> Cow<'_, str> {
+        dt.plural.as_str().into()
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
     }
 }
 
@@ -962,6 +1044,35 @@ fn patch_params() -> PatchParams {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn graph_metadata_keeps_what_the_graph_reads() {
+        use kube::Resource as _;
+        let text = json!({
+            "kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+            "metadata": {
+                "name": "web-1", "namespace": "prod", "uid": "u1", "resourceVersion": "42",
+                "labels": {"app": "web"}, "annotations": {"a": "b"},
+                "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}],
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                    "name": "web", "uid": "rs1", "controller": true}],
+                "finalizers": ["foregroundDeletion"],
+                "deletionTimestamp": "2025-01-01T00:00:00Z",
+            }
+        });
+        let m: GraphMeta = serde_json::from_value(text).expect("decodes");
+        assert!(GraphMeta::metadata_api(), "requests ask for metadata only");
+        let node = Node::from_meta("v1", "Pod", m.meta()).expect("a node");
+        assert_eq!((node.name.as_str(), node.uid.as_str()), ("web-1", "u1"));
+        assert_eq!(node.namespace.as_deref(), Some("prod"));
+        assert_eq!(node.owners.len(), 1);
+        assert_eq!(node.owners[0].uid, "rs1");
+        assert!(node.deleting_dependents());
+        assert_eq!(m.metadata.resource_version.as_deref(), Some("42"));
+        assert!(m.metadata.managed_fields.is_none() && m.metadata.labels.is_none());
+        let bare: GraphMeta = serde_json::from_value(json!({"kind": "X"})).expect("decodes");
+        assert!(Node::from_meta("v1", "X", &bare.metadata).is_none());
+    }
 
     fn owner_ref(uid: &str, block: bool) -> OwnerReference {
         OwnerReference {

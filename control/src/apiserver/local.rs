@@ -6,7 +6,8 @@
 //! cluster CA issued to the component), priority and fairness, admission and the rest
 //! of the handlers. Only the wire is skipped: a request is handed to the API's router
 //! as a value, so neither end pays for TLS records, HTTP framing or a loopback socket
-//! (in a 500-pod burst on `up` that was about a fifth of the process's CPU).
+//! (a 500-pod burst on `up`, creation→Running p50: 103–114 ms over loopback TLS,
+//! 59–68 ms in-process).
 //!
 //! Upgrades (exec, attach, port-forward) need a connection and are not available here;
 //! in-process components do not make them.

@@ -416,26 +416,13 @@ impl Objects {
         ns: Option<&str>,
         params: &ListParams,
     ) -> ApiResult<(Vec<Value>, Value)> {
-        self.list_map(def, ns, params, |obj| obj).await
-    }
-
-    /// Lists like [`Objects::list`], turning each matching object into what the
-    /// response needs (a Table row, its JSON text) as soon as it is decoded, so a big
-    /// list never holds every decoded object at once.
-    pub async fn list_map<T>(
-        &self,
-        def: &ResourceDef,
-        ns: Option<&str>,
-        params: &ListParams,
-        mut f: impl FnMut(Value) -> T,
-    ) -> ApiResult<(Vec<T>, Value)> {
         let mut items = Vec::new();
         let list_meta = self
             .scan(def, ns, params, |kv| {
                 let obj = decode_kv(kv)?;
                 let keep = self.matches(def, &obj, params)?;
                 if keep {
-                    items.push(f(obj));
+                    items.push(obj);
                 }
                 Ok(keep)
             })
@@ -443,10 +430,11 @@ impl Objects {
         Ok((items, list_meta))
     }
 
-    /// Lists like [`Objects::list_map`], handing `f` each matching object's stored text
-    /// (`kv`) with the object decoded only as far as `fields` names (and whole when
-    /// selectors must look at it): a Table row reads a few fields and copies the rest
-    /// from the text, so a big list builds nothing else.
+    /// Lists like [`Objects::list`], turning each matching object into what the response
+    /// needs as soon as it is read, so a big list never holds every decoded object: `f`
+    /// gets the stored text (`kv`) and the object decoded only as far as `fields` names
+    /// (whole when selectors must look at it). A Table row reads a few fields and copies
+    /// the rest from the text.
     pub async fn list_stored<T>(
         &self,
         def: &ResourceDef,

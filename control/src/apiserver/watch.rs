@@ -210,10 +210,14 @@ fn event_line(
             return line;
         }
     }
-    let decoded = objects
-        .decoded_events
-        .get(ev, def.strategy.selector_fields())?;
-    let kind = translate(objects, def, params, ev.kind, &decoded)?;
+    let kind = if filtered {
+        let decoded = objects
+            .decoded_events
+            .get(ev, def.strategy.selector_fields())?;
+        translate(objects, def, params, ev.kind, &decoded)?
+    } else {
+        plain_kind(ev.kind)
+    };
     if format == Format::Json {
         if let Some(line) = raw_line(kind, &ev.value, ev.revision) {
             return Some(line);
@@ -238,8 +242,9 @@ fn plain_kind(kind: EventKind) -> &'static str {
     }
 }
 
-/// Applies the selectors to the old and new state of an event; the watch event type
-/// to send, `None` when the watcher should not see it.
+/// Applies a watcher's selectors to the old and new state of an event: the watch event
+/// type to send (an object entering the selection is ADDED, one leaving it DELETED),
+/// `None` when the watcher should not see it.
 fn translate(
     objects: &Objects,
     def: &ResourceDef,
@@ -248,12 +253,10 @@ fn translate(
     decoded: &Decoded,
 ) -> Option<&'static str> {
     let now_matches = objects.matches(def, &decoded.now, params).unwrap_or(false);
-    let filtered = params.labels.is_some() || params.fields.is_some();
-    let before_matches = match (&decoded.before, filtered) {
-        (_, false) => true,
-        (Some(prev), true) => objects.matches(def, prev, params).unwrap_or(false),
-        (None, true) => false,
-    };
+    let before_matches = decoded
+        .before
+        .as_ref()
+        .is_some_and(|prev| objects.matches(def, prev, params).unwrap_or(false));
     match kind {
         EventKind::Created => now_matches.then_some("ADDED"),
         EventKind::Deleted => now_matches.then_some("DELETED"),

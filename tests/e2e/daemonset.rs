@@ -1,7 +1,8 @@
 //! Issue 4, DaemonSet controller: one pod per eligible node — nodes without the
 //! selected label or with an untolerated taint get none, a node that joins gets one,
 //! and `set image` rolls the pods over one node at a time until `rollout status`
-//! returns. Hollow nodes play the kubelets (Leases, pods reported Running and Ready,
+//! returns; each template is a ControllerRevision that `rollout history` lists and
+//! `rollout undo` returns to. Hollow nodes play the kubelets (Leases, pods reported Running and Ready,
 //! graceful deletions finished).
 
 use std::collections::BTreeMap;
@@ -80,6 +81,19 @@ async fn wait_placed(cluster: &Cluster, nodes: &[&str], image: &str) {
         },
     )
     .await;
+}
+
+/// The REVISION column of `kubectl rollout history ds/agent`.
+async fn revision_numbers(cluster: &Cluster) -> Vec<String> {
+    let history = cluster
+        .kubectl_ok(&["rollout", "history", "ds/agent"])
+        .await;
+    history
+        .lines()
+        .skip_while(|l| !l.starts_with("REVISION"))
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
 }
 
 #[tokio::test]
@@ -165,11 +179,46 @@ async fn daemonset_runs_on_eligible_nodes_and_rolls() {
     assert_eq!(status["numberAvailable"], 2, "{status}");
     assert_eq!(status["observedGeneration"], ds["metadata"]["generation"]);
 
+    // Each template is a ControllerRevision, which `rollout history` lists and `rollout
+    // undo` goes back to: the v1 template returns as revision 3.
+    assert_eq!(revision_numbers(&cluster).await, vec!["1", "2"]);
+    let v1 = cluster
+        .kubectl_ok(&["rollout", "history", "ds/agent", "--revision=1"])
+        .await;
+    assert!(v1.contains("registry.local/agent:v1"), "{v1}");
+    let table = cluster.kubectl_ok(&["get", "controllerrevisions"]).await;
+    assert!(
+        table.starts_with("NAME") && table.contains("CONTROLLER") && table.contains("REVISION"),
+        "{table}"
+    );
+    assert_eq!(table.matches("daemonset.apps/agent").count(), 2, "{table}");
+    let out = cluster.kubectl_ok(&["rollout", "undo", "ds/agent"]).await;
+    assert!(out.contains("rolled back"), "{out}");
+    wait_placed(&cluster, &["ds-1", "ds-4"], "v1").await;
+    assert_eq!(revision_numbers(&cluster).await, vec!["2", "3"]);
+    let pods = cluster.get_json(&["pods", "-l", "app=agent"]).await;
+    let revisions = cluster.get_json(&["controllerrevisions"]).await;
+    let newest = revisions["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["revision"] == 3)
+        .expect("revision 3");
+    for pod in pods["items"].as_array().into_iter().flatten() {
+        if pod["metadata"]["deletionTimestamp"].is_null() {
+            assert_eq!(
+                pod["metadata"]["labels"]["controller-revision-hash"],
+                newest["metadata"]["labels"]["controller-revision-hash"],
+                "{pod:#}"
+            );
+        }
+    }
+
     // The node loses its label: its pod goes.
     cluster
         .kubectl_ok(&["label", "node", "ds-4", "edge-"])
         .await;
-    wait_placed(&cluster, &["ds-1"], "v2").await;
+    wait_placed(&cluster, &["ds-1"], "v1").await;
 
     let events = cluster
         .kubectl_ok(&[
@@ -181,6 +230,17 @@ async fn daemonset_runs_on_eligible_nodes_and_rolls() {
         .await;
     assert!(events.contains("SuccessfulCreate"), "{events}");
     assert!(events.contains("SuccessfulDelete"), "{events}");
+
+    // The revisions are the DaemonSet's: they go with it.
+    cluster.kubectl_ok(&["delete", "ds", "agent"]).await;
+    eventually("the revisions collected", DEADLINE, async || {
+        let left = cluster.get_json(&["controllerrevisions"]).await;
+        match left["items"].as_array().map(Vec::len) {
+            Some(0) => Ok(()),
+            _ => Err(left.to_string()),
+        }
+    })
+    .await;
     for node in nodes {
         node.shutdown().await;
     }

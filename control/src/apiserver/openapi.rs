@@ -348,6 +348,7 @@ fn kind_type(group: &str, version: &str, kind: &str) -> Option<TypeSchema> {
         ("apps", "v1", "ReplicaSet") => type_schema::<apps::ReplicaSet>(),
         ("apps", "v1", "DaemonSet") => type_schema::<apps::DaemonSet>(),
         ("apps", "v1", "StatefulSet") => type_schema::<apps::StatefulSet>(),
+        ("apps", "v1", "ControllerRevision") => type_schema::<apps::ControllerRevision>(),
         ("autoscaling", "v1", "Scale") => type_schema::<autoscaling::Scale>(),
         ("discovery.k8s.io", "v1", "EndpointSlice") => {
             type_schema::<discovery_api::EndpointSlice>()

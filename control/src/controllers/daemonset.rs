@@ -13,18 +13,24 @@
 //! went away), delete failed pods and duplicates, and — for RollingUpdate — replace pods
 //! of an old template within maxUnavailable/maxSurge. Status carries the counters
 //! `kubectl rollout status ds/X` reads.
+//!
+//! Every template the DaemonSet has had is recorded as a ControllerRevision
+//! ([`super::history`]); a pod's `controller-revision-hash` label names the revision it
+//! was made from, which is how old pods are told from updated ones, and what
+//! `kubectl rollout history/undo ds/X` work from.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
     PodTemplateSpec, Taint, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -35,6 +41,7 @@ use serde_json::json;
 
 use super::deployment::{resolve, template_hash};
 use super::events::{EventType, Recorder};
+use super::history::{self, Current, HASH_LABEL};
 use super::shared_watch::SharedWatch;
 use crate::registry::selectors::LabelSelector;
 use crate::scheduler::filter;
@@ -48,12 +55,14 @@ pub enum Error {
     /// The DaemonSet's selector cannot be used.
     #[error("invalid selector: {0}")]
     Selector(String),
+    /// The revision for the current template cannot be written: an object of its name
+    /// records another template or belongs to another owner.
+    #[error("controller revision {0} exists and is not this daemonset's record of its template")]
+    RevisionTaken(String),
 }
 
 /// The field manager and event source of this controller.
 const MANAGER: &str = "daemonset-controller";
-/// The label holding the hash of the template a pod was made from.
-const HASH_LABEL: &str = "controller-revision-hash";
 /// The label holding the DaemonSet's template generation at the pod's creation.
 const GENERATION_LABEL: &str = "pod-template-generation";
 /// The annotation the apps/v1 API keeps the template generation in.
@@ -68,6 +77,7 @@ struct Context {
 pub async fn run(client: kube::Client, pods: SharedWatch<Pod>) {
     let sets: Api<DaemonSet> = Api::all(client.clone());
     let nodes: Api<Node> = Api::all(client.clone());
+    let revisions: Api<ControllerRevision> = Api::all(client.clone());
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), MANAGER),
         client,
@@ -76,6 +86,7 @@ pub async fn run(client: kube::Client, pods: SharedWatch<Pod>) {
     let store = controller.store();
     controller
         .owns_stream(pods.touched())
+        .owns(revisions, watcher::Config::default())
         // Any node change can change where every DaemonSet should run.
         .watches(nodes, watcher::Config::default(), move |_node: Node| {
             store
@@ -653,6 +664,124 @@ fn update_of(ds: &DaemonSet, desired: i32) -> Update {
     }
 }
 
+/// Makes sure a ControllerRevision records `template` and is the newest; returns the
+/// revision's hash (the pods' label), its name, and every revision the DaemonSet owns
+/// (orphans its selector matches are adopted, as upstream's ControllerRefManager does).
+async fn current_revision(
+    ds: &DaemonSet,
+    template: &PodTemplateSpec,
+    selector: &LabelSelector,
+    api: &Api<ControllerRevision>,
+) -> Result<(String, String, Vec<ControllerRevision>), Error> {
+    let uid = ds.metadata.uid.clone().unwrap_or_default();
+    let mut owned = Vec::new();
+    for mut r in api.list(&ListParams::default()).await?.items {
+        let controller = r
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true))
+            .map(|o| o.uid.clone());
+        match controller {
+            Some(owner) if owner == uid => owned.push(r),
+            Some(_) => {}
+            None if r.metadata.deletion_timestamp.is_none()
+                && labels_match(selector, r.labels()) =>
+            {
+                let mut refs = r.owner_references().to_vec();
+                refs.push(owner_reference(ds));
+                let patch = json!({"metadata": {
+                    "ownerReferences": refs,
+                    "resourceVersion": r.metadata.resource_version,
+                }});
+                r = api
+                    .patch(
+                        &r.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(&patch),
+                    )
+                    .await?;
+                tracing::info!(namespace = ds.namespace().as_deref().unwrap_or(""), daemonset = %ds.name_any(), revision = %r.name_any(), "adopted controller revision");
+                owned.push(r);
+            }
+            None => {}
+        }
+    }
+    let data = history::template_patch(template);
+    let (name, hash, renumber) = match history::current(&owned, &data) {
+        Current::Existing {
+            name,
+            hash,
+            renumber,
+        } => (
+            name,
+            hash.unwrap_or_else(|| template_hash(template)),
+            renumber,
+        ),
+        Current::New { revision } => {
+            let hash = template_hash(template);
+            let name = history::revision_name(&ds.name_any(), &hash);
+            let record = ControllerRevision {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    namespace: ds.namespace(),
+                    labels: Some(history::revision_labels(template, &hash)),
+                    annotations: ds.metadata.annotations.clone(),
+                    owner_references: Some(vec![owner_reference(ds)]),
+                    ..Default::default()
+                },
+                data: Some(RawExtension(data.clone())),
+                revision,
+            };
+            let params = PostParams {
+                field_manager: Some(MANAGER.into()),
+                ..Default::default()
+            };
+            match api.create(&params, &record).await {
+                Ok(created) => {
+                    tracing::info!(namespace = ds.namespace().as_deref().unwrap_or(""), daemonset = %ds.name_any(), revision = %name, number = revision, "recorded controller revision");
+                    owned.push(created);
+                    return Ok((hash, name, owned));
+                }
+                // Ours already, written after the list was taken.
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    let existing = api.get(&name).await?;
+                    let ours = existing
+                        .owner_references()
+                        .iter()
+                        .any(|o| o.controller == Some(true) && o.uid == uid);
+                    if !ours || existing.data.as_ref().map(|d| &d.0) != Some(&data) {
+                        return Err(Error::RevisionTaken(name));
+                    }
+                    owned.retain(|r| r.metadata.name.as_deref() != Some(name.as_str()));
+                    let newest = owned.iter().map(|r| r.revision).max().unwrap_or(0);
+                    let renumber = (existing.revision <= newest).then_some(newest + 1);
+                    owned.push(existing);
+                    (name, hash, renumber)
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    if let Some(revision) = renumber {
+        let patch = json!({"revision": revision});
+        let renumbered = api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        tracing::info!(namespace = ds.namespace().as_deref().unwrap_or(""), daemonset = %ds.name_any(), revision = %name, number = revision, "controller revision is current again");
+        for r in owned.iter_mut() {
+            if r.metadata.name.as_deref() == Some(name.as_str()) {
+                *r = renumbered.clone();
+            }
+        }
+    }
+    Ok((hash, name, owned))
+}
+
+fn labels_match(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let labels = serde_json::to_value(labels).unwrap_or_default();
+    selector.matches(labels.as_object().unwrap_or(&serde_json::Map::new()))
+}
+
 async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Error> {
     if ds.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
@@ -665,7 +794,9 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Erro
     let selector =
         LabelSelector::try_from_label_selector_json(&selector_json).map_err(Error::Selector)?;
     let template = with_daemon_tolerations(&spec.template);
-    let hash = template_hash(&spec.template);
+    let revisions: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), &ns);
+    let (hash, current_revision, owned_revisions) =
+        current_revision(&ds, &spec.template, &selector, &revisions).await?;
     let min_ready = i64::from(spec.min_ready_seconds.unwrap_or(0));
 
     let nodes: Api<Node> = Api::all(ctx.client.clone());
@@ -690,12 +821,11 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Erro
         .items
         .into_iter()
         .filter(|p| {
-            let labels = serde_json::to_value(&p.metadata.labels).unwrap_or_default();
             let ours = p
                 .owner_references()
                 .iter()
                 .any(|r| r.controller == Some(true) && r.uid == uid);
-            ours && selector.matches(labels.as_object().unwrap_or(&serde_json::Map::new()))
+            ours && labels_match(&selector, p.labels())
         })
         .collect();
 
@@ -769,6 +899,21 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Erro
         .into_iter()
         .filter(|p| !todo.delete.contains(&p.name_any()))
         .collect();
+    let live: HashSet<String> = remaining
+        .iter()
+        .filter_map(|p| p.labels().get(HASH_LABEL).cloned())
+        .collect();
+    let limit = spec.revision_history_limit.unwrap_or(10).max(0) as usize;
+    for old in history::excess(&owned_revisions, &current_revision, &live, limit) {
+        match revisions.delete(&old, &DeleteParams::default()).await {
+            Ok(_) => {
+                tracing::info!(namespace = %ns, daemonset = %name, revision = %old, "deleted old controller revision")
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+
     let mut status = counts(&fits, &remaining, &hash, min_ready, now);
     status.observed_generation = ds.metadata.generation;
     let old = ds.status.clone().unwrap_or_default();

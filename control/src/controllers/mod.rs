@@ -23,6 +23,7 @@ pub mod endpoints;
 pub mod endpointslices;
 pub mod events;
 pub mod garbagecollector;
+pub mod history;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;

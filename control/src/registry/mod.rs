@@ -16,6 +16,7 @@ pub mod table;
 pub mod validation;
 
 mod configmaps;
+mod controllerrevisions;
 mod daemonsets;
 mod deployments;
 mod endpoints;
@@ -329,6 +330,7 @@ impl Registry {
             deployments::def(),
             replicasets::def(),
             daemonsets::def(),
+            controllerrevisions::def(),
             endpointslices::def(),
             leases::def(),
             runtimeclasses::def(),

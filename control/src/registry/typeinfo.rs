@@ -5,15 +5,25 @@
 use super::schema::{Elem, FieldDef as F, ListKind, MapKind, TypeDef};
 
 /// Every type, sorted by definition name; `Elem::Object(i)` indexes this table.
-pub(super) static TYPES: [TypeDef; 196] = [
+pub(super) static TYPES: [TypeDef; 197] = [
+    TypeDef::granular(
+        "io.k8s.api.apps.v1.ControllerRevision",
+        &[
+            F::scalar("apiVersion"),
+            F::scalar("data"),
+            F::scalar("kind"),
+            F::object("metadata", 195),
+            F::scalar("revision"),
+        ],
+    ),
     TypeDef::granular(
         "io.k8s.api.apps.v1.DaemonSet",
         &[
             F::scalar("apiVersion"),
             F::scalar("kind"),
-            F::object("metadata", 194),
-            F::object("spec", 2),
-            F::object("status", 3),
+            F::object("metadata", 195),
+            F::object("spec", 3),
+            F::object("status", 4),
         ],
     ),
     TypeDef::granular(
@@ -31,16 +41,16 @@ pub(super) static TYPES: [TypeDef; 196] = [
         &[
             F::scalar("minReadySeconds"),
             F::scalar("revisionHistoryLimit"),
-            F::object("selector", 191),
-            F::object("template", 133),
-            F::object("updateStrategy", 4),
+            F::object("selector", 192),
+            F::object("template", 134),
+            F::object("updateStrategy", 5),
         ],
     ),
     TypeDef::granular(
         "io.k8s.api.apps.v1.DaemonSetStatus",
         &[
             F::scalar("collisionCount"),
-            F::list("conditions", Elem::Object(1), ListKind::Map(&["type"])).merge("type"),
+            F::list("conditions", Elem::Object(2), ListKind::Map(&["type"])).merge("type"),
             F::scalar("currentNumberScheduled"),
             F::scalar("desiredNumberScheduled"),
             F::scalar("numberAvailable"),
@@ -53,16 +63,16 @@ pub(super) static TYPES: [TypeDef; 196] = [
     ),
     TypeDef::granular(
         "io.k8s.api.apps.v1.DaemonSetUpdateStrategy",
-        &[F::object("rollingUpdate", 14), F::scalar("type")],
+        &[F::object("rollingUpdate", 15), F::scalar("type")],
     ),
     TypeDef::granular(
         "io.k8s.api.apps.v1.Deployment",
         &[
             F::scalar("apiVersion"),
             F::scalar("kind"),
-            F::object("metadata", 194),
-            F::object("spec", 7),
-            F::object("status", 8),
+            F::object("metadata", 195),
+            F::object("spec", 8),
+            F::object("status", 9),
         ],
     ),
     TypeDef::granular(
@@ -84,9 +94,9 @@ pub(super) static TYPES: [TypeDef; 196] = [
             F::scalar("progressDeadlineSeconds"),
             F::scalar("replicas"),
             F::scalar("revisionHistoryLimit"),
-            F::object("selector", 191),
-            F::object("strategy", 9).retain_keys(),
-            F::object("template", 133),
+            F::object("selector", 192),
+            F::object("strategy", 10).retain_keys(),
+            F::object("template", 134),
         ],
     ),
     TypeDef::granular(
@@ -94,7 +104,7 @@ pub(super) static TYPES: [TypeDef; 196] = [
         &[
             F::scalar("availableReplicas"),
             F::scalar("collisionCount"),
-            F::list("conditions", Elem::Object(6), ListKind::Map(&["type"])).merge("type"),
+            F::list("conditions", Elem::Object(7), ListKind::Map(&["type"])).merge("type"),
             F::scalar("observedGeneration"),
             F::scalar("readyReplicas"),
             F::scalar("replicas"),
@@ -105,16 +115,16 @@ pub(super) static TYPES: [TypeDef; 196] = [
     ),
     TypeDef::granular(
         "io.k8s.api.apps.v1.DeploymentStrategy",
-        &[F::object("rollingUpdate", 15), F::scalar("type")],
+        &[F::object("rollingUpdate", 16), F::scalar("type")],
     ),
     TypeDef::granular(
         "io.k8s.api.apps.v1.ReplicaSet",
         &[
             F::scalar("apiVersion"),
             F::scalar("kind"),
-            F::object("metadata", 194),
-            F::object("spec", 12),
-            F::object("status", 13),
+            F::object("metadata", 195),
+            F::object("spec", 13),
+            F::object("status", 14),
         ],
     ),
     TypeDef::granular(
@@ -132,15 +142,15 @@ pub(super) static TYPES: [TypeDef; 196] = [
         &[
             F::scalar("minReadySeconds"),
             F::scalar("replicas"),
-            F::object("selector", 191),
-            F::object("template", 133),
+            F::object("selector", 192),
+            F::object("template", 134),
         ],
     ),
     TypeDef::granular(
         "io.k8s.api.apps.v1.ReplicaSetStatus",
         &[
             F::scalar("availableReplicas"),
-            F::list("conditions", Elem::Object(11), ListKind::Map(&["type"])).merge("type"),
+            F::list("conditions", Elem::Object(12), ListKind::Map(&["type"])).merge("type"),
             F::scalar("fullyLabeledReplicas"),
             F::scalar("observedGeneration"),
             F::scalar("readyReplicas"),
@@ -161,9 +171,9 @@ pub(super) static TYPES: [TypeDef; 196] = [
         &[
             F::scalar("apiVersion"),
             F::scalar("kind"),
-            F::object("metadata", 194),
-            F::object("spec", 17),
-            F::object("status", 18),
+            F::object("metadata", 195),
+            F::object("spec", 18),
+            F::object("status", 19),
         ],
     ),
     TypeDef::granular(
@@ -179,8 +189,8 @@ pub(super) static TYPES: [TypeDef; 196] = [
         &[
             F::scalar("apiVersion"),
             F::scalar("kind"),
-            F::object("metadata", 194),
-            F::object("spec", 20),
+            F::object("metadata", 195),
+            F::object("spec", 21),
         ],
     ),
     TypeDef::granular(
@@ -207,9 +217,9 @@ pub(super) static TYPES: [TypeDef; 196] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.Affinity",
         &[
-            F::object("nodeAffinity", 96),
-            F::object("podAffinity", 118),
-            F::object("podAntiAffinity", 120),
+            F::object("nodeAffinity", 97),
+            F::object("podAffinity", 119),
+            F::object("podAntiAffinity", 121),
         ],
     ),
     TypeDef::granular(
@@ -244,8 +254,8 @@ pub(super) static TYPES: [TypeDef; 196] = [
         &[
             F::scalar("apiVersion"),
             F::scalar("kind"),
-            F::object("metadata", 194),
-            F::object("target", 112),
+            F::object("metadata", 195),
+            F::object("target", 113),
         ],
     ),
     TypeDef::granular(
@@ -253,7 +263,7 @@ pub(super) static TYPES: [TypeDef; 196] = [
         &[
             F::scalar("driver"),
             F::scalar("fsType"),
-            F::object("nodePublishSecretRef", 88),
+            F::object("nodePublishSecretRef", 89),
             F::scalar("readOnly"),
             F::map("volumeAttributes", Elem::Scalar, MapKind::Granular),
         ],
@@ -272,7 +282,7 @@ pub(super) static TYPES: [TypeDef; 196] = [
             F::scalar("path"),
             F::scalar("readOnly"),
             F::scalar("secretFile"),
-            F::object("secretRef", 88),
+            F::object("secretRef", 89),
             F::scalar("user"),
         ],
     ),
@@ -281,7 +291,7 @@ pub(super) static TYPES: [TypeDef; 196] = [
         &[
             F::scalar("fsType"),
             F::scalar("readOnly"),
-            F::object("secretRef", 88),
+            F::object("secretRef", 89),
             F::scalar("volumeID"),
         ],
     ),
@@ -292,7 +302,7 @@ pub(super) static TYPES: [TypeDef; 196] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.ClusterTrustBundleProjection",
         &[
-            F::object("labelSelector", 191),
+            F::object("labelSelector", 192),
             F::scalar("name"),
             F::scalar("optional"),
             F::scalar("path"),
@@ -307,7 +317,7 @@ pub(super) static TYPES: [TypeDef; 196] = [
             F::map("data", Elem::Scalar, MapKind::Granular),
             F::scalar("immutable"),
             F::scalar("kind"),
-            F::object("metadata", 194),
+            F::object("metadata", 195),
         ],
     ),
     TypeDef::granular(
@@ -331,7 +341,7 @@ pub(super) static TYPES: [TypeDef; 196] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.ConfigMapProjection",
         &[
-            F::list("items", Elem::Object(82), ListKind::Atomic),
+            F::list("items", Elem::Object(83), ListKind::Atomic),
             F::scalar("name"),
             F::scalar("optional"),
         ],
@@ -340,7 +350,7 @@ pub(super) static TYPES: [TypeDef; 196] = [
         "io.k8s.api.core.v1.ConfigMapVolumeSource",
         &[
             F::scalar("defaultMode"),
-            F::list("items", Elem::Object(82), ListKind::Atomic),
+            F::list("items", Elem::Object(83), ListKind::Atomic),
             F::scalar("name"),
             F::scalar("optional"),
         ],
@@ -350,25 +360,25 @@ pub(super) static TYPES: [TypeDef; 196] = [
         &[
             F::list("args", Elem::Scalar, ListKind::Atomic),
             F::list("command", Elem::Scalar, ListKind::Atomic),
-            F::list("env", Elem::Object(60), ListKind::Map(&["name"])).merge("name"),
-            F::list("envFrom", Elem::Object(59), ListKind::Atomic),
+            F::list("env", Elem::Object(61), ListKind::Map(&["name"])).merge("name"),
+            F::list("envFrom", Elem::Object(60), ListKind::Atomic),
             F::scalar("image"),
             F::scalar("imagePullPolicy"),
-            F::object("lifecycle", 83),
-            F::object("livenessProbe", 137),
+            F::object("lifecycle", 84),
+            F::object("livenessProbe", 138),
             F::scalar("name"),
             F::list(
                 "ports",
-                Elem::Object(42),
+                Elem::Object(43),
                 ListKind::Map(&["containerPort", "protocol"]),
             )
             .merge("containerPort"),
-            F::object("readinessProbe", 137),
-            F::list("resizePolicy", Elem::Object(43), ListKind::Atomic),
-            F::object("resources", 144),
+            F::object("readinessProbe", 138),
+            F::list("resizePolicy", Elem::Object(44), ListKind::Atomic),
+            F::object("resources", 145),
             F::scalar("restartPolicy"),
-            F::object("securityContext", 154),
-            F::object("startupProbe", 137),
+            F::object("securityContext", 155),
+            F::object("startupProbe", 138),
             F::scalar("stdin"),
             F::scalar("stdinOnce"),
             F::scalar("terminationMessagePath"),
@@ -376,13 +386,13 @@ pub(super) static TYPES: [TypeDef; 196] = [
             F::scalar("tty"),
             F::list(
                 "volumeDevices",
-                Elem::Object(172),
+                Elem::Object(173),
                 ListKind::Map(&["devicePath"]),
             )
             .merge("devicePath"),
             F::list(
                 "volumeMounts",
-                Elem::Object(173),
+                Elem::Object(174),
                 ListKind::Map(&["mountPath"]),
             )
             .merge("mountPath"),
@@ -413,9 +423,9 @@ pub(super) static TYPES: [TypeDef; 196] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.ContainerState",
         &[
-            F::object("running", 45),
-            F::object("terminated", 46),
-            F::object("waiting", 47),
+            F::object("running", 46),
+            F::object("terminated", 47),
+            F::object("waiting", 48),
         ],
     ),
     TypeDef::granular(
@@ -444,25 +454,25 @@ pub(super) static TYPES: [TypeDef; 196] = [
             F::map("allocatedResources", Elem::Scalar, MapKind::Granular),
             F::list(
                 "allocatedResourcesStatus",
-                Elem::Object(145),
+                Elem::Object(146),
                 ListKind::Map(&["name"]),
             )
             .merge("name"),
             F::scalar("containerID"),
             F::scalar("image"),
             F::scalar("imageID"),
-            F::object("lastState", 44),
+            F::object("lastState", 45),
             F::scalar("name"),
             F::scalar("ready"),
-            F::object("resources", 144),
+            F::object("resources", 145),
             F::scalar("restartCount"),
             F::scalar("started"),
-            F::object("state", 44),
+            F::object("state", 45),
             F::scalar("stopSignal"),
-            F::object("user", 49),
+            F::object("user", 50),
             F::list(
                 "volumeMounts",
-                Elem::Object(174),
+                Elem::Object(175),
                 ListKind::Map(&["mountPath"]),
             )
             .merge("mountPath"),
@@ -470,27 +480,27 @@ pub(super) static TYPES: [TypeDef; 196] = [
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.ContainerUser",
-        &[F::object("linux", 85)],
+        &[F::object("linux", 86)],
     ),
     TypeDef::granular("io.k8s.api.core.v1.DaemonEndpoint", &[F::scalar("Port")]),
     TypeDef::granular(
         "io.k8s.api.core.v1.DownwardAPIProjection",
-        &[F::list("items", Elem::Object(52), ListKind::Atomic)],
+        &[F::list("items", Elem::Object(53), ListKind::Atomic)],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.DownwardAPIVolumeFile",
         &[
-            F::object("fieldRef", 111),
+            F::object("fieldRef", 112),
             F::scalar("mode"),
             F::scalar("path"),
-            F::object("resourceFieldRef", 142),
+            F::object("resourceFieldRef", 143),
         ],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.DownwardAPIVolumeSource",
         &[
             F::scalar("defaultMode"),
-            F::list("items", Elem::Object(52), ListKind::Atomic),
+            F::list("items", Elem::Object(53), ListKind::Atomic),
         ],
     ),
     TypeDef::granular(
@@ -503,7 +513,7 @@ pub(super) static TYPES: [TypeDef; 196] = [
             F::scalar("hostname"),
             F::scalar("ip"),
             F::scalar("nodeName"),
-            F::object("targetRef", 112),
+            F::object("targetRef", 113),
         ],
     ),
     TypeDef::atomic(
@@ -518,9 +528,9 @@ pub(super) static TYPES: [TypeDef; 196] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.EndpointSubset",
         &[
-            F::list("addresses", Elem::Object(55), ListKind::Atomic),
-            F::list("notReadyAddresses", Elem::Object(55), ListKind::Atomic),
-            F::list("ports", Elem::Object(56), ListKind::Atomic),
+            F::list("addresses", Elem::Object(56), ListKind::Atomic),
+            F::list("notReadyAddresses", Elem::Object(56), ListKind::Atomic),
+            F::list("ports", Elem::Object(57), ListKind::Atomic),
         ],
     ),
     TypeDef::granular(
@@ -528,16 +538,16 @@ pub(super) static TYPES: [TypeDef; 196] = [
         &[
             F::scalar("apiVersion"),
             F::scalar("kind"),
-            F::object("metadata", 194),
-            F::list("subsets", Elem::Object(57), ListKind::Atomic),
+            F::object("metadata", 195),
+            F::list("subsets", Elem::Object(58), ListKind::Atomic),
         ],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.EnvFromSource",
         &[
-            F::object("configMapRef", 35),
+            F::object("configMapRef", 36),
             F::scalar("prefix"),
-            F::object("secretRef", 150),
+            F::object("secretRef", 151),
         ],
     ),
     TypeDef::granular(
@@ -545,16 +555,16 @@ pub(super) static TYPES: [TypeDef; 196] = [
         &[
             F::scalar("name"),
             F::scalar("value"),
-            F::object("valueFrom", 61),
+            F::object("valueFrom", 62),
         ],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.EnvVarSource",
         &[
-            F::object("configMapKeyRef", 36),
-            F::object("fieldRef", 111),
-            F::object("resourceFieldRef", 142),
-            F::object("secretKeyRef", 151),
+            F::object("configMapKeyRef", 37),
+            F::object("fieldRef", 112),
+            F::object("resourceFieldRef", 143),
+            F::object("secretKeyRef", 152),
         ],
     ),
     TypeDef::granular(
@@ -562,25 +572,25 @@ pub(super) static TYPES: [TypeDef; 196] = [
         &[
             F::list("args", Elem::Scalar, ListKind::Atomic),
             F::list("command", Elem::Scalar, ListKind::Atomic),
-            F::list("env", Elem::Object(60), ListKind::Map(&["name"])).merge("name"),
-            F::list("envFrom", Elem::Object(59), ListKind::Atomic),
+            F::list("env", Elem::Object(61), ListKind::Map(&["name"])).merge("name"),
+            F::list("envFrom", Elem::Object(60), ListKind::Atomic),
             F::scalar("image"),
             F::scalar("imagePullPolicy"),
-            F::object("lifecycle", 83),
-            F::object("livenessProbe", 137),
+            F::object("lifecycle", 84),
+            F::object("livenessProbe", 138),
             F::scalar("name"),
             F::list(
                 "ports",
-                Elem::Object(42),
+                Elem::Object(43),
                 ListKind::Map(&["containerPort", "protocol"]),
             )
             .merge("containerPort"),
-            F::object("readinessProbe", 137),
-            F::list("resizePolicy", Elem::Object(43), ListKind::Atomic),
-            F::object("resources", 144),
+            F::object("readinessProbe", 138),
+            F::list("resizePolicy", Elem::Object(44), ListKind::Atomic),
+            F::object("resources", 145),
             F::scalar("restartPolicy"),
-            F::object("securityContext", 154),
-            F::object("startupProbe", 137),
+            F::object("securityContext", 155),
+            F::object("startupProbe", 138),
             F::scalar("stdin"),
             F::scalar("stdinOnce"),
             F::scalar("targetContainerName"),
@@ -589,13 +599,13 @@ pub(super) static TYPES: [TypeDef; 196] = [
             F::scalar("tty"),
             F::list(
                 "volumeDevices",
-                Elem::Object(172),
+                Elem::Object(173),
                 ListKind::Map(&["devicePath"]),
             )
             .merge("devicePath"),
             F::list(
                 "volumeMounts",
-                Elem::Object(173),
+                Elem::Object(174),
                 ListKind::Map(&["mountPath"]),
             )
             .merge("mountPath"),
@@ -604,7 +614,7 @@ pub(super) static TYPES: [TypeDef; 196] = [
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.EphemeralVolumeSource",
-        &[F::object("volumeClaimTemplate", 114)],
+        &[F::object("volumeClaimTemplate", 115)],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.Event",
@@ -614,17 +624,17 @@ pub(super) static TYPES: [TypeDef; 196] = [
             F::scalar("count"),
             F::scalar("eventTime"),
             F::scalar("firstTimestamp"),
-            F::object("involvedObject", 112),
+            F::object("involvedObject", 113),
             F::scalar("kind"),
             F::scalar("lastTimestamp"),
             F::scalar("message"),
-            F::object("metadata", 194),
+            F::object("metadata", 195),
             F::scalar("reason"),
-            F::object("related", 112),
+            F::object("related", 113),
             F::scalar("reportingComponent"),
             F::scalar("reportingInstance"),
-            F::object("series", 65),
-            F::object("source", 66),
+            F::object("series", 66),
+            F::object("source", 67),
             F::scalar("type"),
         ],
     ),
@@ -657,7 +667,7 @@ pub(super) static TYPES: [TypeDef; 196] = [
             F::scalar("fsType"),
             F::map("options", Elem::Scalar, MapKind::Granular),
             F::scalar("readOnly"),
-            F::object("secretRef", 88),
+            F::object("secretRef", 89),
         ],
     ),
     TypeDef::granular(
@@ -697,7 +707,7 @@ pub(super) static TYPES: [TypeDef; 196] = [
         "io.k8s.api.core.v1.HTTPGetAction",
         &[
             F::scalar("host"),
-            F::list("httpHeaders", Elem::Object(76), ListKind::Atomic),
+            F::list("httpHeaders", Elem::Object(77), ListKind::Atomic),
             F::scalar("path"),
             F::scalar("port"),
             F::scalar("scheme"),
@@ -731,7 +741,7 @@ pub(super) static TYPES: [TypeDef; 196] = [
             F::scalar("lun"),
             F::list("portals", Elem::Scalar, ListKind::Atomic),
             F::scalar("readOnly"),
-            F::object("secretRef", 88),
+            F::object("secretRef", 89),
             F::scalar("targetPortal"),
         ],
     ),
@@ -746,18 +756,18 @@ pub(super) static TYPES: [TypeDef; 196] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.Lifecycle",
         &[
-            F::object("postStart", 84),
-            F::object("preStop", 84),
+            F::object("postStart", 85),
+            F::object("preStop", 85),
             F::scalar("stopSignal"),
         ],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.LifecycleHandler",
         &[
-            F::object("exec", 67),
-            F::object("httpGet", 75),
-            F::object("sleep", 162),
-            F::object("tcpSocket", 165),
+            F::object("exec", 68),
+            F::object("httpGet", 76),
+            F::object("sleep", 163),
+            F::object("tcpSocket", 166),
         ],
     ),
     TypeDef::granular(
@@ -774,12 +784,12 @@ pub(super) static TYPES: [TypeDef; 196] = [
             F::scalar("hostname"),
             F::scalar("ip"),
             F::scalar("ipMode"),
-            F::list("ports", Elem::Object(134), ListKind::Atomic),
+            F::list("ports", Elem::Object(135), ListKind::Atomic),
         ],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.LoadBalancerStatus",
-        &[F::list("ingress", Elem::Object(86), ListKind::Atomic)],
+        &[F::list("ingress", Elem::Object(87), ListKind::Atomic)],
     ),
     TypeDef::atomic(
         "io.k8s.api.core.v1.LocalObjectReference",
@@ -798,9 +808,9 @@ pub(super) static TYPES: [TypeDef; 196] = [
         &[
             F::scalar("apiVersion"),
             F::scalar("kind"),
-            F::object("metadata", 194),
-            F::object("spec", 92),
-            F::object("status", 93),
+            F::object("metadata", 195),
+            F::object("spec", 93),
+            F::object("status", 94),
         ],
     ),
     TypeDef::granular(
@@ -820,7 +830,7 @@ pub(super) static TYPES: [TypeDef; 196] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.NamespaceStatus",
         &[
-            F::list("conditions", Elem::Object(91), ListKind::Map(&["type"])).merge("type"),
+            F::list("conditions", Elem::Object(92), ListKind::Map(&["type"])).merge("type"),
             F::scalar("phase"),
         ],
     ),
@@ -829,9 +839,9 @@ pub(super) static TYPES: [TypeDef; 196] = [
         &[
             F::scalar("apiVersion"),
             F::scalar("kind"),
-            F::object("metadata", 194),
-            F::object("spec", 107),
-            F::object("status", 108),
+            F::object("metadata", 195),
+            F::object("spec", 108),
+            F::object("status", 109),
         ],
     ),
     TypeDef::granular(
@@ -843,10 +853,10 @@ pub(super) static TYPES: [TypeDef; 196] = [
         &[
             F::list(
                 "preferredDuringSchedulingIgnoredDuringExecution",
-                Elem::Object(136),
+                Elem::Object(137),
                 ListKind::Atomic,
             ),
-            F::object("requiredDuringSchedulingIgnoredDuringExecution", 104),
+            F::object("requiredDuringSchedulingIgnoredDuringExecution", 105),
         ],
     ),
     TypeDef::granular(
@@ -862,20 +872,20 @@ pub(super) static TYPES: [TypeDef; 196] = [
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.NodeConfigSource",
-        &[F::object("configMap", 37)],
+        &[F::object("configMap", 38)],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.NodeConfigStatus",
         &[
-            F::object("active", 98),
-            F::object("assigned", 98),
+            F::object("active", 99),
+            F::object("assigned", 99),
             F::scalar("error"),
-            F::object("lastKnownGood", 98),
+            F::object("lastKnownGood", 99),
         ],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.NodeDaemonEndpoints",
-        &[F::object("kubeletEndpoint", 50)],
+        &[F::object("kubeletEndpoint", 51)],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.NodeFeatures",
@@ -883,7 +893,7 @@ pub(super) static TYPES: [TypeDef; 196] = [
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.NodeRuntimeHandler",
-        &[F::object("features", 103), F::scalar("name")],
+        &[F::object("features", 104), F::scalar("name")],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.NodeRuntimeHandlerFeatures",
@@ -896,7 +906,7 @@ pub(super) static TYPES: [TypeDef; 196] = [
         "io.k8s.api.core.v1.NodeSelector",
         &[F::list(
             "nodeSelectorTerms",
-            Elem::Object(106),
+            Elem::Object(107),
             ListKind::Atomic,
         )],
     ),
@@ -911,37 +921,37 @@ pub(super) static TYPES: [TypeDef; 196] = [
     TypeDef::atomic(
         "io.k8s.api.core.v1.NodeSelectorTerm",
         &[
-            F::list("matchExpressions", Elem::Object(105), ListKind::Atomic),
-            F::list("matchFields", Elem::Object(105), ListKind::Atomic),
+            F::list("matchExpressions", Elem::Object(106), ListKind::Atomic),
+            F::list("matchFields", Elem::Object(106), ListKind::Atomic),
         ],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.NodeSpec",
         &[
-            F::object("configSource", 98),
+            F::object("configSource", 99),
             F::scalar("externalID"),
             F::scalar("podCIDR"),
             F::list("podCIDRs", Elem::Scalar, ListKind::Set).merge_set(),
             F::scalar("providerID"),
-            F::list("taints", Elem::Object(166), ListKind::Atomic),
+            F::list("taints", Elem::Object(167), ListKind::Atomic),
             F::scalar("unschedulable"),
         ],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.NodeStatus",
         &[
-            F::list("addresses", Elem::Object(95), ListKind::Map(&["type"])).merge("type"),
+            F::list("addresses", Elem::Object(96), ListKind::Map(&["type"])).merge("type"),
             F::map("allocatable", Elem::Scalar, MapKind::Granular),
             F::map("capacity", Elem::Scalar, MapKind::Granular),
-            F::list("conditions", Elem::Object(97), ListKind::Map(&["type"])).merge("type"),
-            F::object("config", 99),
-            F::object("daemonEndpoints", 100),
-            F::object("features", 101),
-            F::list("images", Elem::Object(41), ListKind::Atomic),
-            F::object("nodeInfo", 110),
+            F::list("conditions", Elem::Object(98), ListKind::Map(&["type"])).merge("type"),
+            F::object("config", 100),
+            F::object("daemonEndpoints", 101),
+            F::object("features", 102),
+            F::list("images", Elem::Object(42), ListKind::Atomic),
+            F::object("nodeInfo", 111),
             F::scalar("phase"),
-            F::list("runtimeHandlers", Elem::Object(102), ListKind::Atomic),
-            F::list("volumesAttached", Elem::Object(24), ListKind::Atomic),
+            F::list("runtimeHandlers", Elem::Object(103), ListKind::Atomic),
+            F::list("volumesAttached", Elem::Object(25), ListKind::Atomic),
             F::list("volumesInUse", Elem::Scalar, ListKind::Atomic),
         ],
     ),
@@ -961,7 +971,7 @@ pub(super) static TYPES: [TypeDef; 196] = [
             F::scalar("machineID"),
             F::scalar("operatingSystem"),
             F::scalar("osImage"),
-            F::object("swap", 109),
+            F::object("swap", 110),
             F::scalar("systemUUID"),
         ],
     ),
@@ -985,10 +995,10 @@ pub(super) static TYPES: [TypeDef; 196] = [
         "io.k8s.api.core.v1.PersistentVolumeClaimSpec",
         &[
             F::list("accessModes", Elem::Scalar, ListKind::Atomic),
-            F::object("dataSource", 169),
-            F::object("dataSourceRef", 170),
-            F::object("resources", 176),
-            F::object("selector", 191),
+            F::object("dataSource", 170),
+            F::object("dataSourceRef", 171),
+            F::object("resources", 177),
+            F::object("selector", 192),
             F::scalar("storageClassName"),
             F::scalar("volumeAttributesClassName"),
             F::scalar("volumeMode"),
@@ -997,7 +1007,7 @@ pub(super) static TYPES: [TypeDef; 196] = [
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.PersistentVolumeClaimTemplate",
-        &[F::object("metadata", 194), F::object("spec", 113)],
+        &[F::object("metadata", 195), F::object("spec", 114)],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.PersistentVolumeClaimVolumeSource",
@@ -1012,9 +1022,9 @@ pub(super) static TYPES: [TypeDef; 196] = [
         &[
             F::scalar("apiVersion"),
             F::scalar("kind"),
-            F::object("metadata", 194),
-            F::object("spec", 131),
-            F::object("status", 132),
+            F::object("metadata", 195),
+            F::object("spec", 132),
+            F::object("status", 133),
         ],
     ),
     TypeDef::granular(
@@ -1022,12 +1032,12 @@ pub(super) static TYPES: [TypeDef; 196] = [
         &[
             F::list(
                 "preferredDuringSchedulingIgnoredDuringExecution",
-                Elem::Object(178),
+                Elem::Object(179),
                 ListKind::Atomic,
             ),
             F::list(
                 "requiredDuringSchedulingIgnoredDuringExecution",
-                Elem::Object(119),
+                Elem::Object(120),
                 ListKind::Atomic,
             ),
         ],
@@ -1035,10 +1045,10 @@ pub(super) static TYPES: [TypeDef; 196] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.PodAffinityTerm",
         &[
-            F::object("labelSelector", 191),
+            F::object("labelSelector", 192),
             F::list("matchLabelKeys", Elem::Scalar, ListKind::Atomic),
             F::list("mismatchLabelKeys", Elem::Scalar, ListKind::Atomic),
-            F::object("namespaceSelector", 191),
+            F::object("namespaceSelector", 192),
             F::list("namespaces", Elem::Scalar, ListKind::Atomic),
             F::scalar("topologyKey"),
         ],
@@ -1048,12 +1058,12 @@ pub(super) static TYPES: [TypeDef; 196] = [
         &[
             F::list(
                 "preferredDuringSchedulingIgnoredDuringExecution",
-                Elem::Object(178),
+                Elem::Object(179),
                 ListKind::Atomic,
             ),
             F::list(
                 "requiredDuringSchedulingIgnoredDuringExecution",
-                Elem::Object(119),
+                Elem::Object(120),
                 ListKind::Atomic,
             ),
         ],
@@ -1074,7 +1084,7 @@ pub(super) static TYPES: [TypeDef; 196] = [
         "io.k8s.api.core.v1.PodDNSConfig",
         &[
             F::list("nameservers", Elem::Scalar, ListKind::Atomic),
-            F::list("options", Elem::Object(123), ListKind::Atomic),
+            F::list("options", Elem::Object(124), ListKind::Atomic),
             F::list("searches", Elem::Scalar, ListKind::Atomic),
         ],
     ),
@@ -1104,38 +1114,38 @@ pub(super) static TYPES: [TypeDef; 196] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.PodSecurityContext",
         &[
-            F::object("appArmorProfile", 23),
+            F::object("appArmorProfile", 24),
             F::scalar("fsGroup"),
             F::scalar("fsGroupChangePolicy"),
             F::scalar("runAsGroup"),
             F::scalar("runAsNonRoot"),
             F::scalar("runAsUser"),
             F::scalar("seLinuxChangePolicy"),
-            F::object("seLinuxOptions", 146),
-            F::object("seccompProfile", 148),
+            F::object("seLinuxOptions", 147),
+            F::object("seccompProfile", 149),
             F::list("supplementalGroups", Elem::Scalar, ListKind::Atomic),
             F::scalar("supplementalGroupsPolicy"),
-            F::list("sysctls", Elem::Object(164), ListKind::Atomic),
-            F::object("windowsOptions", 179),
+            F::list("sysctls", Elem::Object(165), ListKind::Atomic),
+            F::object("windowsOptions", 180),
         ],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.PodSpec",
         &[
             F::scalar("activeDeadlineSeconds"),
-            F::object("affinity", 22),
+            F::object("affinity", 23),
             F::scalar("automountServiceAccountToken"),
-            F::list("containers", Elem::Object(40), ListKind::Map(&["name"])).merge("name"),
-            F::object("dnsConfig", 122),
+            F::list("containers", Elem::Object(41), ListKind::Map(&["name"])).merge("name"),
+            F::object("dnsConfig", 123),
             F::scalar("dnsPolicy"),
             F::scalar("enableServiceLinks"),
             F::list(
                 "ephemeralContainers",
-                Elem::Object(62),
+                Elem::Object(63),
                 ListKind::Map(&["name"]),
             )
             .merge("name"),
-            F::list("hostAliases", Elem::Object(77), ListKind::Map(&["ip"])).merge("ip"),
+            F::list("hostAliases", Elem::Object(78), ListKind::Map(&["ip"])).merge("ip"),
             F::scalar("hostIPC"),
             F::scalar("hostNetwork"),
             F::scalar("hostPID"),
@@ -1143,51 +1153,51 @@ pub(super) static TYPES: [TypeDef; 196] = [
             F::scalar("hostname"),
             F::list(
                 "imagePullSecrets",
-                Elem::Object(88),
+                Elem::Object(89),
                 ListKind::Map(&["name"]),
             )
             .merge("name"),
-            F::list("initContainers", Elem::Object(40), ListKind::Map(&["name"])).merge("name"),
+            F::list("initContainers", Elem::Object(41), ListKind::Map(&["name"])).merge("name"),
             F::scalar("nodeName"),
             F::map("nodeSelector", Elem::Scalar, MapKind::Atomic),
-            F::object("os", 125),
+            F::object("os", 126),
             F::map("overhead", Elem::Scalar, MapKind::Granular),
             F::scalar("preemptionPolicy"),
             F::scalar("priority"),
             F::scalar("priorityClassName"),
-            F::list("readinessGates", Elem::Object(126), ListKind::Atomic),
+            F::list("readinessGates", Elem::Object(127), ListKind::Atomic),
             F::list(
                 "resourceClaims",
-                Elem::Object(127),
+                Elem::Object(128),
                 ListKind::Map(&["name"]),
             )
             .merge("name")
             .retain_keys(),
-            F::object("resources", 144),
+            F::object("resources", 145),
             F::scalar("restartPolicy"),
             F::scalar("runtimeClassName"),
             F::scalar("schedulerName"),
             F::list(
                 "schedulingGates",
-                Elem::Object(129),
+                Elem::Object(130),
                 ListKind::Map(&["name"]),
             )
             .merge("name"),
-            F::object("securityContext", 130),
+            F::object("securityContext", 131),
             F::scalar("serviceAccount"),
             F::scalar("serviceAccountName"),
             F::scalar("setHostnameAsFQDN"),
             F::scalar("shareProcessNamespace"),
             F::scalar("subdomain"),
             F::scalar("terminationGracePeriodSeconds"),
-            F::list("tolerations", Elem::Object(167), ListKind::Atomic),
+            F::list("tolerations", Elem::Object(168), ListKind::Atomic),
             F::list(
                 "topologySpreadConstraints",
-                Elem::Object(168),
+                Elem::Object(169),
                 ListKind::Map(&["topologyKey", "whenUnsatisfiable"]),
             )
             .merge("topologyKey"),
-            F::list("volumes", Elem::Object(171), ListKind::Map(&["name"]))
+            F::list("volumes", Elem::Object(172), ListKind::Map(&["name"]))
                 .merge("name")
                 .retain_keys(),
         ],
@@ -1195,28 +1205,28 @@ pub(super) static TYPES: [TypeDef; 196] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.PodStatus",
         &[
-            F::list("conditions", Elem::Object(121), ListKind::Map(&["type"])).merge("type"),
-            F::list("containerStatuses", Elem::Object(48), ListKind::Atomic),
+            F::list("conditions", Elem::Object(122), ListKind::Map(&["type"])).merge("type"),
+            F::list("containerStatuses", Elem::Object(49), ListKind::Atomic),
             F::list(
                 "ephemeralContainerStatuses",
-                Elem::Object(48),
+                Elem::Object(49),
                 ListKind::Atomic,
             ),
             F::scalar("hostIP"),
-            F::list("hostIPs", Elem::Object(78), ListKind::Atomic).merge("ip"),
-            F::list("initContainerStatuses", Elem::Object(48), ListKind::Atomic),
+            F::list("hostIPs", Elem::Object(79), ListKind::Atomic).merge("ip"),
+            F::list("initContainerStatuses", Elem::Object(49), ListKind::Atomic),
             F::scalar("message"),
             F::scalar("nominatedNodeName"),
             F::scalar("observedGeneration"),
             F::scalar("phase"),
             F::scalar("podIP"),
-            F::list("podIPs", Elem::Object(124), ListKind::Map(&["ip"])).merge("ip"),
+            F::list("podIPs", Elem::Object(125), ListKind::Map(&["ip"])).merge("ip"),
             F::scalar("qosClass"),
             F::scalar("reason"),
             F::scalar("resize"),
             F::list(
                 "resourceClaimStatuses",
-                Elem::Object(128),
+                Elem::Object(129),
                 ListKind::Map(&["name"]),
             )
             .merge("name")
@@ -1226,7 +1236,7 @@ pub(super) static TYPES: [TypeDef; 196] = [
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.PodTemplateSpec",
-        &[F::object("metadata", 194), F::object("spec", 131)],
+        &[F::object("metadata", 195), F::object("spec", 132)],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.PortStatus",
@@ -1242,19 +1252,19 @@ pub(super) static TYPES: [TypeDef; 196] = [
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.PreferredSchedulingTerm",
-        &[F::object("preference", 106), F::scalar("weight")],
+        &[F::object("preference", 107), F::scalar("weight")],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.Probe",
         &[
-            F::object("exec", 67),
+            F::object("exec", 68),
             F::scalar("failureThreshold"),
-            F::object("grpc", 72),
-            F::object("httpGet", 75),
+            F::object("grpc", 73),
+            F::object("httpGet", 76),
             F::scalar("initialDelaySeconds"),
             F::scalar("periodSeconds"),
             F::scalar("successThreshold"),
-            F::object("tcpSocket", 165),
+            F::object("tcpSocket", 166),
             F::scalar("terminationGracePeriodSeconds"),
             F::scalar("timeoutSeconds"),
         ],
@@ -1263,7 +1273,7 @@ pub(super) static TYPES: [TypeDef; 196] = [
         "io.k8s.api.core.v1.ProjectedVolumeSource",
         &[
             F::scalar("defaultMode"),
-            F::list("sources", Elem::Object(175), ListKind::Atomic),
+            F::list("sources", Elem::Object(176), ListKind::Atomic),
         ],
     ),
     TypeDef::granular(
@@ -1286,7 +1296,7 @@ pub(super) static TYPES: [TypeDef; 196] = [
             F::list("monitors", Elem::Scalar, ListKind::Atomic),
             F::scalar("pool"),
             F::scalar("readOnly"),
-            F::object("secretRef", 88),
+            F::object("secretRef", 89),
             F::scalar("user"),
         ],
     ),
@@ -1309,7 +1319,7 @@ pub(super) static TYPES: [TypeDef; 196] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.ResourceRequirements",
         &[
-            F::list("claims", Elem::Object(141), ListKind::Map(&["name"])),
+            F::list("claims", Elem::Object(142), ListKind::Map(&["name"])),
             F::map("limits", Elem::Scalar, MapKind::Granular),
             F::map("requests", Elem::Scalar, MapKind::Granular),
         ],
@@ -1320,7 +1330,7 @@ pub(super) static TYPES: [TypeDef; 196] = [
             F::scalar("name"),
             F::list(
                 "resources",
-                Elem::Object(143),
+                Elem::Object(144),
                 ListKind::Map(&["resourceID"]),
             ),
         ],
@@ -1341,7 +1351,7 @@ pub(super) static TYPES: [TypeDef; 196] = [
             F::scalar("gateway"),
             F::scalar("protectionDomain"),
             F::scalar("readOnly"),
-            F::object("secretRef", 88),
+            F::object("secretRef", 89),
             F::scalar("sslEnabled"),
             F::scalar("storageMode"),
             F::scalar("storagePool"),
@@ -1360,7 +1370,7 @@ pub(super) static TYPES: [TypeDef; 196] = [
             F::map("data", Elem::Scalar, MapKind::Granular),
             F::scalar("immutable"),
             F::scalar("kind"),
-            F::object("metadata", 194),
+            F::object("metadata", 195),
             F::map("stringData", Elem::Scalar, MapKind::Granular),
             F::scalar("type"),
         ],
@@ -1376,7 +1386,7 @@ pub(super) static TYPES: [TypeDef; 196] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.SecretProjection",
         &[
-            F::list("items", Elem::Object(82), ListKind::Atomic),
+            F::list("items", Elem::Object(83), ListKind::Atomic),
             F::scalar("name"),
             F::scalar("optional"),
         ],
@@ -1385,7 +1395,7 @@ pub(super) static TYPES: [TypeDef; 196] = [
         "io.k8s.api.core.v1.SecretVolumeSource",
         &[
             F::scalar("defaultMode"),
-            F::list("items", Elem::Object(82), ListKind::Atomic),
+            F::list("items", Elem::Object(83), ListKind::Atomic),
             F::scalar("optional"),
             F::scalar("secretName"),
         ],
@@ -1394,17 +1404,17 @@ pub(super) static TYPES: [TypeDef; 196] = [
         "io.k8s.api.core.v1.SecurityContext",
         &[
             F::scalar("allowPrivilegeEscalation"),
-            F::object("appArmorProfile", 23),
-            F::object("capabilities", 29),
+            F::object("appArmorProfile", 24),
+            F::object("capabilities", 30),
             F::scalar("privileged"),
             F::scalar("procMount"),
             F::scalar("readOnlyRootFilesystem"),
             F::scalar("runAsGroup"),
             F::scalar("runAsNonRoot"),
             F::scalar("runAsUser"),
-            F::object("seLinuxOptions", 146),
-            F::object("seccompProfile", 148),
-            F::object("windowsOptions", 179),
+            F::object("seLinuxOptions", 147),
+            F::object("seccompProfile", 149),
+            F::object("windowsOptions", 180),
         ],
     ),
     TypeDef::granular(
@@ -1412,9 +1422,9 @@ pub(super) static TYPES: [TypeDef; 196] = [
         &[
             F::scalar("apiVersion"),
             F::scalar("kind"),
-            F::object("metadata", 194),
-            F::object("spec", 159),
-            F::object("status", 160),
+            F::object("metadata", 195),
+            F::object("spec", 160),
+            F::object("status", 161),
         ],
     ),
     TypeDef::granular(
@@ -1422,10 +1432,10 @@ pub(super) static TYPES: [TypeDef; 196] = [
         &[
             F::scalar("apiVersion"),
             F::scalar("automountServiceAccountToken"),
-            F::list("imagePullSecrets", Elem::Object(88), ListKind::Atomic),
+            F::list("imagePullSecrets", Elem::Object(89), ListKind::Atomic),
             F::scalar("kind"),
-            F::object("metadata", 194),
-            F::list("secrets", Elem::Object(112), ListKind::Map(&["name"])).merge("name"),
+            F::object("metadata", 195),
+            F::list("secrets", Elem::Object(113), ListKind::Map(&["name"])).merge("name"),
         ],
     ),
     TypeDef::granular(
@@ -1465,14 +1475,14 @@ pub(super) static TYPES: [TypeDef; 196] = [
             F::list("loadBalancerSourceRanges", Elem::Scalar, ListKind::Atomic),
             F::list(
                 "ports",
-                Elem::Object(158),
+                Elem::Object(159),
                 ListKind::Map(&["port", "protocol"]),
             )
             .merge("port"),
             F::scalar("publishNotReadyAddresses"),
             F::map("selector", Elem::Scalar, MapKind::Atomic),
             F::scalar("sessionAffinity"),
-            F::object("sessionAffinityConfig", 161),
+            F::object("sessionAffinityConfig", 162),
             F::scalar("trafficDistribution"),
             F::scalar("type"),
         ],
@@ -1480,13 +1490,13 @@ pub(super) static TYPES: [TypeDef; 196] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.ServiceStatus",
         &[
-            F::list("conditions", Elem::Object(190), ListKind::Map(&["type"])).merge("type"),
-            F::object("loadBalancer", 87),
+            F::list("conditions", Elem::Object(191), ListKind::Map(&["type"])).merge("type"),
+            F::object("loadBalancer", 88),
         ],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.SessionAffinityConfig",
-        &[F::object("clientIP", 32)],
+        &[F::object("clientIP", 33)],
     ),
     TypeDef::granular("io.k8s.api.core.v1.SleepAction", &[F::scalar("seconds")]),
     TypeDef::granular(
@@ -1494,7 +1504,7 @@ pub(super) static TYPES: [TypeDef; 196] = [
         &[
             F::scalar("fsType"),
             F::scalar("readOnly"),
-            F::object("secretRef", 88),
+            F::object("secretRef", 89),
             F::scalar("volumeName"),
             F::scalar("volumeNamespace"),
         ],
@@ -1529,7 +1539,7 @@ pub(super) static TYPES: [TypeDef; 196] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.TopologySpreadConstraint",
         &[
-            F::object("labelSelector", 191),
+            F::object("labelSelector", 192),
             F::list("matchLabelKeys", Elem::Scalar, ListKind::Atomic),
             F::scalar("maxSkew"),
             F::scalar("minDomains"),
@@ -1555,37 +1565,37 @@ pub(super) static TYPES: [TypeDef; 196] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.Volume",
         &[
-            F::object("awsElasticBlockStore", 21),
-            F::object("azureDisk", 25),
-            F::object("azureFile", 26),
-            F::object("cephfs", 30),
-            F::object("cinder", 31),
-            F::object("configMap", 39),
-            F::object("csi", 28),
-            F::object("downwardAPI", 53),
-            F::object("emptyDir", 54),
-            F::object("ephemeral", 63),
-            F::object("fc", 68),
-            F::object("flexVolume", 69),
-            F::object("flocker", 70),
-            F::object("gcePersistentDisk", 71),
-            F::object("gitRepo", 73),
-            F::object("glusterfs", 74),
-            F::object("hostPath", 79),
-            F::object("image", 81),
-            F::object("iscsi", 80),
+            F::object("awsElasticBlockStore", 22),
+            F::object("azureDisk", 26),
+            F::object("azureFile", 27),
+            F::object("cephfs", 31),
+            F::object("cinder", 32),
+            F::object("configMap", 40),
+            F::object("csi", 29),
+            F::object("downwardAPI", 54),
+            F::object("emptyDir", 55),
+            F::object("ephemeral", 64),
+            F::object("fc", 69),
+            F::object("flexVolume", 70),
+            F::object("flocker", 71),
+            F::object("gcePersistentDisk", 72),
+            F::object("gitRepo", 74),
+            F::object("glusterfs", 75),
+            F::object("hostPath", 80),
+            F::object("image", 82),
+            F::object("iscsi", 81),
             F::scalar("name"),
-            F::object("nfs", 89),
-            F::object("persistentVolumeClaim", 115),
-            F::object("photonPersistentDisk", 116),
-            F::object("portworxVolume", 135),
-            F::object("projected", 138),
-            F::object("quobyte", 139),
-            F::object("rbd", 140),
-            F::object("scaleIO", 147),
-            F::object("secret", 153),
-            F::object("storageos", 163),
-            F::object("vsphereVolume", 177),
+            F::object("nfs", 90),
+            F::object("persistentVolumeClaim", 116),
+            F::object("photonPersistentDisk", 117),
+            F::object("portworxVolume", 136),
+            F::object("projected", 139),
+            F::object("quobyte", 140),
+            F::object("rbd", 141),
+            F::object("scaleIO", 148),
+            F::object("secret", 154),
+            F::object("storageos", 164),
+            F::object("vsphereVolume", 178),
         ],
     ),
     TypeDef::granular(
@@ -1616,11 +1626,11 @@ pub(super) static TYPES: [TypeDef; 196] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.VolumeProjection",
         &[
-            F::object("clusterTrustBundle", 33),
-            F::object("configMap", 38),
-            F::object("downwardAPI", 51),
-            F::object("secret", 152),
-            F::object("serviceAccountToken", 157),
+            F::object("clusterTrustBundle", 34),
+            F::object("configMap", 39),
+            F::object("downwardAPI", 52),
+            F::object("secret", 153),
+            F::object("serviceAccountToken", 158),
         ],
     ),
     TypeDef::granular(
@@ -1641,7 +1651,7 @@ pub(super) static TYPES: [TypeDef; 196] = [
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.WeightedPodAffinityTerm",
-        &[F::object("podAffinityTerm", 119), F::scalar("weight")],
+        &[F::object("podAffinityTerm", 120), F::scalar("weight")],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.WindowsSecurityContextOptions",
@@ -1656,12 +1666,12 @@ pub(super) static TYPES: [TypeDef; 196] = [
         "io.k8s.api.discovery.v1.Endpoint",
         &[
             F::list("addresses", Elem::Scalar, ListKind::Set),
-            F::object("conditions", 181),
+            F::object("conditions", 182),
             F::map("deprecatedTopology", Elem::Scalar, MapKind::Granular),
-            F::object("hints", 182),
+            F::object("hints", 183),
             F::scalar("hostname"),
             F::scalar("nodeName"),
-            F::object("targetRef", 112),
+            F::object("targetRef", 113),
             F::scalar("zone"),
         ],
     ),
@@ -1676,8 +1686,8 @@ pub(super) static TYPES: [TypeDef; 196] = [
     TypeDef::granular(
         "io.k8s.api.discovery.v1.EndpointHints",
         &[
-            F::list("forNodes", Elem::Object(185), ListKind::Atomic),
-            F::list("forZones", Elem::Object(186), ListKind::Atomic),
+            F::list("forNodes", Elem::Object(186), ListKind::Atomic),
+            F::list("forZones", Elem::Object(187), ListKind::Atomic),
         ],
     ),
     TypeDef::atomic(
@@ -1694,10 +1704,10 @@ pub(super) static TYPES: [TypeDef; 196] = [
         &[
             F::scalar("addressType"),
             F::scalar("apiVersion"),
-            F::list("endpoints", Elem::Object(180), ListKind::Atomic),
+            F::list("endpoints", Elem::Object(181), ListKind::Atomic),
             F::scalar("kind"),
-            F::object("metadata", 194),
-            F::list("ports", Elem::Object(183), ListKind::Atomic),
+            F::object("metadata", 195),
+            F::list("ports", Elem::Object(184), ListKind::Atomic),
         ],
     ),
     TypeDef::granular("io.k8s.api.discovery.v1.ForNode", &[F::scalar("name")]),
@@ -1712,16 +1722,16 @@ pub(super) static TYPES: [TypeDef; 196] = [
             F::scalar("apiVersion"),
             F::scalar("handler"),
             F::scalar("kind"),
-            F::object("metadata", 194),
-            F::object("overhead", 187),
-            F::object("scheduling", 189),
+            F::object("metadata", 195),
+            F::object("overhead", 188),
+            F::object("scheduling", 190),
         ],
     ),
     TypeDef::granular(
         "io.k8s.api.node.v1.Scheduling",
         &[
             F::map("nodeSelector", Elem::Scalar, MapKind::Atomic),
-            F::list("tolerations", Elem::Object(167), ListKind::Atomic),
+            F::list("tolerations", Elem::Object(168), ListKind::Atomic),
         ],
     ),
     TypeDef::granular(
@@ -1738,7 +1748,7 @@ pub(super) static TYPES: [TypeDef; 196] = [
     TypeDef::atomic(
         "io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector",
         &[
-            F::list("matchExpressions", Elem::Object(192), ListKind::Atomic),
+            F::list("matchExpressions", Elem::Object(193), ListKind::Atomic),
             F::map("matchLabels", Elem::Scalar, MapKind::Granular),
         ],
     ),
@@ -1773,12 +1783,12 @@ pub(super) static TYPES: [TypeDef; 196] = [
             F::scalar("generateName"),
             F::scalar("generation"),
             F::map("labels", Elem::Scalar, MapKind::Granular),
-            F::list("managedFields", Elem::Object(193), ListKind::Atomic),
+            F::list("managedFields", Elem::Object(194), ListKind::Atomic),
             F::scalar("name"),
             F::scalar("namespace"),
             F::list(
                 "ownerReferences",
-                Elem::Object(195),
+                Elem::Object(196),
                 ListKind::Map(&["uid"]),
             )
             .merge("uid"),
@@ -1801,22 +1811,23 @@ pub(super) static TYPES: [TypeDef; 196] = [
 ];
 
 /// The served kinds: (group, version, kind, index into [`TYPES`]).
-pub(super) static ROOTS: [(&str, &str, &str, u16); 17] = [
-    ("", "v1", "Binding", 27),
-    ("", "v1", "ConfigMap", 34),
-    ("", "v1", "Endpoints", 58),
-    ("", "v1", "Event", 64),
-    ("", "v1", "Namespace", 90),
-    ("", "v1", "Node", 94),
-    ("", "v1", "Pod", 117),
-    ("", "v1", "Secret", 149),
-    ("", "v1", "Service", 155),
-    ("", "v1", "ServiceAccount", 156),
-    ("apps", "v1", "DaemonSet", 0),
-    ("apps", "v1", "Deployment", 5),
-    ("apps", "v1", "ReplicaSet", 10),
-    ("autoscaling", "v1", "Scale", 16),
-    ("coordination.k8s.io", "v1", "Lease", 19),
-    ("discovery.k8s.io", "v1", "EndpointSlice", 184),
-    ("node.k8s.io", "v1", "RuntimeClass", 188),
+pub(super) static ROOTS: [(&str, &str, &str, u16); 18] = [
+    ("", "v1", "Binding", 28),
+    ("", "v1", "ConfigMap", 35),
+    ("", "v1", "Endpoints", 59),
+    ("", "v1", "Event", 65),
+    ("", "v1", "Namespace", 91),
+    ("", "v1", "Node", 95),
+    ("", "v1", "Pod", 118),
+    ("", "v1", "Secret", 150),
+    ("", "v1", "Service", 156),
+    ("", "v1", "ServiceAccount", 157),
+    ("apps", "v1", "ControllerRevision", 0),
+    ("apps", "v1", "DaemonSet", 1),
+    ("apps", "v1", "Deployment", 6),
+    ("apps", "v1", "ReplicaSet", 11),
+    ("autoscaling", "v1", "Scale", 17),
+    ("coordination.k8s.io", "v1", "Lease", 20),
+    ("discovery.k8s.io", "v1", "EndpointSlice", 185),
+    ("node.k8s.io", "v1", "RuntimeClass", 189),
 ];

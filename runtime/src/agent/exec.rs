@@ -34,7 +34,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::sandbox::{ContainerSandbox, ExecIo, SandboxError, Sandboxes};
-use crate::wasm::{Exit, OutputSink};
+use crate::wasm::{Exit, OutputBudget, OutputSink};
 
 /// The channel protocol with the stdin close signal (kubectl ≥ 1.30).
 pub const PROTOCOL_V5: &str = "v5.channel.k8s.io";
@@ -56,6 +56,9 @@ const MAX_MESSAGE: usize = 32 * 1024;
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Stdin buffered between the websocket and the guest.
 const STDIN_BUFFER: usize = 64 * 1024;
+/// Guest output a session holds for a client that reads slower than the guest writes;
+/// beyond it the guest's writes wait.
+const OUTPUT_BUFFER: usize = 1024 * 1024;
 
 /// What `/exec` was asked to do (kubelet's remotecommand options).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,11 +209,13 @@ async fn exec_handler(
     })
 }
 
-/// Hands a guest's output to the session as channel messages; never blocks the guest.
+/// Hands a guest's output to the session as channel messages. What is queued and not
+/// yet sent is bounded by the session's [`OutputBudget`]: the guest waits beyond it.
 struct ChannelSink {
     channel: u8,
     /// `None` when the client did not ask for this stream: the output is dropped.
     tx: Option<mpsc::UnboundedSender<Bytes>>,
+    budget: OutputBudget,
 }
 
 impl OutputSink for ChannelSink {
@@ -220,6 +225,17 @@ impl OutputSink for ChannelSink {
             let _ = tx.send(framed(self.channel, chunk));
         }
     }
+
+    fn budget(&self) -> Option<&OutputBudget> {
+        // Dropped output needs no bound.
+        self.tx.as_ref().map(|_| &self.budget)
+    }
+}
+
+/// Waits for room for one stdin chunk; `None` once there is no stdin or the guest
+/// closed it.
+async fn room_for_stdin(tx: &Option<mpsc::Sender<Bytes>>) -> Option<mpsc::OwnedPermit<Bytes>> {
+    tx.clone()?.reserve_owned().await.ok()
 }
 
 /// `channel` followed by `data`.
@@ -239,20 +255,26 @@ async fn session(
     v5: bool,
 ) -> Option<i32> {
     let (mut to_client, mut from_client) = socket.split();
+    // Unbounded as a channel, bounded in bytes by the budget the sinks spend and this
+    // loop refunds as it sends.
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Bytes>();
+    let budget = OutputBudget::new(OUTPUT_BUFFER);
     let sink = |channel: u8, wanted: bool| -> Arc<dyn OutputSink> {
         Arc::new(ChannelSink {
             channel,
             tx: wanted.then(|| out_tx.clone()),
+            budget: budget.clone(),
         })
     };
     let stdout = sink(STDOUT, opts.stdout);
     let stderr = sink(STDERR, opts.stderr);
     drop(out_tx);
 
-    // Stdin: websocket messages → a channel → a pipe the guest reads. The channel keeps
-    // this loop from waiting on a guest that does not read; dropping its sender is end
-    // of input.
+    // Stdin: websocket messages → a channel → a pipe the guest reads; dropping the
+    // sender is end of input. A chunk the channel has no room for waits in `pending`
+    // while this loop stops reading the client but keeps sending output: a guest
+    // blocked on a full output budget must not wait on its own stdin (`cat` of a large
+    // input), as a process's pipes are drained independently.
     let (mut stdin_tx, stdin_reader) = if opts.stdin {
         let (reader, mut writer) = tokio::io::duplex(STDIN_BUFFER);
         let (tx, mut rx) = mpsc::channel::<Bytes>(16);
@@ -281,24 +303,32 @@ async fn session(
     let run = sandbox.exec(opts.command.clone(), io, cancel.clone());
     tokio::pin!(run);
     let mut client_open = true;
+    let mut pending: Option<Bytes> = None;
     let exit = loop {
         tokio::select! {
             exit = &mut run => break exit,
             Some(message) = out_rx.recv() => {
+                let len = message.len() - 1;
                 if to_client.send(Message::Binary(message)).await.is_err() {
                     cancel.cancel();
                     client_open = false;
                 }
+                budget.refund(len);
             }
-            message = from_client.next(), if client_open => match message {
+            permit = room_for_stdin(&stdin_tx), if pending.is_some() => match permit {
+                Some(permit) => {
+                    permit.send(pending.take().unwrap_or_default());
+                }
+                // The guest closed its stdin.
+                None => {
+                    stdin_tx = None;
+                    pending = None;
+                }
+            },
+            message = from_client.next(), if client_open && pending.is_none() => match message {
                 Some(Ok(Message::Binary(data))) => match data.first() {
-                    Some(&STDIN) => {
-                        if let Some(tx) = &stdin_tx {
-                            if data.len() > 1 && tx.send(data.slice(1..)).await.is_err() {
-                                // The guest closed its stdin.
-                                stdin_tx = None;
-                            }
-                        }
+                    Some(&STDIN) if stdin_tx.is_some() && data.len() > 1 => {
+                        pending = Some(data.slice(1..));
                     }
                     Some(&CLOSE) if v5 && data.get(1) == Some(&STDIN) => stdin_tx = None,
                     // Resizes mean nothing without a terminal; other channels are the
@@ -465,6 +495,26 @@ pub(crate) mod test_support {
         (head, String::from_utf8_lossy(&body).into_owned())
     }
 
+    /// One masked client frame.
+    pub fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+        let mut frame = vec![0x80 | opcode];
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        frame
+    }
+
     /// A websocket client connection.
     pub struct WsClient {
         pub tcp: TcpStream,
@@ -495,22 +545,20 @@ pub(crate) mod test_support {
 
         /// Sends one masked frame.
         pub async fn send(&mut self, opcode: u8, payload: &[u8]) {
-            let mask = [0x37u8, 0xfa, 0x21, 0x3d];
-            let mut frame = vec![0x80 | opcode];
-            match payload.len() {
-                n if n < 126 => frame.push(0x80 | n as u8),
-                n if n <= 0xffff => {
-                    frame.push(0x80 | 126);
-                    frame.extend_from_slice(&(n as u16).to_be_bytes());
-                }
-                n => {
-                    frame.push(0x80 | 127);
-                    frame.extend_from_slice(&(n as u64).to_be_bytes());
-                }
-            }
-            frame.extend_from_slice(&mask);
-            frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-            self.tcp.write_all(&frame).await.expect("send a frame");
+            self.tcp
+                .write_all(&frame(opcode, payload))
+                .await
+                .expect("send a frame");
+        }
+
+        /// A second handle on the connection, to write frames (see [`frame`]) while
+        /// [`WsClient::next`] reads.
+        pub fn writer(&self) -> TcpStream {
+            use std::os::fd::AsFd;
+            let fd = self.tcp.as_fd().try_clone_to_owned().expect("dup");
+            let std = std::net::TcpStream::from(fd);
+            std.set_nonblocking(true).expect("nonblocking");
+            TcpStream::from_std(std).expect("register")
         }
 
         pub async fn send_binary(&mut self, payload: &[u8]) {
@@ -745,6 +793,38 @@ mod tests {
         assert_eq!(out, "hello world\n");
         assert_eq!(err, "", "stderr was not asked for");
         assert_eq!(status["reason"], "NonZeroExitCode", "{status}");
+        assert_eq!(status["details"]["causes"][0]["message"], "3");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn output_beyond_the_buffer_streams_while_stdin_still_arrives() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let addr = test_support::serve(router(sandboxes(dir.path()).await)).await;
+        let (ws, head) = WsClient::connect(
+            addr,
+            "/exec/ns/p/app?command=cat&stdin=true&stdout=true",
+            &[PROTOCOL_V5],
+        )
+        .await;
+        let mut ws = ws.unwrap_or_else(|| panic!("no upgrade: {head}"));
+        // 3 MiB through `cat`: its output passes the session's output buffer three
+        // times over while the client is still sending input, as `kubectl exec -i`
+        // piping a large file does.
+        let input: Vec<u8> = (0..3 << 20).map(|i| b'a' + (i % 26) as u8).collect();
+        let mut frames: Vec<u8> = input
+            .chunks(32 * 1024)
+            .flat_map(|c| test_support::frame(2, &[&[STDIN], c].concat()))
+            .collect();
+        frames.extend(test_support::frame(2, &[CLOSE, STDIN]));
+        let mut writer = ws.writer();
+        let send = tokio::spawn(async move { writer.write_all(&frames).await });
+        let (out, _, status) = collect(&mut ws).await;
+        send.await.expect("sender").expect("input sent");
+        assert_eq!(out.len(), input.len());
+        assert!(
+            out.as_bytes() == input.as_slice(),
+            "output differs from input"
+        );
         assert_eq!(status["details"]["causes"][0]["message"], "3");
     }
 

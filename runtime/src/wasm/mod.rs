@@ -57,6 +57,7 @@ pub use engine::{
 };
 pub use net::Egress;
 pub use program::{Exit, Program, ProgramKind, RunSpec};
+pub use stdio::OutputBudget;
 
 /// Where a container's stdout or stderr goes. Called with whatever bytes the guest
 /// wrote, in order; implementations split lines themselves.
@@ -64,6 +65,13 @@ pub use program::{Exit, Program, ProgramKind, RunSpec};
 /// Called on the thread running the guest, inside its write: it must not block for long.
 pub trait OutputSink: Send + Sync + 'static {
     fn write(&self, bytes: &[u8]);
+
+    /// The bound on what the sink holds for a slower reader, if it has one: the guest's
+    /// writes then wait while the budget is spent (as a process writing to a full pipe
+    /// does) instead of the sink's backlog growing. `None`: every write is taken at once.
+    fn budget(&self) -> Option<&OutputBudget> {
+        None
+    }
 }
 
 /// A host directory a container sees at `guest` (a volume mount).

@@ -421,8 +421,8 @@ fn wasi_builder(spec: RunSpec) -> Result<WasiCtxBuilder, String> {
     builder
         .args(&argv)
         .envs(&env)
-        .stdout(SinkStream(stdout))
-        .stderr(SinkStream(stderr));
+        .stdout(SinkStream::new(stdout))
+        .stderr(SinkStream::new(stderr));
     if let Some(stdin) = stdin {
         builder.stdin(AsyncStdinStream::new(stdin));
     }

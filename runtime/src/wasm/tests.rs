@@ -473,6 +473,87 @@ async fn stdin_reaches_the_guest() {
     assert_eq!(run.stdout.text(), "");
 }
 
+/// A sink with a budget whose reader the test drives: `backlog` is what was written
+/// and not yet refunded, `most` the largest backlog seen.
+struct Throttled {
+    budget: OutputBudget,
+    bytes: Mutex<Vec<u8>>,
+    backlog: Mutex<(usize, usize)>,
+}
+
+impl OutputSink for Throttled {
+    fn write(&self, bytes: &[u8]) {
+        self.bytes.lock().unwrap().extend_from_slice(bytes);
+        let mut b = self.backlog.lock().unwrap();
+        b.0 += bytes.len();
+        b.1 = b.1.max(b.0);
+    }
+
+    fn budget(&self) -> Option<&OutputBudget> {
+        Some(&self.budget)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_writing_faster_than_its_reader_waits_within_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine_in(dir.path());
+    // Writes the 4 KiB at 4096, 1024 times: 4 MiB.
+    let wat = p1(
+        "",
+        r#"(func (export "_start")
+    (local $n i32)
+    (memory.fill (i32.const 4096) (i32.const 120) (i32.const 4096))
+    (loop $more
+      (call $print (i32.const 1) (i32.const 4096) (i32.const 4096))
+      (local.set $n (i32.add (local.get $n) (i32.const 1)))
+      (br_if $more (i32.lt_u (local.get $n) (i32.const 1024)))))"#,
+    );
+    let program = load_source(&engine, dir.path(), "chatty", wat.as_bytes())
+        .await
+        .unwrap();
+    const BUDGET: usize = 64 * 1024;
+    let sink = Arc::new(Throttled {
+        budget: OutputBudget::new(BUDGET),
+        bytes: Mutex::new(Vec::new()),
+        backlog: Mutex::new((0, 0)),
+    });
+    let mut run = run_spec(&["chatty"]);
+    run.spec.stdout = sink.clone();
+    // A reader slower than the guest: 16 KiB a millisecond.
+    let reader = {
+        let sink = sink.clone();
+        tokio::spawn(async move {
+            let mut refunded = 0;
+            while refunded < 4 << 20 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                let n = {
+                    let mut b = sink.backlog.lock().unwrap();
+                    let n = b.0.min(16 * 1024);
+                    b.0 -= n;
+                    n
+                };
+                sink.budget.refund(n);
+                refunded += n;
+            }
+        })
+    };
+    let exit = program.run(run.spec, CancellationToken::new()).await;
+    assert_eq!(exit, Exit::Exited(0));
+    tokio::time::timeout(Duration::from_secs(30), reader)
+        .await
+        .expect("the reader got every byte")
+        .unwrap();
+    let bytes = sink.bytes.lock().unwrap();
+    assert_eq!(bytes.len(), 4 << 20);
+    assert!(bytes.iter().all(|&b| b == b'x'));
+    let most = sink.backlog.lock().unwrap().1;
+    assert!(
+        most <= BUDGET,
+        "the backlog reached {most} bytes, over the {BUDGET}-byte budget"
+    );
+}
+
 #[tokio::test]
 async fn bad_modules_get_errors_that_name_the_problem() {
     let dir = tempfile::tempdir().unwrap();

@@ -125,6 +125,23 @@ impl AgentProcess {
         }
     }
 
+    /// Stops the agent with SIGTERM (a clean shutdown: instances stopped, final
+    /// statuses written) and waits for it to exit.
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Some(pid) = child.id() {
+                signal(pid, "TERM");
+            }
+            if tokio::time::timeout(DEADLINE, child.wait()).await.is_err() {
+                let _ = child.start_kill();
+                panic!(
+                    "the agent did not exit within {DEADLINE:?} of SIGTERM\n{}",
+                    self.log_tail()
+                );
+            }
+        }
+    }
+
     /// Starts the agent again with the same data dir (its stored credential; the join
     /// token is passed again but not needed).
     pub async fn restart(&mut self, cluster: &Cluster) {

@@ -19,6 +19,7 @@ mod daemonset;
 mod delete_and_errors;
 mod deployment;
 mod endpoints;
+mod eviction;
 mod exec;
 mod explain;
 mod flowcontrol;

@@ -206,6 +206,9 @@ pub struct PodState {
     /// A pod-level failure outside any container (e.g. a volume that cannot be set up):
     /// (reason, message) shown while the pod stays Pending.
     pub pod_problem: Option<(String, String)>,
+    /// The agent evicted the pod, for this reason (an emptyDir over its limit): the
+    /// pod is Failed with reason Evicted and its containers were stopped.
+    pub evicted: Option<String>,
 }
 
 impl PodState {
@@ -227,6 +230,7 @@ impl PodState {
             ContainerState::Terminated(_) => false,
         };
         self.finished
+            || self.evicted.is_some()
             || self.pod_problem.is_some()
             || self.init.iter().chain(&self.containers).any(trouble)
             || !all.any(creating)
@@ -322,6 +326,38 @@ impl PodState {
             containers,
             finished: false,
             pod_problem: None,
+            evicted: None,
+        }
+    }
+
+    /// Once an evicted pod's containers have stopped: each that was running ends as a
+    /// killed container does (137, Error), each that never ran as the kubelet reports
+    /// a container it cannot find when the pod ends.
+    pub fn settle_eviction(&mut self, now: DateTime<Utc>) {
+        if self.evicted.is_none() {
+            return;
+        }
+        for c in self.init.iter_mut().chain(self.containers.iter_mut()) {
+            let ended = match &c.state {
+                ContainerState::Terminated(_) => continue,
+                ContainerState::Running { started_at } => Terminated {
+                    exit_code: 137,
+                    reason: "Error".into(),
+                    message: None,
+                    started_at: Some(*started_at),
+                    finished_at: now,
+                },
+                ContainerState::Waiting { .. } => Terminated {
+                    exit_code: 137,
+                    reason: "ContainerStatusUnknown".into(),
+                    message: Some(
+                        "The container could not be located when the pod was terminated".into(),
+                    ),
+                    started_at: None,
+                    finished_at: now,
+                },
+            };
+            c.terminated(ended);
         }
     }
 
@@ -334,6 +370,9 @@ impl PodState {
 
     /// `status.phase`, as the kubelet computes it.
     pub fn phase(&self, policy: RestartPolicy) -> &'static str {
+        if self.evicted.is_some() {
+            return "Failed";
+        }
         let init_failed = self.init.iter().any(|c| {
             matches!(&c.state, ContainerState::Terminated(t) if t.exit_code != 0)
                 && policy == RestartPolicy::Never
@@ -410,7 +449,7 @@ impl PodState {
             .filter(|c| !matches!(&c.state, ContainerState::Terminated(t) if t.exit_code == 0))
             .map(|c| c.name.as_str())
             .collect();
-        let conditions = vec![
+        let mut conditions = vec![
             cond(
                 "PodReadyToStartContainers",
                 self.pod_problem.is_none(),
@@ -438,6 +477,14 @@ impl PodState {
             ),
             cond("PodScheduled", true, None, None),
         ];
+        if let Some(why) = &self.evicted {
+            conditions.push(cond(
+                "DisruptionTarget",
+                true,
+                Some("TerminationByKubelet"),
+                Some(why.clone()),
+            ));
+        }
         let mut status = json!({
             "phase": phase,
             "conditions": conditions,
@@ -446,6 +493,10 @@ impl PodState {
             "startTime": time(&self.start_time),
             "containerStatuses": self.containers.iter().map(ContainerRecord::to_json).collect::<Vec<_>>(),
         });
+        if let Some(why) = &self.evicted {
+            status["reason"] = json!("Evicted");
+            status["message"] = json!(why);
+        }
         if !self.pod_ip.is_empty() {
             status["podIP"] = json!(self.pod_ip);
             status["podIPs"] = json!([{"ip": self.pod_ip}]);
@@ -484,6 +535,38 @@ mod tests {
             started_at: Some(Utc::now()),
             finished_at: Utc::now(),
         }
+    }
+
+    #[test]
+    fn an_evicted_pod_is_failed_with_its_containers_stopped() {
+        let now = Utc::now();
+        let mut s = PodState::new(&pod("Always", false), "10.0.0.1", "10.0.0.2", now);
+        s.containers[0].running(now);
+        s.containers[0].ready = true;
+        let why = "Usage of EmptyDir volume \"cache\" exceeds the limit \"1Mi\". ";
+        s.evicted = Some(why.to_string());
+        assert!(s.is_settled());
+        s.settle_eviction(now);
+        let st = s.to_status(RestartPolicy::Always, now);
+        assert_eq!(st["phase"], "Failed");
+        assert_eq!(st["reason"], "Evicted");
+        assert_eq!(st["message"], why);
+        let a = &st["containerStatuses"][0]["state"]["terminated"];
+        assert_eq!(
+            (a["exitCode"].as_i64(), a["reason"].as_str()),
+            (Some(137), Some("Error"))
+        );
+        let b = &st["containerStatuses"][1]["state"]["terminated"];
+        assert_eq!(b["reason"], "ContainerStatusUnknown", "it never ran");
+        let conditions = st["conditions"].as_array().unwrap();
+        let disruption = conditions
+            .iter()
+            .find(|c| c["type"] == "DisruptionTarget")
+            .expect("a DisruptionTarget condition");
+        assert_eq!(disruption["status"], "True");
+        assert_eq!(disruption["reason"], "TerminationByKubelet");
+        let ready = conditions.iter().find(|c| c["type"] == "Ready").unwrap();
+        assert_eq!(ready["status"], "False");
     }
 
     #[test]

@@ -16,6 +16,9 @@
 //!   5 min, reset after 10 min of good running), shown as `CrashLoopBackOff`.
 //! - **Finished**: restartPolicy ended every container (Succeeded or Failed); the pod
 //!   stays until deleted.
+//! - **Evicted** (from Running, or Init): an emptyDir grew past its limit (checked
+//!   with the volume refresh, every 10 s, as the kubelet's eviction manager does); the
+//!   containers are stopped and the pod is Failed with reason Evicted until deleted.
 //! - **Terminating**: instances are stopped (within the grace period), the pod's files
 //!   removed, then the agent completes the deletion in the API.
 //!
@@ -40,6 +43,7 @@ use super::probes;
 use super::sandbox::ContainerSandbox;
 use super::status::{ContainerState, PodState, RestartPolicy, Terminated};
 use crate::fetch::{Fetched, PullPolicy, RegistryAuth};
+use crate::volumes::usage::SizeLimit;
 use crate::volumes::{PodDirs, PodVolumes};
 use crate::wasm::{Egress, Exit, Program, RunSpec};
 
@@ -55,7 +59,8 @@ const STATUS_COALESCE: Duration = Duration::from_millis(15);
 /// created": a pod whose module is cached starts within this, and its first write then
 /// says Running — one PATCH per pod start instead of two.
 const FIRST_STATUS_WAIT: Duration = Duration::from_millis(250);
-/// How often configMap/secret/downwardAPI/projected volumes are re-projected.
+/// How often configMap/secret/downwardAPI/projected volumes are re-projected, and
+/// emptyDir usage checked against its limits.
 const VOLUME_REFRESH: Duration = Duration::from_secs(10);
 
 /// Shared between the worker, its container loops and its status writer.
@@ -145,11 +150,15 @@ pub async fn run(
         backoffs: Mutex::new(HashMap::new()),
     });
     let writer_stop = CancellationToken::new();
-    let writer = tokio::spawn(write_status(
-        shared.clone(),
-        pod.clone(),
-        writer_stop.clone(),
-    ));
+    // A finished pod's status is final: this agent (perhaps restarted since) has nothing
+    // to add, and a state rebuilt from it would only overwrite it.
+    let writer = (!terminal).then(|| {
+        tokio::spawn(write_status(
+            shared.clone(),
+            pod.clone(),
+            writer_stop.clone(),
+        ))
+    });
 
     if !terminal {
         let own_ip = pod_ip
@@ -178,6 +187,7 @@ pub async fn run(
             _ = stop.cancelled() => {}
         }
         run_cancel.cancel();
+        shared.update(|s| s.settle_eviction(Utc::now()));
     }
     // Finished pods wait here for their deletion.
     tokio::select! {
@@ -186,7 +196,9 @@ pub async fn run(
     }
     ctx.sandboxes.remove_pod(&uid);
     writer_stop.cancel();
-    let _ = writer.await;
+    if let Some(writer) = writer {
+        let _ = writer.await;
+    }
     watcher.abort();
     if stop.is_cancelled() && !gone.is_cancelled() && !terminate.is_cancelled() {
         return;
@@ -274,6 +286,7 @@ async fn run_pod(
     };
     shared.update(|s| s.pod_problem = None);
     let volumes = Arc::new(volumes);
+    let limits = empty_dir_limits(&pod);
     let refresher = {
         let shared = shared.clone();
         let volumes = volumes.clone();
@@ -288,6 +301,12 @@ async fn run_pod(
                 let pod = pod_rx.borrow().clone();
                 if let Err(e) = volumes.refresh(&shared.ctx.objects, &pod).await {
                     tracing::debug!(error = %e, "refreshing volumes");
+                }
+                if let Some((limit, used)) = volumes.over_limit(&limits) {
+                    evict(&shared, &pod, limit, used);
+                    // Stops the containers; the pod stays, Failed, until deleted.
+                    cancel.cancel();
+                    return;
                 }
             }
         })
@@ -352,6 +371,93 @@ async fn run_pod(
     if !cancel.is_cancelled() {
         shared.update(|s| s.finished = true);
     }
+}
+
+/// The limit of each of the pod's emptyDirs: its `sizeLimit`, or for a memory-backed
+/// one without, the pod's memory limit — the size the kubelet gives such a tmpfs — when
+/// every container has one.
+fn empty_dir_limits(pod: &Pod) -> Vec<SizeLimit> {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Vec::new();
+    };
+    let memory = |c: &Container| {
+        c.resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .and_then(|l| l.get("memory"))
+            .and_then(|q| parse_bytes(&q.0))
+    };
+    // As upstream's pod limits: the containers' sum, or the largest init container's
+    // if that is more.
+    let pod_memory = spec
+        .containers
+        .iter()
+        .map(memory)
+        .sum::<Option<u64>>()
+        .map(|sum| {
+            spec.init_containers
+                .iter()
+                .flatten()
+                .filter_map(memory)
+                .fold(sum, u64::max)
+        });
+    spec.volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| {
+            let e = v.empty_dir.as_ref()?;
+            let (bytes, shown) = match e.size_limit.as_ref() {
+                Some(q) => (parse_bytes(&q.0)?, q.0.clone()),
+                None if e.medium.as_deref() == Some("Memory") => {
+                    let bytes = pod_memory?;
+                    (bytes, format_bytes(bytes))
+                }
+                None => return None,
+            };
+            Some(SizeLimit {
+                volume: v.name.clone(),
+                bytes,
+                shown,
+            })
+        })
+        .collect()
+}
+
+/// `64Mi`, `1536Ki` or `1000`: bytes as the largest binary suffix that divides them.
+fn format_bytes(bytes: u64) -> String {
+    for (suffix, unit) in [
+        ("Ti", 1u64 << 40),
+        ("Gi", 1 << 30),
+        ("Mi", 1 << 20),
+        ("Ki", 1 << 10),
+    ] {
+        if bytes >= unit && bytes.is_multiple_of(unit) {
+            return format!("{}{suffix}", bytes / unit);
+        }
+    }
+    bytes.to_string()
+}
+
+/// Marks the pod evicted for an emptyDir over its limit, as the kubelet's eviction
+/// manager words it; the caller stops the containers.
+fn evict(shared: &Shared, pod: &Pod, limit: &SizeLimit, used: u64) {
+    let message = format!(
+        "Usage of EmptyDir volume {:?} exceeds the limit {:?}. ",
+        limit.volume, limit.shown
+    );
+    tracing::warn!(
+        namespace = pod.metadata.namespace.as_deref().unwrap_or(""),
+        pod = pod.metadata.name.as_deref().unwrap_or(""),
+        volume = %limit.volume,
+        used,
+        limit = limit.bytes,
+        "evicting the pod: an emptyDir is over its limit"
+    );
+    shared
+        .ctx
+        .recorder
+        .pod(pod, None, EventType::Warning, "Evicted", &message);
+    shared.update(|s| s.evicted = Some(message));
 }
 
 /// Runs a container again and again as restartPolicy says, until it should not run
@@ -1198,6 +1304,61 @@ mod tests {
         assert_eq!(seq, vec![10, 20, 40, 80, 160, 300, 300]);
         assert_eq!(human(Duration::from_secs(300)), "5m0s");
         assert_eq!(human(Duration::from_secs(20)), "20s");
+    }
+
+    #[test]
+    fn empty_dir_limits_are_size_limits_or_the_pods_memory_limit() {
+        let pod = |containers: Value, init: Value| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p"},
+                "spec": {
+                    "containers": containers,
+                    "initContainers": init,
+                    "volumes": [
+                        {"name": "sized", "emptyDir": {"sizeLimit": "1Mi"}},
+                        {"name": "plain", "emptyDir": {}},
+                        {"name": "ram", "emptyDir": {"medium": "Memory"}},
+                        {"name": "cfg", "configMap": {"name": "c"}},
+                    ],
+                },
+            }))
+            .unwrap()
+        };
+        let limited =
+            |mem: &str| serde_json::json!({"name": mem, "resources": {"limits": {"memory": mem}}});
+        let got = empty_dir_limits(&pod(
+            serde_json::json!([limited("48Mi"), limited("16Mi")]),
+            serde_json::json!([limited("32Mi")]),
+        ));
+        let shown: Vec<(&str, u64, &str)> = got
+            .iter()
+            .map(|l| (l.volume.as_str(), l.bytes, l.shown.as_str()))
+            .collect();
+        assert_eq!(
+            shown,
+            vec![("sized", 1 << 20, "1Mi"), ("ram", 64 << 20, "64Mi")],
+            "the containers' sum beats the init container's"
+        );
+        let got = empty_dir_limits(&pod(
+            serde_json::json!([limited("16Mi")]),
+            serde_json::json!([limited("100Mi")]),
+        ));
+        assert_eq!(
+            got[1].shown, "100Mi",
+            "a bigger init container's limit wins"
+        );
+        let got = empty_dir_limits(&pod(
+            serde_json::json!([limited("16Mi"), {"name": "free"}]),
+            serde_json::json!([]),
+        ));
+        assert_eq!(
+            got.len(),
+            1,
+            "a container without a limit leaves the tmpfs unbounded"
+        );
+        assert_eq!(format_bytes(1536 * 1024), "1536Ki");
+        assert_eq!(format_bytes(1000), "1000");
+        assert_eq!(format_bytes(2 << 30), "2Gi");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! reach the disk; the others go to `<disk>/volumes/<name>`:
 //!
 //! - emptyDir: a plain directory, kept across container restarts and removed with the
-//!   pod (`sizeLimit` is not enforced);
+//!   pod (its `sizeLimit` is checked by the pod worker through [`usage`]);
 //! - hostPath: types `""`, `DirectoryOrCreate` and `Directory` (a missing path is
 //!   created for `""`, as containerd does); file, socket and device types are refused
 //!   because a WASI preopen is always a directory;
@@ -26,6 +26,7 @@ pub mod atomic;
 pub mod downward;
 pub mod source;
 pub mod subpath;
+pub mod usage;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;

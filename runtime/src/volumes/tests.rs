@@ -764,3 +764,60 @@ async fn a_pod_without_volumes_creates_no_directory() {
         .remove()
         .expect("removing what was never made is fine");
 }
+
+#[tokio::test]
+async fn an_empty_dir_over_its_limit_is_found() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dirs = PodDirs::of(
+        &tmp.path().join("pods"),
+        Some(&tmp.path().join("memory")),
+        "uid-1",
+    );
+    let source = FakeSource::default();
+    let memory = Volume {
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: Some("Memory".into()),
+            size_limit: None,
+        }),
+        ..volume("scratch")
+    };
+    let p = pod(
+        vec![
+            empty_dir("cache"),
+            memory,
+            host_path("host", tmp.path(), None),
+        ],
+        vec![container("app", Vec::new())],
+    );
+    let volumes = PodVolumes::prepare(&source, &p, &dirs)
+        .await
+        .expect("prepare");
+    let limit = |volume: &str, bytes: u64| usage::SizeLimit {
+        volume: volume.into(),
+        bytes,
+        shown: format!("{bytes}"),
+    };
+    let limits = vec![
+        limit("cache", 64 * 1024),
+        limit("scratch", 64 * 1024),
+        // Not an emptyDir, not a volume of the pod: never over.
+        limit("host", 0),
+        limit("nope", 0),
+    ];
+    assert_eq!(volumes.over_limit(&limits), None);
+
+    let (_, scratch) = volumes.volume("scratch").expect("scratch");
+    std::fs::write(scratch.join("blob"), vec![7u8; 100 * 1024]).expect("write");
+    let (over, used) = volumes.over_limit(&limits).expect("scratch is over");
+    assert_eq!(over.volume, "scratch");
+    assert!(used >= 100 * 1024, "{used}");
+
+    std::fs::remove_file(scratch.join("blob")).expect("remove");
+    let (_, cache) = volumes.volume("cache").expect("cache");
+    std::fs::create_dir(cache.join("deep")).expect("mkdir");
+    std::fs::write(cache.join("deep/blob"), vec![7u8; 100 * 1024]).expect("write");
+    assert_eq!(
+        volumes.over_limit(&limits).map(|(l, _)| l.volume.as_str()),
+        Some("cache")
+    );
+}

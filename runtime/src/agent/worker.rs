@@ -287,6 +287,15 @@ async fn run_pod(
     shared.update(|s| s.pod_problem = None);
     let volumes = Arc::new(volumes);
     let limits = empty_dir_limits(&pod);
+    let storage_limit = ephemeral_storage_limit(&pod);
+    let log_dir = {
+        let m = &pod.metadata;
+        ctx.logs.pod_dir(
+            m.namespace.as_deref().unwrap_or_default(),
+            m.name.as_deref().unwrap_or_default(),
+            m.uid.as_deref().unwrap_or_default(),
+        )
+    };
     let refresher = {
         let shared = shared.clone();
         let volumes = volumes.clone();
@@ -302,8 +311,33 @@ async fn run_pod(
                 if let Err(e) = volumes.refresh(&shared.ctx.objects, &pod).await {
                     tracing::debug!(error = %e, "refreshing volumes");
                 }
-                if let Some((limit, used)) = volumes.over_limit(&limits) {
-                    evict(&shared, &pod, limit, used);
+                let over = if let Some((limit, used)) = volumes.over_limit(&limits) {
+                    Some((
+                        format!(
+                            "Usage of EmptyDir volume {:?} exceeds the limit {:?}. ",
+                            limit.volume, limit.shown
+                        ),
+                        used,
+                        limit.bytes,
+                    ))
+                } else {
+                    storage_limit.and_then(|limit| {
+                        let logs = crate::volumes::usage::usage(&log_dir).unwrap_or(0);
+                        let used = volumes.disk_usage() + logs;
+                        (used > limit).then(|| {
+                            (
+                                format!(
+                                    "Pod ephemeral local storage usage exceeds the total limit of containers {}. ",
+                                    format_bytes(limit)
+                                ),
+                                used,
+                                limit,
+                            )
+                        })
+                    })
+                };
+                if let Some((message, used, limit)) = over {
+                    evict(&shared, &pod, message, used, limit);
                     // Stops the containers; the pod stays, Failed, until deleted.
                     cancel.cancel();
                     return;
@@ -423,6 +457,32 @@ fn empty_dir_limits(pod: &Pod) -> Vec<SizeLimit> {
         .collect()
 }
 
+/// The pod's local-storage limit: its containers' `limits.ephemeral-storage` summed
+/// (the largest init container's if more), when any container sets one. It covers
+/// the pod's emptyDirs on disk and its containers' logs — all a WASI container writes
+/// locally, having no writable layer.
+fn ephemeral_storage_limit(pod: &Pod) -> Option<u64> {
+    let spec = pod.spec.as_ref()?;
+    let limit = |c: &Container| {
+        c.resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .and_then(|l| l.get("ephemeral-storage"))
+            .and_then(|q| parse_bytes(&q.0))
+    };
+    let containers: Vec<u64> = spec.containers.iter().filter_map(limit).collect();
+    let init = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .filter_map(limit)
+        .max();
+    if containers.is_empty() && init.is_none() {
+        return None;
+    }
+    Some(containers.iter().sum::<u64>().max(init.unwrap_or(0)))
+}
+
 /// `64Mi`, `1536Ki` or `1000`: bytes as the largest binary suffix that divides them.
 fn format_bytes(bytes: u64) -> String {
     for (suffix, unit) in [
@@ -438,20 +498,16 @@ fn format_bytes(bytes: u64) -> String {
     bytes.to_string()
 }
 
-/// Marks the pod evicted for an emptyDir over its limit, as the kubelet's eviction
-/// manager words it; the caller stops the containers.
-fn evict(shared: &Shared, pod: &Pod, limit: &SizeLimit, used: u64) {
-    let message = format!(
-        "Usage of EmptyDir volume {:?} exceeds the limit {:?}. ",
-        limit.volume, limit.shown
-    );
+/// Marks the pod evicted (`message` as the kubelet's eviction manager words it) for
+/// using `used` bytes of local storage against `limit`; the caller stops the containers.
+fn evict(shared: &Shared, pod: &Pod, message: String, used: u64, limit: u64) {
     tracing::warn!(
         namespace = pod.metadata.namespace.as_deref().unwrap_or(""),
         pod = pod.metadata.name.as_deref().unwrap_or(""),
-        volume = %limit.volume,
+        reason = %message,
         used,
-        limit = limit.bytes,
-        "evicting the pod: an emptyDir is over its limit"
+        limit,
+        "evicting the pod"
     );
     shared
         .ctx
@@ -1357,6 +1413,33 @@ mod tests {
             "a container without a limit leaves the tmpfs unbounded"
         );
         assert_eq!(format_bytes(1536 * 1024), "1536Ki");
+        let storage = |containers: Value, init: Value| -> Option<u64> {
+            let pod: Pod = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p"},
+                "spec": {"containers": containers, "initContainers": init},
+            }))
+            .unwrap();
+            ephemeral_storage_limit(&pod)
+        };
+        let disk = |q: &str| serde_json::json!({"name": q, "resources": {"limits": {"ephemeral-storage": q}}});
+        assert_eq!(
+            storage(
+                serde_json::json!([disk("1Mi"), disk("2Mi")]),
+                serde_json::json!([])
+            ),
+            Some(3 << 20)
+        );
+        assert_eq!(
+            storage(
+                serde_json::json!([disk("1Mi")]),
+                serde_json::json!([disk("8Mi")])
+            ),
+            Some(8 << 20)
+        );
+        assert_eq!(
+            storage(serde_json::json!([{"name": "free"}]), serde_json::json!([])),
+            None
+        );
         assert_eq!(format_bytes(1000), "1000");
         assert_eq!(format_bytes(2 << 30), "2Gi");
     }

@@ -173,6 +173,11 @@ impl LogStore {
 
     /// Removes every log of one pod: its directory alone, without looking at the other
     /// pods' (a node that deletes many pods at once does not scan its logs per pod).
+    /// The directory holding every log of one pod (it may not exist yet).
+    pub fn pod_dir(&self, namespace: &str, pod: &str, uid: &str) -> PathBuf {
+        self.root.join(pod_dir_name(namespace, pod, uid))
+    }
+
     pub fn remove_pod_named(&self, namespace: &str, pod: &str, uid: &str) -> io::Result<()> {
         for (what, value) in [("namespace", namespace), ("pod", pod), ("uid", uid)] {
             check_name(what, value, true)

@@ -811,6 +811,10 @@ async fn an_empty_dir_over_its_limit_is_found() {
     let (over, used) = volumes.over_limit(&limits).expect("scratch is over");
     assert_eq!(over.volume, "scratch");
     assert!(used >= 100 * 1024, "{used}");
+    assert!(
+        volumes.disk_usage() < 100 * 1024,
+        "a memory-backed emptyDir is not local storage"
+    );
 
     std::fs::remove_file(scratch.join("blob")).expect("remove");
     let (_, cache) = volumes.volume("cache").expect("cache");
@@ -820,4 +824,5 @@ async fn an_empty_dir_over_its_limit_is_found() {
         volumes.over_limit(&limits).map(|(l, _)| l.volume.as_str()),
         Some("cache")
     );
+    assert!(volumes.disk_usage() >= 100 * 1024);
 }

@@ -1,6 +1,7 @@
 //! How much space a pod's emptyDir volumes use, against their limits — what the
 //! kubelet's eviction manager checks to evict a pod whose emptyDir outgrew its
-//! `sizeLimit`.
+//! `sizeLimit`, or whose local storage outgrew its containers' `ephemeral-storage`
+//! limits.
 //!
 //! Usage is counted as `du` does: allocated blocks of every file and directory below
 //! the volume, symlinks not followed, so a sparse file counts what it holds and a
@@ -49,6 +50,16 @@ pub fn usage(path: &Path) -> io::Result<u64> {
 }
 
 impl PodVolumes {
+    /// What the pod's emptyDirs on disk use (memory-backed ones count as memory, not
+    /// local storage, as on the kubelet).
+    pub fn disk_usage(&self) -> u64 {
+        self.volumes
+            .values()
+            .filter(|v| v.kind == VolumeKind::EmptyDir && v.path.starts_with(&self.dirs.disk))
+            .filter_map(|v| usage(&v.path).ok())
+            .sum()
+    }
+
     /// The first of `limits` whose emptyDir uses more than it may, with its usage.
     /// Volumes that are not emptyDirs of this pod, or cannot be read, are skipped.
     pub fn over_limit<'a>(&self, limits: &'a [SizeLimit]) -> Option<(&'a SizeLimit, u64)> {

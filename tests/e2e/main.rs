@@ -24,6 +24,7 @@ mod exec;
 mod explain;
 mod flowcontrol;
 mod gc;
+mod jobs;
 mod leader;
 mod limits;
 mod modify;

@@ -298,6 +298,24 @@ fn meta(obj: &Value) -> Option<&Map<String, Value>> {
     obj.get("metadata").and_then(Value::as_object)
 }
 
+/// Drops empty `labels`, `annotations`, `finalizers` and `ownerReferences`, as Go's
+/// `omitempty` does when Kubernetes encodes an object: removing the last finalizer
+/// leaves no `finalizers: []` behind.
+fn drop_empty_metadata(obj: &mut Value) {
+    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        for field in ["labels", "annotations", "finalizers", "ownerReferences"] {
+            let empty = match m.get(field) {
+                Some(Value::Array(a)) => a.is_empty(),
+                Some(Value::Object(o)) => o.is_empty(),
+                _ => false,
+            };
+            if empty {
+                m.remove(field);
+            }
+        }
+    }
+}
+
 fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
     if !obj.get("metadata").is_some_and(Value::is_object) {
         obj["metadata"] = json!({});
@@ -675,6 +693,7 @@ impl Objects {
             .strategy
             .decode(&obj)
             .map_err(|e| decode_error(def, &name, &e))?;
+        drop_empty_metadata(&mut obj);
         def.strategy.default(&mut obj);
         super::admission::admit_create(self, def, ns, &mut obj).await?;
         def.strategy.prepare_for_create(&mut obj);
@@ -969,6 +988,7 @@ impl Objects {
             .strategy
             .decode(&new)
             .map_err(|e| decode_error(def, name, &e))?;
+        drop_empty_metadata(&mut new);
         def.strategy.default(&mut new);
         if is_deleting(old) {
             // Finalizers may only be removed from an object being deleted.
@@ -2030,6 +2050,40 @@ mod guess_tests {
                 .await
                 .expect_err("the object is gone");
         assert_eq!(err.code, 404, "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn empty_metadata_lists_and_maps_are_left_out() {
+        let t = two_servers().await;
+        let cms = def(&t.a, "configmaps");
+        let ns = Some("default");
+        let created =
+            t.a.create(
+                &cms,
+                ns,
+                json!({"apiVersion": "v1", "kind": "ConfigMap",
+                       "metadata": {"name": "fin", "labels": {}, "annotations": {},
+                                    "finalizers": ["example.com/keep"]}}),
+                false,
+                Ownership::Update("test"),
+            )
+            .await
+            .expect("create");
+        assert!(created["metadata"].get("labels").is_none(), "{created}");
+        assert!(
+            created["metadata"].get("annotations").is_none(),
+            "{created}"
+        );
+        let mut without = created.clone();
+        without["metadata"]["finalizers"] = json!([]);
+        let updated =
+            t.a.update(&cms, ns, "fin", without, write())
+                .await
+                .expect("update");
+        assert!(
+            updated["metadata"].get("finalizers").is_none(),
+            "removing the last finalizer leaves no empty list: {updated}"
+        );
     }
 
     #[tokio::test]

@@ -1,7 +1,7 @@
 //! Kubernetes protobuf request bodies (`application/vnd.kubernetes.protobuf`) decoded into
 //! the JSON object the rest of the API server handles.
 //!
-//! `kubectl create deployment|namespace|configmap|secret|service|serviceaccount` send
+//! `kubectl create deployment|job|namespace|configmap|secret|service|serviceaccount` send
 //! protobuf and do not fall back to JSON on 415, so the server has to read them. A body is
 //! the 4-byte magic `k8s\0` followed by a `runtime.Unknown` message whose `typeMeta` names
 //! the kind and whose `raw` field holds that kind's message.
@@ -42,6 +42,7 @@ pub const SUPPORTED_KINDS: &[(&str, &str)] = &[
     ("v1", "Service"),
     ("v1", "ServiceAccount"),
     ("apps/v1", "Deployment"),
+    ("batch/v1", "Job"),
 ];
 
 /// Why a protobuf body could not be turned into JSON.
@@ -169,6 +170,7 @@ fn schema_for(api_version: &str, kind: &str) -> Option<&'static Msg> {
         ("v1", "Service") => &SERVICE,
         ("v1", "ServiceAccount") => &SERVICE_ACCOUNT,
         ("apps/v1", "Deployment") => &DEPLOYMENT,
+        ("batch/v1", "Job") => &JOB,
         // `kubectl drain` (and client-go's typed deletes) send their options as protobuf.
         ("v1", "DeleteOptions") | ("meta.k8s.io/v1", "DeleteOptions") => &DELETE_OPTIONS,
         _ => return None,
@@ -1089,6 +1091,65 @@ static DEPLOYMENT_CONDITION: Msg = Msg {
         opt(7, "lastTransitionTime", Ty::Time),
         opt(4, "reason", Ty::Str),
         opt(5, "message", Ty::Str),
+    ],
+};
+
+// ---------------------------------------------------------------------------------------
+// batch/v1 Job (`kubectl create job`); field numbers from k8s.io/api/batch/v1. The
+// failure and success policies are not described: a body carrying one is refused.
+// ---------------------------------------------------------------------------------------
+
+static JOB: Msg = Msg {
+    name: "Job",
+    fields: &[
+        opt(1, "metadata", Ty::Msg(&OBJECT_META)),
+        opt(2, "spec", Ty::Msg(&JOB_SPEC)),
+        opt(3, "status", Ty::Msg(&JOB_STATUS)),
+    ],
+};
+
+static JOB_SPEC: Msg = Msg {
+    name: "JobSpec",
+    fields: &[
+        keep(1, "parallelism", Ty::Int32),
+        keep(2, "completions", Ty::Int32),
+        keep(3, "activeDeadlineSeconds", Ty::Int64),
+        opt(4, "selector", Ty::Msg(&LABEL_SELECTOR)),
+        keep(5, "manualSelector", Ty::Bool),
+        opt(6, "template", Ty::Msg(&POD_TEMPLATE_SPEC)),
+        keep(7, "backoffLimit", Ty::Int32),
+        keep(8, "ttlSecondsAfterFinished", Ty::Int32),
+        keep(9, "completionMode", Ty::Str),
+        keep(10, "suspend", Ty::Bool),
+        keep(12, "backoffLimitPerIndex", Ty::Int32),
+        keep(13, "maxFailedIndexes", Ty::Int32),
+        keep(14, "podReplacementPolicy", Ty::Str),
+        keep(15, "managedBy", Ty::Str),
+    ],
+};
+
+static JOB_STATUS: Msg = Msg {
+    name: "JobStatus",
+    fields: &[
+        rep(1, "conditions", Ty::Msg(&JOB_CONDITION)),
+        opt(2, "startTime", Ty::Time),
+        opt(3, "completionTime", Ty::Time),
+        opt(4, "active", Ty::Int32),
+        opt(5, "succeeded", Ty::Int32),
+        opt(6, "failed", Ty::Int32),
+        opt(7, "completedIndexes", Ty::Str),
+    ],
+};
+
+static JOB_CONDITION: Msg = Msg {
+    name: "JobCondition",
+    fields: &[
+        keep(1, "type", Ty::Str),
+        keep(2, "status", Ty::Str),
+        opt(3, "lastProbeTime", Ty::Time),
+        opt(4, "lastTransitionTime", Ty::Time),
+        opt(5, "reason", Ty::Str),
+        opt(6, "message", Ty::Str),
     ],
 };
 
@@ -2123,18 +2184,27 @@ mod tests {
     }
 
     #[test]
-    fn captured_job_is_an_unsupported_kind() {
-        let err = decode(&hex(captured::JOB)).expect_err("jobs are not served");
+    fn captured_job() {
+        let object = decoded(&hex(captured::JOB));
+        assert_eq!(object["metadata"]["name"], "j");
+        let template = &object["spec"]["template"]["spec"];
+        assert_eq!(template["containers"][0]["image"], "busybox");
+        assert_eq!(template["restartPolicy"], "Never");
+    }
+
+    #[test]
+    fn other_kinds_are_unsupported() {
+        let err = decode(&body("batch/v1", "CronJob", &[])).expect_err("not served");
         assert_eq!(
             err,
             ProtobufError::UnsupportedKind {
                 api_version: "batch/v1".into(),
-                kind: "Job".into()
+                kind: "CronJob".into()
             }
         );
         assert_eq!(
             err.to_string(),
-            "unsupported kind batch/v1 Job in a protobuf body"
+            "unsupported kind batch/v1 CronJob in a protobuf body"
         );
     }
 
@@ -2509,6 +2579,32 @@ mod tests {
             .map(|o| o.keys().collect())
             .unwrap_or_default();
         assert_eq!(keys, ["kind", "apiVersion", "metadata", "spec", "status"]);
+    }
+
+    #[test]
+    fn a_job_from_kubectl_create_job() {
+        // `kubectl create job pi --image=IMG -- pi 5`: a template with one container and
+        // restartPolicy Never, an empty status.
+        let container = m(2, &[s(1, "pi"), s(2, "IMG"), s(3, "pi"), s(3, "5")]);
+        let pod_spec = m(2, &[container, s(3, "Never")]);
+        let object = decoded(&body(
+            "batch/v1",
+            "Job",
+            &[
+                m(1, &[s(1, "pi"), s(3, "default")]),
+                m(2, &[m(6, &[pod_spec]), v(7, 2)]),
+                m(3, &[]),
+            ],
+        ));
+        assert_eq!(object["kind"], "Job");
+        assert_eq!(object["apiVersion"], "batch/v1");
+        assert_eq!(object["metadata"]["name"], "pi");
+        let spec = &object["spec"];
+        assert_eq!(spec["backoffLimit"], 2);
+        let template = &spec["template"]["spec"];
+        assert_eq!(template["restartPolicy"], "Never");
+        assert_eq!(template["containers"][0]["image"], "IMG");
+        assert_eq!(template["containers"][0]["command"], json!(["pi", "5"]));
     }
 
     #[test]

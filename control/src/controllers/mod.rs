@@ -6,6 +6,8 @@
 //! - [`replicaset`]: keeps `spec.replicas` pods per ReplicaSet.
 //! - [`daemonset`]: one pod per eligible node, rolled out like a Deployment.
 //! - [`deployment`]: rolls templates out through ReplicaSets (RollingUpdate, Recreate).
+//! - [`job`]: runs Jobs' pods to completion (parallelism, completions, Indexed, back-off,
+//!   deadlines, suspend, time to live).
 //! - [`endpoints`]: Endpoints (ready and not-ready pod addresses) for selector Services.
 //! - [`endpointslices`]: EndpointSlices for the same Services.
 //! - [`serviceaccounts`]: a `default` ServiceAccount in every namespace.
@@ -24,6 +26,7 @@ pub mod endpointslices;
 pub mod events;
 pub mod garbagecollector;
 pub mod history;
+pub mod job;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
@@ -64,7 +67,7 @@ pub struct Options {
 /// Every controller as one future, for a caller that decides when they run (the
 /// leader election in `server.rs`); it never ends on its own.
 pub async fn controllers(client: kube::Client, options: Options) {
-    // One pod watch for the four controllers that follow every pod (the API server
+    // One pod watch for the controllers that follow every pod (the API server
     // sends each event once, this process parses it once).
     let pods = shared_watch::SharedWatch::start(
         kube::Api::<k8s_openapi::api::core::v1::Pod>::all(client.clone()),
@@ -75,6 +78,7 @@ pub async fn controllers(client: kube::Client, options: Options) {
         replicaset::run(client.clone(), pods.clone()).boxed(),
         deployment::run(client.clone()).boxed(),
         daemonset::run(client.clone(), pods.clone()).boxed(),
+        job::run(client.clone(), pods.clone()).boxed(),
         endpoints::run(client.clone(), pods.clone()).boxed(),
         endpointslices::run(client.clone(), pods).boxed(),
         serviceaccounts::run(client.clone()).boxed(),

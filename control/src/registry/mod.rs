@@ -22,6 +22,7 @@ mod deployments;
 mod endpoints;
 mod endpointslices;
 mod events;
+pub mod jobs;
 mod leases;
 mod namespaces;
 mod nodes;
@@ -331,6 +332,7 @@ impl Registry {
             replicasets::def(),
             daemonsets::def(),
             controllerrevisions::def(),
+            jobs::def(),
             endpointslices::def(),
             leases::def(),
             runtimeclasses::def(),

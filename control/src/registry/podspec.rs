@@ -2428,13 +2428,13 @@ pub(crate) fn validate_workload_spec(
     out
 }
 
-/// `ValidatePodTemplateSpecForReplicaSet`: the template must match the selector, and its
-/// pods restart `Always` with no active deadline.
-pub(crate) fn validate_template_for_selector(
+/// A workload's template: it must match the selector, be a valid pod template, and
+/// restart as one of `restart_policies` says.
+pub(crate) fn validate_selected_template(
     template: Option<&Value>,
     selector: &Selector,
     path: &str,
-    kind_for_deadline: &str,
+    restart_policies: &[&str],
 ) -> Vec<Cause> {
     let mut out = Vec::new();
     let empty = json!({});
@@ -2452,13 +2452,29 @@ pub(crate) fn validate_template_for_selector(
     out.extend(validate_pod_template(template, path));
     let spec = obj_or_empty(t, "spec");
     let rp = str_at(spec, "restartPolicy");
-    if rp != "Always" {
+    if !restart_policies.contains(&rp) {
         out.push(Cause::not_supported(
             child(&child(path, "spec"), "restartPolicy"),
             rp,
-            &["Always"],
+            restart_policies,
         ));
     }
+    out
+}
+
+/// `ValidatePodTemplateSpecForReplicaSet`: the template must match the selector, and its
+/// pods restart `Always` with no active deadline.
+pub(crate) fn validate_template_for_selector(
+    template: Option<&Value>,
+    selector: &Selector,
+    path: &str,
+    kind_for_deadline: &str,
+) -> Vec<Cause> {
+    let mut out = validate_selected_template(template, selector, path, &["Always"]);
+    let empty = json!({});
+    let template = template.filter(|v| !v.is_null()).unwrap_or(&empty);
+    let t = template.as_object().unwrap_or_else(|| empty_map());
+    let spec = obj_or_empty(t, "spec");
     if spec
         .get("activeDeadlineSeconds")
         .is_some_and(|v| !v.is_null())

@@ -5,14 +5,14 @@
 use super::schema::{Elem, FieldDef as F, ListKind, MapKind, TypeDef};
 
 /// Every type, sorted by definition name; `Elem::Object(i)` indexes this table.
-pub(super) static TYPES: [TypeDef; 197] = [
+pub(super) static TYPES: [TypeDef; 208] = [
     TypeDef::granular(
         "io.k8s.api.apps.v1.ControllerRevision",
         &[
             F::scalar("apiVersion"),
             F::scalar("data"),
             F::scalar("kind"),
-            F::object("metadata", 195),
+            F::object("metadata", 206),
             F::scalar("revision"),
         ],
     ),
@@ -21,7 +21,7 @@ pub(super) static TYPES: [TypeDef; 197] = [
         &[
             F::scalar("apiVersion"),
             F::scalar("kind"),
-            F::object("metadata", 195),
+            F::object("metadata", 206),
             F::object("spec", 3),
             F::object("status", 4),
         ],
@@ -41,8 +41,8 @@ pub(super) static TYPES: [TypeDef; 197] = [
         &[
             F::scalar("minReadySeconds"),
             F::scalar("revisionHistoryLimit"),
-            F::object("selector", 192),
-            F::object("template", 134),
+            F::object("selector", 203),
+            F::object("template", 145),
             F::object("updateStrategy", 5),
         ],
     ),
@@ -70,7 +70,7 @@ pub(super) static TYPES: [TypeDef; 197] = [
         &[
             F::scalar("apiVersion"),
             F::scalar("kind"),
-            F::object("metadata", 195),
+            F::object("metadata", 206),
             F::object("spec", 8),
             F::object("status", 9),
         ],
@@ -94,9 +94,9 @@ pub(super) static TYPES: [TypeDef; 197] = [
             F::scalar("progressDeadlineSeconds"),
             F::scalar("replicas"),
             F::scalar("revisionHistoryLimit"),
-            F::object("selector", 192),
+            F::object("selector", 203),
             F::object("strategy", 10).retain_keys(),
-            F::object("template", 134),
+            F::object("template", 145),
         ],
     ),
     TypeDef::granular(
@@ -122,7 +122,7 @@ pub(super) static TYPES: [TypeDef; 197] = [
         &[
             F::scalar("apiVersion"),
             F::scalar("kind"),
-            F::object("metadata", 195),
+            F::object("metadata", 206),
             F::object("spec", 13),
             F::object("status", 14),
         ],
@@ -142,8 +142,8 @@ pub(super) static TYPES: [TypeDef; 197] = [
         &[
             F::scalar("minReadySeconds"),
             F::scalar("replicas"),
-            F::object("selector", 192),
-            F::object("template", 134),
+            F::object("selector", 203),
+            F::object("template", 145),
         ],
     ),
     TypeDef::granular(
@@ -171,7 +171,7 @@ pub(super) static TYPES: [TypeDef; 197] = [
         &[
             F::scalar("apiVersion"),
             F::scalar("kind"),
-            F::object("metadata", 195),
+            F::object("metadata", 206),
             F::object("spec", 18),
             F::object("status", 19),
         ],
@@ -185,12 +185,109 @@ pub(super) static TYPES: [TypeDef; 197] = [
         &[F::scalar("replicas"), F::scalar("selector")],
     ),
     TypeDef::granular(
+        "io.k8s.api.batch.v1.Job",
+        &[
+            F::scalar("apiVersion"),
+            F::scalar("kind"),
+            F::object("metadata", 206),
+            F::object("spec", 22),
+            F::object("status", 23),
+        ],
+    ),
+    TypeDef::granular(
+        "io.k8s.api.batch.v1.JobCondition",
+        &[
+            F::scalar("lastProbeTime"),
+            F::scalar("lastTransitionTime"),
+            F::scalar("message"),
+            F::scalar("reason"),
+            F::scalar("status"),
+            F::scalar("type"),
+        ],
+    ),
+    TypeDef::granular(
+        "io.k8s.api.batch.v1.JobSpec",
+        &[
+            F::scalar("activeDeadlineSeconds"),
+            F::scalar("backoffLimit"),
+            F::scalar("backoffLimitPerIndex"),
+            F::scalar("completionMode"),
+            F::scalar("completions"),
+            F::scalar("managedBy"),
+            F::scalar("manualSelector"),
+            F::scalar("maxFailedIndexes"),
+            F::scalar("parallelism"),
+            F::object("podFailurePolicy", 24),
+            F::scalar("podReplacementPolicy"),
+            F::object("selector", 203),
+            F::object("successPolicy", 28),
+            F::scalar("suspend"),
+            F::object("template", 145),
+            F::scalar("ttlSecondsAfterFinished"),
+        ],
+    ),
+    TypeDef::granular(
+        "io.k8s.api.batch.v1.JobStatus",
+        &[
+            F::scalar("active"),
+            F::scalar("completedIndexes"),
+            F::scalar("completionTime"),
+            F::list("conditions", Elem::Object(21), ListKind::Map(&["type"])).merge("type"),
+            F::scalar("failed"),
+            F::scalar("failedIndexes"),
+            F::scalar("ready"),
+            F::scalar("startTime"),
+            F::scalar("succeeded"),
+            F::scalar("terminating"),
+            F::object("uncountedTerminatedPods", 30),
+        ],
+    ),
+    TypeDef::granular(
+        "io.k8s.api.batch.v1.PodFailurePolicy",
+        &[F::list("rules", Elem::Object(27), ListKind::Atomic)],
+    ),
+    TypeDef::granular(
+        "io.k8s.api.batch.v1.PodFailurePolicyOnExitCodesRequirement",
+        &[
+            F::scalar("containerName"),
+            F::scalar("operator"),
+            F::list("values", Elem::Scalar, ListKind::Set),
+        ],
+    ),
+    TypeDef::granular(
+        "io.k8s.api.batch.v1.PodFailurePolicyOnPodConditionsPattern",
+        &[F::scalar("status"), F::scalar("type")],
+    ),
+    TypeDef::granular(
+        "io.k8s.api.batch.v1.PodFailurePolicyRule",
+        &[
+            F::scalar("action"),
+            F::object("onExitCodes", 25),
+            F::list("onPodConditions", Elem::Object(26), ListKind::Atomic),
+        ],
+    ),
+    TypeDef::granular(
+        "io.k8s.api.batch.v1.SuccessPolicy",
+        &[F::list("rules", Elem::Object(29), ListKind::Atomic)],
+    ),
+    TypeDef::granular(
+        "io.k8s.api.batch.v1.SuccessPolicyRule",
+        &[F::scalar("succeededCount"), F::scalar("succeededIndexes")],
+    ),
+    TypeDef::granular(
+        "io.k8s.api.batch.v1.UncountedTerminatedPods",
+        &[
+            F::list("failed", Elem::Scalar, ListKind::Set),
+            F::list("succeeded", Elem::Scalar, ListKind::Set),
+        ],
+    ),
+    TypeDef::granular(
         "io.k8s.api.coordination.v1.Lease",
         &[
             F::scalar("apiVersion"),
             F::scalar("kind"),
-            F::object("metadata", 195),
-            F::object("spec", 21),
+            F::object("metadata", 206),
+            F::object("spec", 32),
         ],
     ),
     TypeDef::granular(
@@ -217,9 +314,9 @@ pub(super) static TYPES: [TypeDef; 197] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.Affinity",
         &[
-            F::object("nodeAffinity", 97),
-            F::object("podAffinity", 119),
-            F::object("podAntiAffinity", 121),
+            F::object("nodeAffinity", 108),
+            F::object("podAffinity", 130),
+            F::object("podAntiAffinity", 132),
         ],
     ),
     TypeDef::granular(
@@ -254,8 +351,8 @@ pub(super) static TYPES: [TypeDef; 197] = [
         &[
             F::scalar("apiVersion"),
             F::scalar("kind"),
-            F::object("metadata", 195),
-            F::object("target", 113),
+            F::object("metadata", 206),
+            F::object("target", 124),
         ],
     ),
     TypeDef::granular(
@@ -263,7 +360,7 @@ pub(super) static TYPES: [TypeDef; 197] = [
         &[
             F::scalar("driver"),
             F::scalar("fsType"),
-            F::object("nodePublishSecretRef", 89),
+            F::object("nodePublishSecretRef", 100),
             F::scalar("readOnly"),
             F::map("volumeAttributes", Elem::Scalar, MapKind::Granular),
         ],
@@ -282,7 +379,7 @@ pub(super) static TYPES: [TypeDef; 197] = [
             F::scalar("path"),
             F::scalar("readOnly"),
             F::scalar("secretFile"),
-            F::object("secretRef", 89),
+            F::object("secretRef", 100),
             F::scalar("user"),
         ],
     ),
@@ -291,7 +388,7 @@ pub(super) static TYPES: [TypeDef; 197] = [
         &[
             F::scalar("fsType"),
             F::scalar("readOnly"),
-            F::object("secretRef", 89),
+            F::object("secretRef", 100),
             F::scalar("volumeID"),
         ],
     ),
@@ -302,7 +399,7 @@ pub(super) static TYPES: [TypeDef; 197] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.ClusterTrustBundleProjection",
         &[
-            F::object("labelSelector", 192),
+            F::object("labelSelector", 203),
             F::scalar("name"),
             F::scalar("optional"),
             F::scalar("path"),
@@ -317,7 +414,7 @@ pub(super) static TYPES: [TypeDef; 197] = [
             F::map("data", Elem::Scalar, MapKind::Granular),
             F::scalar("immutable"),
             F::scalar("kind"),
-            F::object("metadata", 195),
+            F::object("metadata", 206),
         ],
     ),
     TypeDef::granular(
@@ -341,7 +438,7 @@ pub(super) static TYPES: [TypeDef; 197] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.ConfigMapProjection",
         &[
-            F::list("items", Elem::Object(83), ListKind::Atomic),
+            F::list("items", Elem::Object(94), ListKind::Atomic),
             F::scalar("name"),
             F::scalar("optional"),
         ],
@@ -350,7 +447,7 @@ pub(super) static TYPES: [TypeDef; 197] = [
         "io.k8s.api.core.v1.ConfigMapVolumeSource",
         &[
             F::scalar("defaultMode"),
-            F::list("items", Elem::Object(83), ListKind::Atomic),
+            F::list("items", Elem::Object(94), ListKind::Atomic),
             F::scalar("name"),
             F::scalar("optional"),
         ],
@@ -360,25 +457,25 @@ pub(super) static TYPES: [TypeDef; 197] = [
         &[
             F::list("args", Elem::Scalar, ListKind::Atomic),
             F::list("command", Elem::Scalar, ListKind::Atomic),
-            F::list("env", Elem::Object(61), ListKind::Map(&["name"])).merge("name"),
-            F::list("envFrom", Elem::Object(60), ListKind::Atomic),
+            F::list("env", Elem::Object(72), ListKind::Map(&["name"])).merge("name"),
+            F::list("envFrom", Elem::Object(71), ListKind::Atomic),
             F::scalar("image"),
             F::scalar("imagePullPolicy"),
-            F::object("lifecycle", 84),
-            F::object("livenessProbe", 138),
+            F::object("lifecycle", 95),
+            F::object("livenessProbe", 149),
             F::scalar("name"),
             F::list(
                 "ports",
-                Elem::Object(43),
+                Elem::Object(54),
                 ListKind::Map(&["containerPort", "protocol"]),
             )
             .merge("containerPort"),
-            F::object("readinessProbe", 138),
-            F::list("resizePolicy", Elem::Object(44), ListKind::Atomic),
-            F::object("resources", 145),
+            F::object("readinessProbe", 149),
+            F::list("resizePolicy", Elem::Object(55), ListKind::Atomic),
+            F::object("resources", 156),
             F::scalar("restartPolicy"),
-            F::object("securityContext", 155),
-            F::object("startupProbe", 138),
+            F::object("securityContext", 166),
+            F::object("startupProbe", 149),
             F::scalar("stdin"),
             F::scalar("stdinOnce"),
             F::scalar("terminationMessagePath"),
@@ -386,13 +483,13 @@ pub(super) static TYPES: [TypeDef; 197] = [
             F::scalar("tty"),
             F::list(
                 "volumeDevices",
-                Elem::Object(173),
+                Elem::Object(184),
                 ListKind::Map(&["devicePath"]),
             )
             .merge("devicePath"),
             F::list(
                 "volumeMounts",
-                Elem::Object(174),
+                Elem::Object(185),
                 ListKind::Map(&["mountPath"]),
             )
             .merge("mountPath"),
@@ -423,9 +520,9 @@ pub(super) static TYPES: [TypeDef; 197] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.ContainerState",
         &[
-            F::object("running", 46),
-            F::object("terminated", 47),
-            F::object("waiting", 48),
+            F::object("running", 57),
+            F::object("terminated", 58),
+            F::object("waiting", 59),
         ],
     ),
     TypeDef::granular(
@@ -454,25 +551,25 @@ pub(super) static TYPES: [TypeDef; 197] = [
             F::map("allocatedResources", Elem::Scalar, MapKind::Granular),
             F::list(
                 "allocatedResourcesStatus",
-                Elem::Object(146),
+                Elem::Object(157),
                 ListKind::Map(&["name"]),
             )
             .merge("name"),
             F::scalar("containerID"),
             F::scalar("image"),
             F::scalar("imageID"),
-            F::object("lastState", 45),
+            F::object("lastState", 56),
             F::scalar("name"),
             F::scalar("ready"),
-            F::object("resources", 145),
+            F::object("resources", 156),
             F::scalar("restartCount"),
             F::scalar("started"),
-            F::object("state", 45),
+            F::object("state", 56),
             F::scalar("stopSignal"),
-            F::object("user", 50),
+            F::object("user", 61),
             F::list(
                 "volumeMounts",
-                Elem::Object(175),
+                Elem::Object(186),
                 ListKind::Map(&["mountPath"]),
             )
             .merge("mountPath"),
@@ -480,27 +577,27 @@ pub(super) static TYPES: [TypeDef; 197] = [
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.ContainerUser",
-        &[F::object("linux", 86)],
+        &[F::object("linux", 97)],
     ),
     TypeDef::granular("io.k8s.api.core.v1.DaemonEndpoint", &[F::scalar("Port")]),
     TypeDef::granular(
         "io.k8s.api.core.v1.DownwardAPIProjection",
-        &[F::list("items", Elem::Object(53), ListKind::Atomic)],
+        &[F::list("items", Elem::Object(64), ListKind::Atomic)],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.DownwardAPIVolumeFile",
         &[
-            F::object("fieldRef", 112),
+            F::object("fieldRef", 123),
             F::scalar("mode"),
             F::scalar("path"),
-            F::object("resourceFieldRef", 143),
+            F::object("resourceFieldRef", 154),
         ],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.DownwardAPIVolumeSource",
         &[
             F::scalar("defaultMode"),
-            F::list("items", Elem::Object(53), ListKind::Atomic),
+            F::list("items", Elem::Object(64), ListKind::Atomic),
         ],
     ),
     TypeDef::granular(
@@ -513,7 +610,7 @@ pub(super) static TYPES: [TypeDef; 197] = [
             F::scalar("hostname"),
             F::scalar("ip"),
             F::scalar("nodeName"),
-            F::object("targetRef", 113),
+            F::object("targetRef", 124),
         ],
     ),
     TypeDef::atomic(
@@ -528,9 +625,9 @@ pub(super) static TYPES: [TypeDef; 197] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.EndpointSubset",
         &[
-            F::list("addresses", Elem::Object(56), ListKind::Atomic),
-            F::list("notReadyAddresses", Elem::Object(56), ListKind::Atomic),
-            F::list("ports", Elem::Object(57), ListKind::Atomic),
+            F::list("addresses", Elem::Object(67), ListKind::Atomic),
+            F::list("notReadyAddresses", Elem::Object(67), ListKind::Atomic),
+            F::list("ports", Elem::Object(68), ListKind::Atomic),
         ],
     ),
     TypeDef::granular(
@@ -538,16 +635,16 @@ pub(super) static TYPES: [TypeDef; 197] = [
         &[
             F::scalar("apiVersion"),
             F::scalar("kind"),
-            F::object("metadata", 195),
-            F::list("subsets", Elem::Object(58), ListKind::Atomic),
+            F::object("metadata", 206),
+            F::list("subsets", Elem::Object(69), ListKind::Atomic),
         ],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.EnvFromSource",
         &[
-            F::object("configMapRef", 36),
+            F::object("configMapRef", 47),
             F::scalar("prefix"),
-            F::object("secretRef", 151),
+            F::object("secretRef", 162),
         ],
     ),
     TypeDef::granular(
@@ -555,16 +652,16 @@ pub(super) static TYPES: [TypeDef; 197] = [
         &[
             F::scalar("name"),
             F::scalar("value"),
-            F::object("valueFrom", 62),
+            F::object("valueFrom", 73),
         ],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.EnvVarSource",
         &[
-            F::object("configMapKeyRef", 37),
-            F::object("fieldRef", 112),
-            F::object("resourceFieldRef", 143),
-            F::object("secretKeyRef", 152),
+            F::object("configMapKeyRef", 48),
+            F::object("fieldRef", 123),
+            F::object("resourceFieldRef", 154),
+            F::object("secretKeyRef", 163),
         ],
     ),
     TypeDef::granular(
@@ -572,25 +669,25 @@ pub(super) static TYPES: [TypeDef; 197] = [
         &[
             F::list("args", Elem::Scalar, ListKind::Atomic),
             F::list("command", Elem::Scalar, ListKind::Atomic),
-            F::list("env", Elem::Object(61), ListKind::Map(&["name"])).merge("name"),
-            F::list("envFrom", Elem::Object(60), ListKind::Atomic),
+            F::list("env", Elem::Object(72), ListKind::Map(&["name"])).merge("name"),
+            F::list("envFrom", Elem::Object(71), ListKind::Atomic),
             F::scalar("image"),
             F::scalar("imagePullPolicy"),
-            F::object("lifecycle", 84),
-            F::object("livenessProbe", 138),
+            F::object("lifecycle", 95),
+            F::object("livenessProbe", 149),
             F::scalar("name"),
             F::list(
                 "ports",
-                Elem::Object(43),
+                Elem::Object(54),
                 ListKind::Map(&["containerPort", "protocol"]),
             )
             .merge("containerPort"),
-            F::object("readinessProbe", 138),
-            F::list("resizePolicy", Elem::Object(44), ListKind::Atomic),
-            F::object("resources", 145),
+            F::object("readinessProbe", 149),
+            F::list("resizePolicy", Elem::Object(55), ListKind::Atomic),
+            F::object("resources", 156),
             F::scalar("restartPolicy"),
-            F::object("securityContext", 155),
-            F::object("startupProbe", 138),
+            F::object("securityContext", 166),
+            F::object("startupProbe", 149),
             F::scalar("stdin"),
             F::scalar("stdinOnce"),
             F::scalar("targetContainerName"),
@@ -599,13 +696,13 @@ pub(super) static TYPES: [TypeDef; 197] = [
             F::scalar("tty"),
             F::list(
                 "volumeDevices",
-                Elem::Object(173),
+                Elem::Object(184),
                 ListKind::Map(&["devicePath"]),
             )
             .merge("devicePath"),
             F::list(
                 "volumeMounts",
-                Elem::Object(174),
+                Elem::Object(185),
                 ListKind::Map(&["mountPath"]),
             )
             .merge("mountPath"),
@@ -614,7 +711,7 @@ pub(super) static TYPES: [TypeDef; 197] = [
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.EphemeralVolumeSource",
-        &[F::object("volumeClaimTemplate", 115)],
+        &[F::object("volumeClaimTemplate", 126)],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.Event",
@@ -624,17 +721,17 @@ pub(super) static TYPES: [TypeDef; 197] = [
             F::scalar("count"),
             F::scalar("eventTime"),
             F::scalar("firstTimestamp"),
-            F::object("involvedObject", 113),
+            F::object("involvedObject", 124),
             F::scalar("kind"),
             F::scalar("lastTimestamp"),
             F::scalar("message"),
-            F::object("metadata", 195),
+            F::object("metadata", 206),
             F::scalar("reason"),
-            F::object("related", 113),
+            F::object("related", 124),
             F::scalar("reportingComponent"),
             F::scalar("reportingInstance"),
-            F::object("series", 66),
-            F::object("source", 67),
+            F::object("series", 77),
+            F::object("source", 78),
             F::scalar("type"),
         ],
     ),
@@ -667,7 +764,7 @@ pub(super) static TYPES: [TypeDef; 197] = [
             F::scalar("fsType"),
             F::map("options", Elem::Scalar, MapKind::Granular),
             F::scalar("readOnly"),
-            F::object("secretRef", 89),
+            F::object("secretRef", 100),
         ],
     ),
     TypeDef::granular(
@@ -707,7 +804,7 @@ pub(super) static TYPES: [TypeDef; 197] = [
         "io.k8s.api.core.v1.HTTPGetAction",
         &[
             F::scalar("host"),
-            F::list("httpHeaders", Elem::Object(77), ListKind::Atomic),
+            F::list("httpHeaders", Elem::Object(88), ListKind::Atomic),
             F::scalar("path"),
             F::scalar("port"),
             F::scalar("scheme"),
@@ -741,7 +838,7 @@ pub(super) static TYPES: [TypeDef; 197] = [
             F::scalar("lun"),
             F::list("portals", Elem::Scalar, ListKind::Atomic),
             F::scalar("readOnly"),
-            F::object("secretRef", 89),
+            F::object("secretRef", 100),
             F::scalar("targetPortal"),
         ],
     ),
@@ -756,18 +853,18 @@ pub(super) static TYPES: [TypeDef; 197] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.Lifecycle",
         &[
-            F::object("postStart", 85),
-            F::object("preStop", 85),
+            F::object("postStart", 96),
+            F::object("preStop", 96),
             F::scalar("stopSignal"),
         ],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.LifecycleHandler",
         &[
-            F::object("exec", 68),
-            F::object("httpGet", 76),
-            F::object("sleep", 163),
-            F::object("tcpSocket", 166),
+            F::object("exec", 79),
+            F::object("httpGet", 87),
+            F::object("sleep", 174),
+            F::object("tcpSocket", 177),
         ],
     ),
     TypeDef::granular(
@@ -784,12 +881,12 @@ pub(super) static TYPES: [TypeDef; 197] = [
             F::scalar("hostname"),
             F::scalar("ip"),
             F::scalar("ipMode"),
-            F::list("ports", Elem::Object(135), ListKind::Atomic),
+            F::list("ports", Elem::Object(146), ListKind::Atomic),
         ],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.LoadBalancerStatus",
-        &[F::list("ingress", Elem::Object(87), ListKind::Atomic)],
+        &[F::list("ingress", Elem::Object(98), ListKind::Atomic)],
     ),
     TypeDef::atomic(
         "io.k8s.api.core.v1.LocalObjectReference",
@@ -808,9 +905,9 @@ pub(super) static TYPES: [TypeDef; 197] = [
         &[
             F::scalar("apiVersion"),
             F::scalar("kind"),
-            F::object("metadata", 195),
-            F::object("spec", 93),
-            F::object("status", 94),
+            F::object("metadata", 206),
+            F::object("spec", 104),
+            F::object("status", 105),
         ],
     ),
     TypeDef::granular(
@@ -830,7 +927,7 @@ pub(super) static TYPES: [TypeDef; 197] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.NamespaceStatus",
         &[
-            F::list("conditions", Elem::Object(92), ListKind::Map(&["type"])).merge("type"),
+            F::list("conditions", Elem::Object(103), ListKind::Map(&["type"])).merge("type"),
             F::scalar("phase"),
         ],
     ),
@@ -839,9 +936,9 @@ pub(super) static TYPES: [TypeDef; 197] = [
         &[
             F::scalar("apiVersion"),
             F::scalar("kind"),
-            F::object("metadata", 195),
-            F::object("spec", 108),
-            F::object("status", 109),
+            F::object("metadata", 206),
+            F::object("spec", 119),
+            F::object("status", 120),
         ],
     ),
     TypeDef::granular(
@@ -853,10 +950,10 @@ pub(super) static TYPES: [TypeDef; 197] = [
         &[
             F::list(
                 "preferredDuringSchedulingIgnoredDuringExecution",
-                Elem::Object(137),
+                Elem::Object(148),
                 ListKind::Atomic,
             ),
-            F::object("requiredDuringSchedulingIgnoredDuringExecution", 105),
+            F::object("requiredDuringSchedulingIgnoredDuringExecution", 116),
         ],
     ),
     TypeDef::granular(
@@ -872,20 +969,20 @@ pub(super) static TYPES: [TypeDef; 197] = [
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.NodeConfigSource",
-        &[F::object("configMap", 38)],
+        &[F::object("configMap", 49)],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.NodeConfigStatus",
         &[
-            F::object("active", 99),
-            F::object("assigned", 99),
+            F::object("active", 110),
+            F::object("assigned", 110),
             F::scalar("error"),
-            F::object("lastKnownGood", 99),
+            F::object("lastKnownGood", 110),
         ],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.NodeDaemonEndpoints",
-        &[F::object("kubeletEndpoint", 51)],
+        &[F::object("kubeletEndpoint", 62)],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.NodeFeatures",
@@ -893,7 +990,7 @@ pub(super) static TYPES: [TypeDef; 197] = [
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.NodeRuntimeHandler",
-        &[F::object("features", 104), F::scalar("name")],
+        &[F::object("features", 115), F::scalar("name")],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.NodeRuntimeHandlerFeatures",
@@ -906,7 +1003,7 @@ pub(super) static TYPES: [TypeDef; 197] = [
         "io.k8s.api.core.v1.NodeSelector",
         &[F::list(
             "nodeSelectorTerms",
-            Elem::Object(107),
+            Elem::Object(118),
             ListKind::Atomic,
         )],
     ),
@@ -921,37 +1018,37 @@ pub(super) static TYPES: [TypeDef; 197] = [
     TypeDef::atomic(
         "io.k8s.api.core.v1.NodeSelectorTerm",
         &[
-            F::list("matchExpressions", Elem::Object(106), ListKind::Atomic),
-            F::list("matchFields", Elem::Object(106), ListKind::Atomic),
+            F::list("matchExpressions", Elem::Object(117), ListKind::Atomic),
+            F::list("matchFields", Elem::Object(117), ListKind::Atomic),
         ],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.NodeSpec",
         &[
-            F::object("configSource", 99),
+            F::object("configSource", 110),
             F::scalar("externalID"),
             F::scalar("podCIDR"),
             F::list("podCIDRs", Elem::Scalar, ListKind::Set).merge_set(),
             F::scalar("providerID"),
-            F::list("taints", Elem::Object(167), ListKind::Atomic),
+            F::list("taints", Elem::Object(178), ListKind::Atomic),
             F::scalar("unschedulable"),
         ],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.NodeStatus",
         &[
-            F::list("addresses", Elem::Object(96), ListKind::Map(&["type"])).merge("type"),
+            F::list("addresses", Elem::Object(107), ListKind::Map(&["type"])).merge("type"),
             F::map("allocatable", Elem::Scalar, MapKind::Granular),
             F::map("capacity", Elem::Scalar, MapKind::Granular),
-            F::list("conditions", Elem::Object(98), ListKind::Map(&["type"])).merge("type"),
-            F::object("config", 100),
-            F::object("daemonEndpoints", 101),
-            F::object("features", 102),
-            F::list("images", Elem::Object(42), ListKind::Atomic),
-            F::object("nodeInfo", 111),
+            F::list("conditions", Elem::Object(109), ListKind::Map(&["type"])).merge("type"),
+            F::object("config", 111),
+            F::object("daemonEndpoints", 112),
+            F::object("features", 113),
+            F::list("images", Elem::Object(53), ListKind::Atomic),
+            F::object("nodeInfo", 122),
             F::scalar("phase"),
-            F::list("runtimeHandlers", Elem::Object(103), ListKind::Atomic),
-            F::list("volumesAttached", Elem::Object(25), ListKind::Atomic),
+            F::list("runtimeHandlers", Elem::Object(114), ListKind::Atomic),
+            F::list("volumesAttached", Elem::Object(36), ListKind::Atomic),
             F::list("volumesInUse", Elem::Scalar, ListKind::Atomic),
         ],
     ),
@@ -971,7 +1068,7 @@ pub(super) static TYPES: [TypeDef; 197] = [
             F::scalar("machineID"),
             F::scalar("operatingSystem"),
             F::scalar("osImage"),
-            F::object("swap", 110),
+            F::object("swap", 121),
             F::scalar("systemUUID"),
         ],
     ),
@@ -995,10 +1092,10 @@ pub(super) static TYPES: [TypeDef; 197] = [
         "io.k8s.api.core.v1.PersistentVolumeClaimSpec",
         &[
             F::list("accessModes", Elem::Scalar, ListKind::Atomic),
-            F::object("dataSource", 170),
-            F::object("dataSourceRef", 171),
-            F::object("resources", 177),
-            F::object("selector", 192),
+            F::object("dataSource", 181),
+            F::object("dataSourceRef", 182),
+            F::object("resources", 188),
+            F::object("selector", 203),
             F::scalar("storageClassName"),
             F::scalar("volumeAttributesClassName"),
             F::scalar("volumeMode"),
@@ -1007,7 +1104,7 @@ pub(super) static TYPES: [TypeDef; 197] = [
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.PersistentVolumeClaimTemplate",
-        &[F::object("metadata", 195), F::object("spec", 114)],
+        &[F::object("metadata", 206), F::object("spec", 125)],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.PersistentVolumeClaimVolumeSource",
@@ -1022,9 +1119,9 @@ pub(super) static TYPES: [TypeDef; 197] = [
         &[
             F::scalar("apiVersion"),
             F::scalar("kind"),
-            F::object("metadata", 195),
-            F::object("spec", 132),
-            F::object("status", 133),
+            F::object("metadata", 206),
+            F::object("spec", 143),
+            F::object("status", 144),
         ],
     ),
     TypeDef::granular(
@@ -1032,12 +1129,12 @@ pub(super) static TYPES: [TypeDef; 197] = [
         &[
             F::list(
                 "preferredDuringSchedulingIgnoredDuringExecution",
-                Elem::Object(179),
+                Elem::Object(190),
                 ListKind::Atomic,
             ),
             F::list(
                 "requiredDuringSchedulingIgnoredDuringExecution",
-                Elem::Object(120),
+                Elem::Object(131),
                 ListKind::Atomic,
             ),
         ],
@@ -1045,10 +1142,10 @@ pub(super) static TYPES: [TypeDef; 197] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.PodAffinityTerm",
         &[
-            F::object("labelSelector", 192),
+            F::object("labelSelector", 203),
             F::list("matchLabelKeys", Elem::Scalar, ListKind::Atomic),
             F::list("mismatchLabelKeys", Elem::Scalar, ListKind::Atomic),
-            F::object("namespaceSelector", 192),
+            F::object("namespaceSelector", 203),
             F::list("namespaces", Elem::Scalar, ListKind::Atomic),
             F::scalar("topologyKey"),
         ],
@@ -1058,12 +1155,12 @@ pub(super) static TYPES: [TypeDef; 197] = [
         &[
             F::list(
                 "preferredDuringSchedulingIgnoredDuringExecution",
-                Elem::Object(179),
+                Elem::Object(190),
                 ListKind::Atomic,
             ),
             F::list(
                 "requiredDuringSchedulingIgnoredDuringExecution",
-                Elem::Object(120),
+                Elem::Object(131),
                 ListKind::Atomic,
             ),
         ],
@@ -1084,7 +1181,7 @@ pub(super) static TYPES: [TypeDef; 197] = [
         "io.k8s.api.core.v1.PodDNSConfig",
         &[
             F::list("nameservers", Elem::Scalar, ListKind::Atomic),
-            F::list("options", Elem::Object(124), ListKind::Atomic),
+            F::list("options", Elem::Object(135), ListKind::Atomic),
             F::list("searches", Elem::Scalar, ListKind::Atomic),
         ],
     ),
@@ -1114,38 +1211,38 @@ pub(super) static TYPES: [TypeDef; 197] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.PodSecurityContext",
         &[
-            F::object("appArmorProfile", 24),
+            F::object("appArmorProfile", 35),
             F::scalar("fsGroup"),
             F::scalar("fsGroupChangePolicy"),
             F::scalar("runAsGroup"),
             F::scalar("runAsNonRoot"),
             F::scalar("runAsUser"),
             F::scalar("seLinuxChangePolicy"),
-            F::object("seLinuxOptions", 147),
-            F::object("seccompProfile", 149),
+            F::object("seLinuxOptions", 158),
+            F::object("seccompProfile", 160),
             F::list("supplementalGroups", Elem::Scalar, ListKind::Atomic),
             F::scalar("supplementalGroupsPolicy"),
-            F::list("sysctls", Elem::Object(165), ListKind::Atomic),
-            F::object("windowsOptions", 180),
+            F::list("sysctls", Elem::Object(176), ListKind::Atomic),
+            F::object("windowsOptions", 191),
         ],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.PodSpec",
         &[
             F::scalar("activeDeadlineSeconds"),
-            F::object("affinity", 23),
+            F::object("affinity", 34),
             F::scalar("automountServiceAccountToken"),
-            F::list("containers", Elem::Object(41), ListKind::Map(&["name"])).merge("name"),
-            F::object("dnsConfig", 123),
+            F::list("containers", Elem::Object(52), ListKind::Map(&["name"])).merge("name"),
+            F::object("dnsConfig", 134),
             F::scalar("dnsPolicy"),
             F::scalar("enableServiceLinks"),
             F::list(
                 "ephemeralContainers",
-                Elem::Object(63),
+                Elem::Object(74),
                 ListKind::Map(&["name"]),
             )
             .merge("name"),
-            F::list("hostAliases", Elem::Object(78), ListKind::Map(&["ip"])).merge("ip"),
+            F::list("hostAliases", Elem::Object(89), ListKind::Map(&["ip"])).merge("ip"),
             F::scalar("hostIPC"),
             F::scalar("hostNetwork"),
             F::scalar("hostPID"),
@@ -1153,51 +1250,51 @@ pub(super) static TYPES: [TypeDef; 197] = [
             F::scalar("hostname"),
             F::list(
                 "imagePullSecrets",
-                Elem::Object(89),
+                Elem::Object(100),
                 ListKind::Map(&["name"]),
             )
             .merge("name"),
-            F::list("initContainers", Elem::Object(41), ListKind::Map(&["name"])).merge("name"),
+            F::list("initContainers", Elem::Object(52), ListKind::Map(&["name"])).merge("name"),
             F::scalar("nodeName"),
             F::map("nodeSelector", Elem::Scalar, MapKind::Atomic),
-            F::object("os", 126),
+            F::object("os", 137),
             F::map("overhead", Elem::Scalar, MapKind::Granular),
             F::scalar("preemptionPolicy"),
             F::scalar("priority"),
             F::scalar("priorityClassName"),
-            F::list("readinessGates", Elem::Object(127), ListKind::Atomic),
+            F::list("readinessGates", Elem::Object(138), ListKind::Atomic),
             F::list(
                 "resourceClaims",
-                Elem::Object(128),
+                Elem::Object(139),
                 ListKind::Map(&["name"]),
             )
             .merge("name")
             .retain_keys(),
-            F::object("resources", 145),
+            F::object("resources", 156),
             F::scalar("restartPolicy"),
             F::scalar("runtimeClassName"),
             F::scalar("schedulerName"),
             F::list(
                 "schedulingGates",
-                Elem::Object(130),
+                Elem::Object(141),
                 ListKind::Map(&["name"]),
             )
             .merge("name"),
-            F::object("securityContext", 131),
+            F::object("securityContext", 142),
             F::scalar("serviceAccount"),
             F::scalar("serviceAccountName"),
             F::scalar("setHostnameAsFQDN"),
             F::scalar("shareProcessNamespace"),
             F::scalar("subdomain"),
             F::scalar("terminationGracePeriodSeconds"),
-            F::list("tolerations", Elem::Object(168), ListKind::Atomic),
+            F::list("tolerations", Elem::Object(179), ListKind::Atomic),
             F::list(
                 "topologySpreadConstraints",
-                Elem::Object(169),
+                Elem::Object(180),
                 ListKind::Map(&["topologyKey", "whenUnsatisfiable"]),
             )
             .merge("topologyKey"),
-            F::list("volumes", Elem::Object(172), ListKind::Map(&["name"]))
+            F::list("volumes", Elem::Object(183), ListKind::Map(&["name"]))
                 .merge("name")
                 .retain_keys(),
         ],
@@ -1205,28 +1302,28 @@ pub(super) static TYPES: [TypeDef; 197] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.PodStatus",
         &[
-            F::list("conditions", Elem::Object(122), ListKind::Map(&["type"])).merge("type"),
-            F::list("containerStatuses", Elem::Object(49), ListKind::Atomic),
+            F::list("conditions", Elem::Object(133), ListKind::Map(&["type"])).merge("type"),
+            F::list("containerStatuses", Elem::Object(60), ListKind::Atomic),
             F::list(
                 "ephemeralContainerStatuses",
-                Elem::Object(49),
+                Elem::Object(60),
                 ListKind::Atomic,
             ),
             F::scalar("hostIP"),
-            F::list("hostIPs", Elem::Object(79), ListKind::Atomic).merge("ip"),
-            F::list("initContainerStatuses", Elem::Object(49), ListKind::Atomic),
+            F::list("hostIPs", Elem::Object(90), ListKind::Atomic).merge("ip"),
+            F::list("initContainerStatuses", Elem::Object(60), ListKind::Atomic),
             F::scalar("message"),
             F::scalar("nominatedNodeName"),
             F::scalar("observedGeneration"),
             F::scalar("phase"),
             F::scalar("podIP"),
-            F::list("podIPs", Elem::Object(125), ListKind::Map(&["ip"])).merge("ip"),
+            F::list("podIPs", Elem::Object(136), ListKind::Map(&["ip"])).merge("ip"),
             F::scalar("qosClass"),
             F::scalar("reason"),
             F::scalar("resize"),
             F::list(
                 "resourceClaimStatuses",
-                Elem::Object(129),
+                Elem::Object(140),
                 ListKind::Map(&["name"]),
             )
             .merge("name")
@@ -1236,7 +1333,7 @@ pub(super) static TYPES: [TypeDef; 197] = [
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.PodTemplateSpec",
-        &[F::object("metadata", 195), F::object("spec", 132)],
+        &[F::object("metadata", 206), F::object("spec", 143)],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.PortStatus",
@@ -1252,19 +1349,19 @@ pub(super) static TYPES: [TypeDef; 197] = [
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.PreferredSchedulingTerm",
-        &[F::object("preference", 107), F::scalar("weight")],
+        &[F::object("preference", 118), F::scalar("weight")],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.Probe",
         &[
-            F::object("exec", 68),
+            F::object("exec", 79),
             F::scalar("failureThreshold"),
-            F::object("grpc", 73),
-            F::object("httpGet", 76),
+            F::object("grpc", 84),
+            F::object("httpGet", 87),
             F::scalar("initialDelaySeconds"),
             F::scalar("periodSeconds"),
             F::scalar("successThreshold"),
-            F::object("tcpSocket", 166),
+            F::object("tcpSocket", 177),
             F::scalar("terminationGracePeriodSeconds"),
             F::scalar("timeoutSeconds"),
         ],
@@ -1273,7 +1370,7 @@ pub(super) static TYPES: [TypeDef; 197] = [
         "io.k8s.api.core.v1.ProjectedVolumeSource",
         &[
             F::scalar("defaultMode"),
-            F::list("sources", Elem::Object(176), ListKind::Atomic),
+            F::list("sources", Elem::Object(187), ListKind::Atomic),
         ],
     ),
     TypeDef::granular(
@@ -1296,7 +1393,7 @@ pub(super) static TYPES: [TypeDef; 197] = [
             F::list("monitors", Elem::Scalar, ListKind::Atomic),
             F::scalar("pool"),
             F::scalar("readOnly"),
-            F::object("secretRef", 89),
+            F::object("secretRef", 100),
             F::scalar("user"),
         ],
     ),
@@ -1319,7 +1416,7 @@ pub(super) static TYPES: [TypeDef; 197] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.ResourceRequirements",
         &[
-            F::list("claims", Elem::Object(142), ListKind::Map(&["name"])),
+            F::list("claims", Elem::Object(153), ListKind::Map(&["name"])),
             F::map("limits", Elem::Scalar, MapKind::Granular),
             F::map("requests", Elem::Scalar, MapKind::Granular),
         ],
@@ -1330,7 +1427,7 @@ pub(super) static TYPES: [TypeDef; 197] = [
             F::scalar("name"),
             F::list(
                 "resources",
-                Elem::Object(144),
+                Elem::Object(155),
                 ListKind::Map(&["resourceID"]),
             ),
         ],
@@ -1351,7 +1448,7 @@ pub(super) static TYPES: [TypeDef; 197] = [
             F::scalar("gateway"),
             F::scalar("protectionDomain"),
             F::scalar("readOnly"),
-            F::object("secretRef", 89),
+            F::object("secretRef", 100),
             F::scalar("sslEnabled"),
             F::scalar("storageMode"),
             F::scalar("storagePool"),
@@ -1370,7 +1467,7 @@ pub(super) static TYPES: [TypeDef; 197] = [
             F::map("data", Elem::Scalar, MapKind::Granular),
             F::scalar("immutable"),
             F::scalar("kind"),
-            F::object("metadata", 195),
+            F::object("metadata", 206),
             F::map("stringData", Elem::Scalar, MapKind::Granular),
             F::scalar("type"),
         ],
@@ -1386,7 +1483,7 @@ pub(super) static TYPES: [TypeDef; 197] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.SecretProjection",
         &[
-            F::list("items", Elem::Object(83), ListKind::Atomic),
+            F::list("items", Elem::Object(94), ListKind::Atomic),
             F::scalar("name"),
             F::scalar("optional"),
         ],
@@ -1395,7 +1492,7 @@ pub(super) static TYPES: [TypeDef; 197] = [
         "io.k8s.api.core.v1.SecretVolumeSource",
         &[
             F::scalar("defaultMode"),
-            F::list("items", Elem::Object(83), ListKind::Atomic),
+            F::list("items", Elem::Object(94), ListKind::Atomic),
             F::scalar("optional"),
             F::scalar("secretName"),
         ],
@@ -1404,17 +1501,17 @@ pub(super) static TYPES: [TypeDef; 197] = [
         "io.k8s.api.core.v1.SecurityContext",
         &[
             F::scalar("allowPrivilegeEscalation"),
-            F::object("appArmorProfile", 24),
-            F::object("capabilities", 30),
+            F::object("appArmorProfile", 35),
+            F::object("capabilities", 41),
             F::scalar("privileged"),
             F::scalar("procMount"),
             F::scalar("readOnlyRootFilesystem"),
             F::scalar("runAsGroup"),
             F::scalar("runAsNonRoot"),
             F::scalar("runAsUser"),
-            F::object("seLinuxOptions", 147),
-            F::object("seccompProfile", 149),
-            F::object("windowsOptions", 180),
+            F::object("seLinuxOptions", 158),
+            F::object("seccompProfile", 160),
+            F::object("windowsOptions", 191),
         ],
     ),
     TypeDef::granular(
@@ -1422,9 +1519,9 @@ pub(super) static TYPES: [TypeDef; 197] = [
         &[
             F::scalar("apiVersion"),
             F::scalar("kind"),
-            F::object("metadata", 195),
-            F::object("spec", 160),
-            F::object("status", 161),
+            F::object("metadata", 206),
+            F::object("spec", 171),
+            F::object("status", 172),
         ],
     ),
     TypeDef::granular(
@@ -1432,10 +1529,10 @@ pub(super) static TYPES: [TypeDef; 197] = [
         &[
             F::scalar("apiVersion"),
             F::scalar("automountServiceAccountToken"),
-            F::list("imagePullSecrets", Elem::Object(89), ListKind::Atomic),
+            F::list("imagePullSecrets", Elem::Object(100), ListKind::Atomic),
             F::scalar("kind"),
-            F::object("metadata", 195),
-            F::list("secrets", Elem::Object(113), ListKind::Map(&["name"])).merge("name"),
+            F::object("metadata", 206),
+            F::list("secrets", Elem::Object(124), ListKind::Map(&["name"])).merge("name"),
         ],
     ),
     TypeDef::granular(
@@ -1475,14 +1572,14 @@ pub(super) static TYPES: [TypeDef; 197] = [
             F::list("loadBalancerSourceRanges", Elem::Scalar, ListKind::Atomic),
             F::list(
                 "ports",
-                Elem::Object(159),
+                Elem::Object(170),
                 ListKind::Map(&["port", "protocol"]),
             )
             .merge("port"),
             F::scalar("publishNotReadyAddresses"),
             F::map("selector", Elem::Scalar, MapKind::Atomic),
             F::scalar("sessionAffinity"),
-            F::object("sessionAffinityConfig", 162),
+            F::object("sessionAffinityConfig", 173),
             F::scalar("trafficDistribution"),
             F::scalar("type"),
         ],
@@ -1490,13 +1587,13 @@ pub(super) static TYPES: [TypeDef; 197] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.ServiceStatus",
         &[
-            F::list("conditions", Elem::Object(191), ListKind::Map(&["type"])).merge("type"),
-            F::object("loadBalancer", 88),
+            F::list("conditions", Elem::Object(202), ListKind::Map(&["type"])).merge("type"),
+            F::object("loadBalancer", 99),
         ],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.SessionAffinityConfig",
-        &[F::object("clientIP", 33)],
+        &[F::object("clientIP", 44)],
     ),
     TypeDef::granular("io.k8s.api.core.v1.SleepAction", &[F::scalar("seconds")]),
     TypeDef::granular(
@@ -1504,7 +1601,7 @@ pub(super) static TYPES: [TypeDef; 197] = [
         &[
             F::scalar("fsType"),
             F::scalar("readOnly"),
-            F::object("secretRef", 89),
+            F::object("secretRef", 100),
             F::scalar("volumeName"),
             F::scalar("volumeNamespace"),
         ],
@@ -1539,7 +1636,7 @@ pub(super) static TYPES: [TypeDef; 197] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.TopologySpreadConstraint",
         &[
-            F::object("labelSelector", 192),
+            F::object("labelSelector", 203),
             F::list("matchLabelKeys", Elem::Scalar, ListKind::Atomic),
             F::scalar("maxSkew"),
             F::scalar("minDomains"),
@@ -1565,37 +1662,37 @@ pub(super) static TYPES: [TypeDef; 197] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.Volume",
         &[
-            F::object("awsElasticBlockStore", 22),
-            F::object("azureDisk", 26),
-            F::object("azureFile", 27),
-            F::object("cephfs", 31),
-            F::object("cinder", 32),
-            F::object("configMap", 40),
-            F::object("csi", 29),
-            F::object("downwardAPI", 54),
-            F::object("emptyDir", 55),
-            F::object("ephemeral", 64),
-            F::object("fc", 69),
-            F::object("flexVolume", 70),
-            F::object("flocker", 71),
-            F::object("gcePersistentDisk", 72),
-            F::object("gitRepo", 74),
-            F::object("glusterfs", 75),
-            F::object("hostPath", 80),
-            F::object("image", 82),
-            F::object("iscsi", 81),
+            F::object("awsElasticBlockStore", 33),
+            F::object("azureDisk", 37),
+            F::object("azureFile", 38),
+            F::object("cephfs", 42),
+            F::object("cinder", 43),
+            F::object("configMap", 51),
+            F::object("csi", 40),
+            F::object("downwardAPI", 65),
+            F::object("emptyDir", 66),
+            F::object("ephemeral", 75),
+            F::object("fc", 80),
+            F::object("flexVolume", 81),
+            F::object("flocker", 82),
+            F::object("gcePersistentDisk", 83),
+            F::object("gitRepo", 85),
+            F::object("glusterfs", 86),
+            F::object("hostPath", 91),
+            F::object("image", 93),
+            F::object("iscsi", 92),
             F::scalar("name"),
-            F::object("nfs", 90),
-            F::object("persistentVolumeClaim", 116),
-            F::object("photonPersistentDisk", 117),
-            F::object("portworxVolume", 136),
-            F::object("projected", 139),
-            F::object("quobyte", 140),
-            F::object("rbd", 141),
-            F::object("scaleIO", 148),
-            F::object("secret", 154),
-            F::object("storageos", 164),
-            F::object("vsphereVolume", 178),
+            F::object("nfs", 101),
+            F::object("persistentVolumeClaim", 127),
+            F::object("photonPersistentDisk", 128),
+            F::object("portworxVolume", 147),
+            F::object("projected", 150),
+            F::object("quobyte", 151),
+            F::object("rbd", 152),
+            F::object("scaleIO", 159),
+            F::object("secret", 165),
+            F::object("storageos", 175),
+            F::object("vsphereVolume", 189),
         ],
     ),
     TypeDef::granular(
@@ -1626,11 +1723,11 @@ pub(super) static TYPES: [TypeDef; 197] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.VolumeProjection",
         &[
-            F::object("clusterTrustBundle", 34),
-            F::object("configMap", 39),
-            F::object("downwardAPI", 52),
-            F::object("secret", 153),
-            F::object("serviceAccountToken", 158),
+            F::object("clusterTrustBundle", 45),
+            F::object("configMap", 50),
+            F::object("downwardAPI", 63),
+            F::object("secret", 164),
+            F::object("serviceAccountToken", 169),
         ],
     ),
     TypeDef::granular(
@@ -1651,7 +1748,7 @@ pub(super) static TYPES: [TypeDef; 197] = [
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.WeightedPodAffinityTerm",
-        &[F::object("podAffinityTerm", 120), F::scalar("weight")],
+        &[F::object("podAffinityTerm", 131), F::scalar("weight")],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.WindowsSecurityContextOptions",
@@ -1666,12 +1763,12 @@ pub(super) static TYPES: [TypeDef; 197] = [
         "io.k8s.api.discovery.v1.Endpoint",
         &[
             F::list("addresses", Elem::Scalar, ListKind::Set),
-            F::object("conditions", 182),
+            F::object("conditions", 193),
             F::map("deprecatedTopology", Elem::Scalar, MapKind::Granular),
-            F::object("hints", 183),
+            F::object("hints", 194),
             F::scalar("hostname"),
             F::scalar("nodeName"),
-            F::object("targetRef", 113),
+            F::object("targetRef", 124),
             F::scalar("zone"),
         ],
     ),
@@ -1686,8 +1783,8 @@ pub(super) static TYPES: [TypeDef; 197] = [
     TypeDef::granular(
         "io.k8s.api.discovery.v1.EndpointHints",
         &[
-            F::list("forNodes", Elem::Object(186), ListKind::Atomic),
-            F::list("forZones", Elem::Object(187), ListKind::Atomic),
+            F::list("forNodes", Elem::Object(197), ListKind::Atomic),
+            F::list("forZones", Elem::Object(198), ListKind::Atomic),
         ],
     ),
     TypeDef::atomic(
@@ -1704,10 +1801,10 @@ pub(super) static TYPES: [TypeDef; 197] = [
         &[
             F::scalar("addressType"),
             F::scalar("apiVersion"),
-            F::list("endpoints", Elem::Object(181), ListKind::Atomic),
+            F::list("endpoints", Elem::Object(192), ListKind::Atomic),
             F::scalar("kind"),
-            F::object("metadata", 195),
-            F::list("ports", Elem::Object(184), ListKind::Atomic),
+            F::object("metadata", 206),
+            F::list("ports", Elem::Object(195), ListKind::Atomic),
         ],
     ),
     TypeDef::granular("io.k8s.api.discovery.v1.ForNode", &[F::scalar("name")]),
@@ -1722,16 +1819,16 @@ pub(super) static TYPES: [TypeDef; 197] = [
             F::scalar("apiVersion"),
             F::scalar("handler"),
             F::scalar("kind"),
-            F::object("metadata", 195),
-            F::object("overhead", 188),
-            F::object("scheduling", 190),
+            F::object("metadata", 206),
+            F::object("overhead", 199),
+            F::object("scheduling", 201),
         ],
     ),
     TypeDef::granular(
         "io.k8s.api.node.v1.Scheduling",
         &[
             F::map("nodeSelector", Elem::Scalar, MapKind::Atomic),
-            F::list("tolerations", Elem::Object(168), ListKind::Atomic),
+            F::list("tolerations", Elem::Object(179), ListKind::Atomic),
         ],
     ),
     TypeDef::granular(
@@ -1748,7 +1845,7 @@ pub(super) static TYPES: [TypeDef; 197] = [
     TypeDef::atomic(
         "io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector",
         &[
-            F::list("matchExpressions", Elem::Object(193), ListKind::Atomic),
+            F::list("matchExpressions", Elem::Object(204), ListKind::Atomic),
             F::map("matchLabels", Elem::Scalar, MapKind::Granular),
         ],
     ),
@@ -1783,12 +1880,12 @@ pub(super) static TYPES: [TypeDef; 197] = [
             F::scalar("generateName"),
             F::scalar("generation"),
             F::map("labels", Elem::Scalar, MapKind::Granular),
-            F::list("managedFields", Elem::Object(194), ListKind::Atomic),
+            F::list("managedFields", Elem::Object(205), ListKind::Atomic),
             F::scalar("name"),
             F::scalar("namespace"),
             F::list(
                 "ownerReferences",
-                Elem::Object(196),
+                Elem::Object(207),
                 ListKind::Map(&["uid"]),
             )
             .merge("uid"),
@@ -1811,23 +1908,24 @@ pub(super) static TYPES: [TypeDef; 197] = [
 ];
 
 /// The served kinds: (group, version, kind, index into [`TYPES`]).
-pub(super) static ROOTS: [(&str, &str, &str, u16); 18] = [
-    ("", "v1", "Binding", 28),
-    ("", "v1", "ConfigMap", 35),
-    ("", "v1", "Endpoints", 59),
-    ("", "v1", "Event", 65),
-    ("", "v1", "Namespace", 91),
-    ("", "v1", "Node", 95),
-    ("", "v1", "Pod", 118),
-    ("", "v1", "Secret", 150),
-    ("", "v1", "Service", 156),
-    ("", "v1", "ServiceAccount", 157),
+pub(super) static ROOTS: [(&str, &str, &str, u16); 19] = [
+    ("", "v1", "Binding", 39),
+    ("", "v1", "ConfigMap", 46),
+    ("", "v1", "Endpoints", 70),
+    ("", "v1", "Event", 76),
+    ("", "v1", "Namespace", 102),
+    ("", "v1", "Node", 106),
+    ("", "v1", "Pod", 129),
+    ("", "v1", "Secret", 161),
+    ("", "v1", "Service", 167),
+    ("", "v1", "ServiceAccount", 168),
     ("apps", "v1", "ControllerRevision", 0),
     ("apps", "v1", "DaemonSet", 1),
     ("apps", "v1", "Deployment", 6),
     ("apps", "v1", "ReplicaSet", 11),
     ("autoscaling", "v1", "Scale", 17),
-    ("coordination.k8s.io", "v1", "Lease", 20),
-    ("discovery.k8s.io", "v1", "EndpointSlice", 185),
-    ("node.k8s.io", "v1", "RuntimeClass", 189),
+    ("batch", "v1", "Job", 20),
+    ("coordination.k8s.io", "v1", "Lease", 31),
+    ("discovery.k8s.io", "v1", "EndpointSlice", 196),
+    ("node.k8s.io", "v1", "RuntimeClass", 200),
 ];

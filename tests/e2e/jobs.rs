@@ -1,0 +1,191 @@
+//! batch/v1 Jobs through `wasmkube up` and the real kubectl: `kubectl create job` runs a
+//! module to completion and `kubectl wait --for=condition=complete` returns; an Indexed
+//! Job runs each index once, two at a time, with `JOB_COMPLETION_INDEX`; a failing Job
+//! stops at its backoffLimit; `ttlSecondsAfterFinished` deletes a finished Job; deleting
+//! a Job takes its pods with it.
+
+use serde_json::Value;
+
+use crate::agents::{sample_image, up_node};
+use crate::harness::{eventually, Cluster, DEADLINE};
+
+/// The pods of Job `job`, by the label every Job pod carries.
+async fn job_pods(cluster: &Cluster, job: &str) -> Vec<Value> {
+    let list = cluster
+        .get_json(&["pods", "-l", &format!("batch.kubernetes.io/job-name={job}")])
+        .await;
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_run_pods_to_completion() {
+    let cluster = Cluster::builder().up().start().await;
+    up_node(&cluster).await;
+
+    // `kubectl create job` sends the Job as protobuf.
+    cluster
+        .kubectl_ok(&[
+            "create",
+            "job",
+            "hello",
+            &format!("--image={}", sample_image("hello")),
+        ])
+        .await;
+    cluster
+        .kubectl_ok(&[
+            "wait",
+            "--for=condition=complete",
+            "job/hello",
+            "--timeout=60s",
+        ])
+        .await;
+    let table = cluster.get_table(&["jobs"]).await;
+    let row = table.row("hello");
+    assert_eq!(row.get("STATUS"), "Complete");
+    assert_eq!(row.get("COMPLETIONS"), "1/1");
+    let logs = cluster.kubectl_ok(&["logs", "job/hello"]).await;
+    assert!(logs.contains("hello from wasmkube"), "{logs}");
+    let pods = job_pods(&cluster, "hello").await;
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    assert_eq!(pods[0]["status"]["phase"], "Succeeded");
+    assert!(
+        pods[0]["metadata"]["finalizers"].is_null(),
+        "the tracking finalizer goes once counted: {:#}",
+        pods[0]["metadata"]
+    );
+
+    // Indexed, three completions two at a time: each index runs once and sees itself.
+    cluster
+        .apply_stdin(&format!(
+            r#"apiVersion: batch/v1
+kind: Job
+metadata: {{name: idx}}
+spec:
+  completions: 3
+  parallelism: 2
+  completionMode: Indexed
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - name: work
+        image: {}
+        command: ["sh", "-c", "echo index $JOB_COMPLETION_INDEX"]
+"#,
+            sample_image("hello")
+        ))
+        .await;
+    cluster
+        .kubectl_ok(&[
+            "wait",
+            "--for=condition=complete",
+            "job/idx",
+            "--timeout=60s",
+        ])
+        .await;
+    let job = cluster.get_json(&["job", "idx"]).await;
+    assert_eq!(
+        job["status"]["completedIndexes"], "0-2",
+        "{:#}",
+        job["status"]
+    );
+    assert_eq!(job["status"]["succeeded"], 3);
+    let mut seen = Vec::new();
+    for pod in job_pods(&cluster, "idx").await {
+        let name = pod["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let index = pod["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let logs = cluster.kubectl_ok(&["logs", &name]).await;
+        assert_eq!(logs.trim(), format!("index {index}"), "{name}");
+        seen.push(index);
+    }
+    seen.sort();
+    assert_eq!(seen, ["0", "1", "2"]);
+
+    // A module that fails, with no retries allowed: the Job fails.
+    cluster
+        .apply_stdin(&format!(
+            r#"apiVersion: batch/v1
+kind: Job
+metadata: {{name: boom}}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - name: boom
+        image: {}
+        env: [{{name: EXIT_CODE, value: "3"}}, {{name: CRASH_AFTER_MS, value: "0"}}]
+"#,
+            sample_image("crasher")
+        ))
+        .await;
+    cluster
+        .kubectl_ok(&[
+            "wait",
+            "--for=condition=failed",
+            "job/boom",
+            "--timeout=60s",
+        ])
+        .await;
+    let job = cluster.get_json(&["job", "boom"]).await;
+    assert_eq!(job["status"]["failed"], 1, "{:#}", job["status"]);
+    let failed = job["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Failed")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        failed["reason"], "BackoffLimitExceeded",
+        "{:#}",
+        job["status"]
+    );
+    let table = cluster.get_table(&["job", "boom"]).await;
+    assert_eq!(table.row("boom").get("STATUS"), "Failed");
+
+    // A time to live of zero: gone once finished.
+    cluster
+        .apply_stdin(&format!(
+            r#"apiVersion: batch/v1
+kind: Job
+metadata: {{name: brief}}
+spec:
+  ttlSecondsAfterFinished: 0
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{{name: brief, image: {}}}]
+"#,
+            sample_image("hello")
+        ))
+        .await;
+    eventually("the finished job deleted", DEADLINE, async || {
+        let out = cluster.kubectl(&["get", "job", "brief"]).await;
+        if !out.success && out.stderr.contains("NotFound") {
+            Ok(())
+        } else {
+            Err(format!("{}{}", out.stdout, out.stderr))
+        }
+    })
+    .await;
+
+    // Deleting a Job deletes its pods.
+    cluster.kubectl_ok(&["delete", "job", "idx"]).await;
+    eventually("the job's pods gone", DEADLINE, async || {
+        let left = job_pods(&cluster, "idx").await;
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{} pods left", left.len()))
+        }
+    })
+    .await;
+}

@@ -1,8 +1,8 @@
 //! batch/v1 Jobs through `wasmkube up` and the real kubectl: `kubectl create job` runs a
 //! module to completion and `kubectl wait --for=condition=complete` returns; an Indexed
 //! Job runs each index once, two at a time, with `JOB_COMPLETION_INDEX`; a failing Job
-//! stops at its backoffLimit; `ttlSecondsAfterFinished` deletes a finished Job; deleting
-//! a Job takes its pods with it.
+//! stops at its backoffLimit; `ttlSecondsAfterFinished` deletes a finished Job; a Job
+//! created suspended starts no pod until resumed; deleting a Job takes its pods with it.
 
 use serde_json::Value;
 
@@ -176,6 +176,50 @@ spec:
         }
     })
     .await;
+
+    // Created suspended: no pods until resumed, then it runs to completion.
+    cluster
+        .apply_stdin(&format!(
+            r#"apiVersion: batch/v1
+kind: Job
+metadata: {{name: later}}
+spec:
+  suspend: true
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{{name: later, image: {}}}]
+"#,
+            sample_image("hello")
+        ))
+        .await;
+    eventually("the job suspended", DEADLINE, async || {
+        let table = cluster.get_table(&["job", "later"]).await;
+        match table.row("later").get("STATUS") {
+            "Suspended" => Ok(()),
+            other => Err(other.to_string()),
+        }
+    })
+    .await;
+    assert!(job_pods(&cluster, "later").await.is_empty());
+    cluster
+        .kubectl_ok(&[
+            "patch",
+            "job",
+            "later",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"suspend":false}}"#,
+        ])
+        .await;
+    cluster
+        .kubectl_ok(&[
+            "wait",
+            "--for=condition=complete",
+            "job/later",
+            "--timeout=60s",
+        ])
+        .await;
 
     // Deleting a Job deletes its pods.
     cluster.kubectl_ok(&["delete", "job", "idx"]).await;

@@ -413,8 +413,18 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error> {
     let now = Utc::now();
     let now_time = Time(k8s_openapi::jiff::Timestamp::now());
 
+    // The server narrows the list by the selector's equality terms (the generated
+    // controller-uid label), so a reconcile reads this Job's pods, not the namespace's.
+    let by_labels: Vec<String> = spec
+        .selector
+        .as_ref()
+        .and_then(|s| s.match_labels.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     let owned: Vec<Pod> = pods_api
-        .list(&ListParams::default())
+        .list(&ListParams::default().labels(&by_labels.join(",")))
         .await?
         .items
         .into_iter()

@@ -13,11 +13,13 @@
 //! - [`kubeconfig`]: admin kubeconfig files.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`controllers`]: controllers run in the control plane, as API clients.
+//! - [`cron`]: cron schedules (CronJob validation and the CronJob controller).
 //! - [`leader`]: Lease-based leader election for the scheduler and the controllers.
 //! - [`server`]: `wasmkube server`: everything above wired into one process.
 
 pub mod apiserver;
 pub mod controllers;
+pub mod cron;
 pub mod etcd_process;
 pub mod kubeconfig;
 pub mod leader;

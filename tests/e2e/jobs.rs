@@ -3,6 +3,7 @@
 //! Job runs each index once, two at a time, with `JOB_COMPLETION_INDEX`; a failing Job
 //! stops at its backoffLimit; `ttlSecondsAfterFinished` deletes a finished Job; a Job
 //! created suspended starts no pod until resumed; deleting a Job takes its pods with it.
+//! CronJobs make their Jobs at the scheduled minute.
 
 use serde_json::Value;
 
@@ -232,4 +233,81 @@ spec:
         }
     })
     .await;
+}
+
+/// A CronJob makes a Job at the next minute and records it; `kubectl create job
+/// --from=cronjob/…` runs its template at once; a schedule cron cannot read is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cronjobs_make_jobs_on_schedule() {
+    let cluster = Cluster::builder().up().start().await;
+    up_node(&cluster).await;
+    let image = format!("--image={}", sample_image("hello"));
+    let refused = cluster
+        .kubectl(&["create", "cronjob", "bad", &image, "--schedule=61 * * * *"])
+        .await;
+    assert!(!refused.success);
+    assert!(
+        refused.stderr.contains("spec.schedule: Invalid value"),
+        "{}",
+        refused.stderr
+    );
+
+    // `kubectl create cronjob` sends protobuf too.
+    cluster
+        .kubectl_ok(&["create", "cronjob", "tick", &image, "--schedule=* * * * *"])
+        .await;
+    cluster
+        .kubectl_ok(&["create", "job", "manual", "--from=cronjob/tick"])
+        .await;
+    cluster
+        .kubectl_ok(&[
+            "wait",
+            "--for=condition=complete",
+            "job/manual",
+            "--timeout=60s",
+        ])
+        .await;
+
+    // The first scheduled run comes within a minute.
+    let scheduled = eventually(
+        "a scheduled job to complete",
+        std::time::Duration::from_secs(100),
+        async || {
+            let jobs = cluster.get_json(&["jobs"]).await;
+            let done = jobs["items"].as_array().into_iter().flatten().find(|j| {
+                j["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("tick-"))
+                    && j["status"]["succeeded"] == 1
+            });
+            match done {
+                Some(j) => Ok(j.clone()),
+                None => Err(jobs.to_string()),
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        scheduled["metadata"]["ownerReferences"][0]["kind"],
+        "CronJob"
+    );
+    assert!(scheduled["metadata"]["annotations"]
+        ["batch.kubernetes.io/cronjob-scheduled-timestamp"]
+        .is_string());
+    eventually("the run recorded", DEADLINE, async || {
+        let cj = cluster.get_json(&["cronjob", "tick"]).await;
+        if cj["status"]["lastScheduleTime"].is_string()
+            && cj["status"]["lastSuccessfulTime"].is_string()
+        {
+            Ok(())
+        } else {
+            Err(cj["status"].to_string())
+        }
+    })
+    .await;
+    let table = cluster.get_table(&["cronjobs"]).await;
+    let row = table.row("tick");
+    assert_eq!(row.get("SCHEDULE"), "* * * * *");
+    assert_eq!(row.get("SUSPEND"), "False");
+    assert_ne!(row.get("LAST SCHEDULE"), "<none>");
 }

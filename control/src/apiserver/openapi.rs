@@ -350,6 +350,7 @@ fn kind_type(group: &str, version: &str, kind: &str) -> Option<TypeSchema> {
         ("apps", "v1", "StatefulSet") => type_schema::<apps::StatefulSet>(),
         ("apps", "v1", "ControllerRevision") => type_schema::<apps::ControllerRevision>(),
         ("batch", "v1", "Job") => type_schema::<k8s_openapi::api::batch::v1::Job>(),
+        ("batch", "v1", "CronJob") => type_schema::<k8s_openapi::api::batch::v1::CronJob>(),
         ("autoscaling", "v1", "Scale") => type_schema::<autoscaling::Scale>(),
         ("discovery.k8s.io", "v1", "EndpointSlice") => {
             type_schema::<discovery_api::EndpointSlice>()

@@ -1,7 +1,7 @@
 //! Kubernetes protobuf request bodies (`application/vnd.kubernetes.protobuf`) decoded into
 //! the JSON object the rest of the API server handles.
 //!
-//! `kubectl create deployment|job|namespace|configmap|secret|service|serviceaccount` send
+//! `kubectl create deployment|job|cronjob|namespace|configmap|secret|service|serviceaccount` send
 //! protobuf and do not fall back to JSON on 415, so the server has to read them. A body is
 //! the 4-byte magic `k8s\0` followed by a `runtime.Unknown` message whose `typeMeta` names
 //! the kind and whose `raw` field holds that kind's message.
@@ -43,6 +43,7 @@ pub const SUPPORTED_KINDS: &[(&str, &str)] = &[
     ("v1", "ServiceAccount"),
     ("apps/v1", "Deployment"),
     ("batch/v1", "Job"),
+    ("batch/v1", "CronJob"),
 ];
 
 /// Why a protobuf body could not be turned into JSON.
@@ -171,6 +172,7 @@ fn schema_for(api_version: &str, kind: &str) -> Option<&'static Msg> {
         ("v1", "ServiceAccount") => &SERVICE_ACCOUNT,
         ("apps/v1", "Deployment") => &DEPLOYMENT,
         ("batch/v1", "Job") => &JOB,
+        ("batch/v1", "CronJob") => &CRON_JOB,
         // `kubectl drain` (and client-go's typed deletes) send their options as protobuf.
         ("v1", "DeleteOptions") | ("meta.k8s.io/v1", "DeleteOptions") => &DELETE_OPTIONS,
         _ => return None,
@@ -1095,8 +1097,9 @@ static DEPLOYMENT_CONDITION: Msg = Msg {
 };
 
 // ---------------------------------------------------------------------------------------
-// batch/v1 Job (`kubectl create job`); field numbers from k8s.io/api/batch/v1. The
-// failure and success policies are not described: a body carrying one is refused.
+// batch/v1 Job and CronJob (`kubectl create job|cronjob`); field numbers from
+// k8s.io/api/batch/v1. The failure and success policies are not described: a body
+// carrying one is refused.
 // ---------------------------------------------------------------------------------------
 
 static JOB: Msg = Msg {
@@ -1138,6 +1141,46 @@ static JOB_STATUS: Msg = Msg {
         opt(5, "succeeded", Ty::Int32),
         opt(6, "failed", Ty::Int32),
         opt(7, "completedIndexes", Ty::Str),
+    ],
+};
+
+static CRON_JOB: Msg = Msg {
+    name: "CronJob",
+    fields: &[
+        opt(1, "metadata", Ty::Msg(&OBJECT_META)),
+        opt(2, "spec", Ty::Msg(&CRON_JOB_SPEC)),
+        opt(3, "status", Ty::Msg(&CRON_JOB_STATUS)),
+    ],
+};
+
+static CRON_JOB_SPEC: Msg = Msg {
+    name: "CronJobSpec",
+    fields: &[
+        keep(1, "schedule", Ty::Str),
+        keep(8, "timeZone", Ty::Str),
+        keep(2, "startingDeadlineSeconds", Ty::Int64),
+        opt(3, "concurrencyPolicy", Ty::Str),
+        keep(4, "suspend", Ty::Bool),
+        opt(5, "jobTemplate", Ty::Msg(&JOB_TEMPLATE_SPEC)),
+        keep(6, "successfulJobsHistoryLimit", Ty::Int32),
+        keep(7, "failedJobsHistoryLimit", Ty::Int32),
+    ],
+};
+
+static JOB_TEMPLATE_SPEC: Msg = Msg {
+    name: "JobTemplateSpec",
+    fields: &[
+        opt(1, "metadata", Ty::Msg(&OBJECT_META)),
+        opt(2, "spec", Ty::Msg(&JOB_SPEC)),
+    ],
+};
+
+static CRON_JOB_STATUS: Msg = Msg {
+    name: "CronJobStatus",
+    fields: &[
+        rep(1, "active", Ty::Msg(&OBJECT_REFERENCE)),
+        opt(4, "lastScheduleTime", Ty::Time),
+        opt(5, "lastSuccessfulTime", Ty::Time),
     ],
 };
 
@@ -2030,6 +2073,8 @@ mod tests {
         pub const SECRET: &str = "6b3873000a0c0a027631120653656372657412240a110a017312001a0022002a00320038004200120d0a0475736572120561646d696e1a001a002200";
         /// `kubectl create secret docker-registry reg --docker-server=r.io --docker-username=u --docker-password=p`
         pub const SECRET_DOCKER: &str = "6b3873000a0c0a0276311206536563726574128c010a130a0372656712001a0022002a0032003800420012550a112e646f636b6572636f6e6669676a736f6e12407b226175746873223a7b22722e696f223a7b22757365726e616d65223a2275222c2270617373776f7264223a2270222c2261757468223a2264547077227d7d7d1a1e6b756265726e657465732e696f2f646f636b6572636f6e6669676a736f6e1a002200";
+        /// `kubectl create cronjob cj --image=busybox --schedule='*/5 * * * *'` (kubectl 1.33)
+        pub const CRON_JOB: &str = "6b3873000a130a0862617463682f7631120743726f6e4a6f62129e010a120a02636a12001a0022002a003200380042001285010a0b2a2f35202a202a202a202a1a002a740a120a02636a12001a0022002a00320038004200125e325c0a100a0012001a0022002a00320038004200124812210a02636a120762757379626f782a0042006a007200800100880100900100a201001a094f6e4661696c757265320042004a0052005800600068008201008a01009a0100c201001a001a002200";
         /// `kubectl create job j --image=busybox`
         pub const JOB: &str = "6b3873000a0f0a0862617463682f763112034a6f6212780a110a016a12001a0022002a00320038004200125932570a100a0012001a0022002a00320038004200124312200a016a120762757379626f782a0042006a007200800100880100900100a201001a054e65766572320042004a0052005800600068008201008a01009a0100c201001a082000280030003a001a002200";
         /// `kubectl create deployment web --image=x.wasm --replicas=3 --port=8080`
@@ -2193,18 +2238,31 @@ mod tests {
     }
 
     #[test]
+    fn captured_cron_job() {
+        let object = decoded(&hex(captured::CRON_JOB));
+        assert_eq!(object["kind"], "CronJob");
+        assert_eq!(object["metadata"]["name"], "cj");
+        assert_eq!(object["spec"]["schedule"], "*/5 * * * *");
+        let template = &object["spec"]["jobTemplate"];
+        assert_eq!(template["metadata"]["name"], "cj");
+        let pod = &template["spec"]["template"]["spec"];
+        assert_eq!(pod["containers"][0]["image"], "busybox");
+        assert_eq!(pod["restartPolicy"], "OnFailure");
+    }
+
+    #[test]
     fn other_kinds_are_unsupported() {
-        let err = decode(&body("batch/v1", "CronJob", &[])).expect_err("not served");
+        let err = decode(&body("batch/v1", "CronJobList", &[])).expect_err("not served");
         assert_eq!(
             err,
             ProtobufError::UnsupportedKind {
                 api_version: "batch/v1".into(),
-                kind: "CronJob".into()
+                kind: "CronJobList".into()
             }
         );
         assert_eq!(
             err.to_string(),
-            "unsupported kind batch/v1 CronJob in a protobuf body"
+            "unsupported kind batch/v1 CronJobList in a protobuf body"
         );
     }
 

@@ -8,6 +8,7 @@
 //! - [`deployment`]: rolls templates out through ReplicaSets (RollingUpdate, Recreate).
 //! - [`job`]: runs Jobs' pods to completion (parallelism, completions, Indexed, back-off,
 //!   deadlines, suspend, time to live).
+//! - [`cronjob`]: a Job from each CronJob's template at its scheduled times.
 //! - [`endpoints`]: Endpoints (ready and not-ready pod addresses) for selector Services.
 //! - [`endpointslices`]: EndpointSlices for the same Services.
 //! - [`serviceaccounts`]: a `default` ServiceAccount in every namespace.
@@ -19,6 +20,7 @@
 //! - [`garbagecollector`]: ownerReference cascades (background, foreground, orphan).
 //! - [`shared_watch`]: one pod watch shared by the controllers that follow pods.
 
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
@@ -79,6 +81,7 @@ pub async fn controllers(client: kube::Client, options: Options) {
         deployment::run(client.clone()).boxed(),
         daemonset::run(client.clone(), pods.clone()).boxed(),
         job::run(client.clone(), pods.clone()).boxed(),
+        cronjob::run(client.clone()).boxed(),
         endpoints::run(client.clone(), pods.clone()).boxed(),
         endpointslices::run(client.clone(), pods).boxed(),
         serviceaccounts::run(client.clone()).boxed(),

@@ -111,76 +111,7 @@ impl Strategy for JobStrategy {
     fn validate(&self, obj: &Value) -> Vec<Cause> {
         let empty = Map::new();
         let spec = obj.get("spec").and_then(Value::as_object).unwrap_or(&empty);
-        let mut out = Vec::new();
-        for field in [
-            "parallelism",
-            "completions",
-            "backoffLimit",
-            "ttlSecondsAfterFinished",
-        ] {
-            if let Some(v) = int_at(spec, field) {
-                nonnegative(&mut out, &format!("spec.{field}"), v);
-            }
-        }
-        if let Some(v) = int_at(spec, "activeDeadlineSeconds") {
-            if v <= 0 {
-                out.push(Cause::invalid_int(
-                    "spec.activeDeadlineSeconds",
-                    v,
-                    "must be greater than 0",
-                ));
-            }
-        }
-        // Policies the Job controller here does not carry out are refused rather than
-        // accepted and ignored.
-        for field in [
-            "podFailurePolicy",
-            "successPolicy",
-            "backoffLimitPerIndex",
-            "maxFailedIndexes",
-        ] {
-            if spec.get(field).is_some_and(|v| !v.is_null()) {
-                out.push(Cause::forbidden(
-                    format!("spec.{field}"),
-                    "not supported by wasmkube's Job controller",
-                ));
-            }
-        }
-        let mode = podspec::str_at(spec, "completionMode");
-        match mode {
-            "NonIndexed" => {}
-            "Indexed" => {
-                if int_at(spec, "completions").is_none() {
-                    let mut c = Cause::required("spec.completions");
-                    c.message = "Required value: when completion mode is Indexed".into();
-                    out.push(c);
-                }
-            }
-            other => out.push(Cause::not_supported(
-                "spec.completionMode",
-                other,
-                &["NonIndexed", "Indexed"],
-            )),
-        }
-        let sel_value = spec.get("selector").filter(|v| !v.is_null());
-        match sel_value.and_then(Value::as_object) {
-            None => out.push(Cause::required("spec.selector")),
-            Some(sel) => podspec::validate_label_selector(&mut out, sel, "spec.selector"),
-        }
-        match Selector::from_json(sel_value) {
-            Err(_) => out.push(podspec::invalid_raw(
-                "spec.selector",
-                podspec::go_label_selector(sel_value),
-                "invalid label selector",
-            )),
-            Ok(selector) => out.extend(podspec::validate_selected_template(
-                spec.get("template"),
-                &selector,
-                "spec.template",
-                &["OnFailure", "Never"],
-            )),
-        }
-        out
+        validate_job_spec(spec, "spec", true)
     }
 
     fn validate_update(&self, new: &Value, old: &Value) -> Vec<Cause> {
@@ -252,6 +183,92 @@ impl Strategy for JobStrategy {
             )),
         ]
     }
+}
+
+/// A JobSpec at `path` (`spec`, or a CronJob's `spec.jobTemplate.spec`, whose selector
+/// comes only when each Job is made).
+pub(super) fn validate_job_spec(
+    spec: &Map<String, Value>,
+    path: &str,
+    with_selector: bool,
+) -> Vec<Cause> {
+    let at = |field: &str| format!("{path}.{field}");
+    let mut out = Vec::new();
+    for field in [
+        "parallelism",
+        "completions",
+        "backoffLimit",
+        "ttlSecondsAfterFinished",
+    ] {
+        if let Some(v) = int_at(spec, field) {
+            nonnegative(&mut out, &at(field), v);
+        }
+    }
+    if let Some(v) = int_at(spec, "activeDeadlineSeconds") {
+        if v <= 0 {
+            out.push(Cause::invalid_int(
+                at("activeDeadlineSeconds"),
+                v,
+                "must be greater than 0",
+            ));
+        }
+    }
+    // Policies the Job controller here does not carry out are refused rather than
+    // accepted and ignored.
+    for field in [
+        "podFailurePolicy",
+        "successPolicy",
+        "backoffLimitPerIndex",
+        "maxFailedIndexes",
+    ] {
+        if spec.get(field).is_some_and(|v| !v.is_null()) {
+            out.push(Cause::forbidden(
+                at(field),
+                "not supported by wasmkube's Job controller",
+            ));
+        }
+    }
+    let mode = podspec::str_at(spec, "completionMode");
+    match mode {
+        "NonIndexed" | "" => {}
+        "Indexed" => {
+            if int_at(spec, "completions").is_none() {
+                let mut c = Cause::required(at("completions"));
+                c.message = "Required value: when completion mode is Indexed".into();
+                out.push(c);
+            }
+        }
+        other => out.push(Cause::not_supported(
+            at("completionMode"),
+            other,
+            &["NonIndexed", "Indexed"],
+        )),
+    }
+    let sel_value = spec.get("selector").filter(|v| !v.is_null());
+    match sel_value.and_then(Value::as_object) {
+        None if with_selector => out.push(Cause::required(at("selector"))),
+        None => {}
+        Some(sel) => podspec::validate_label_selector(&mut out, sel, &at("selector")),
+    }
+    let selector = match sel_value {
+        // A job template's Jobs get their selector when they are made.
+        None if !with_selector => Ok(Selector::Requirements(Vec::new())),
+        _ => Selector::from_json(sel_value),
+    };
+    match selector {
+        Err(_) => out.push(podspec::invalid_raw(
+            at("selector"),
+            podspec::go_label_selector(sel_value),
+            "invalid label selector",
+        )),
+        Ok(selector) => out.extend(podspec::validate_selected_template(
+            spec.get("template"),
+            &selector,
+            &at("template"),
+            &["OnFailure", "Never"],
+        )),
+    }
+    out
 }
 
 fn has_condition(obj: &Value, type_: &str) -> bool {

@@ -17,6 +17,7 @@ pub mod validation;
 
 mod configmaps;
 mod controllerrevisions;
+mod cronjobs;
 mod daemonsets;
 mod deployments;
 mod endpoints;
@@ -333,6 +334,7 @@ impl Registry {
             daemonsets::def(),
             controllerrevisions::def(),
             jobs::def(),
+            cronjobs::def(),
             endpointslices::def(),
             leases::def(),
             runtimeclasses::def(),

@@ -5,14 +5,14 @@
 use super::schema::{Elem, FieldDef as F, ListKind, MapKind, TypeDef};
 
 /// Every type, sorted by definition name; `Elem::Object(i)` indexes this table.
-pub(super) static TYPES: [TypeDef; 208] = [
+pub(super) static TYPES: [TypeDef; 212] = [
     TypeDef::granular(
         "io.k8s.api.apps.v1.ControllerRevision",
         &[
             F::scalar("apiVersion"),
             F::scalar("data"),
             F::scalar("kind"),
-            F::object("metadata", 206),
+            F::object("metadata", 210),
             F::scalar("revision"),
         ],
     ),
@@ -21,7 +21,7 @@ pub(super) static TYPES: [TypeDef; 208] = [
         &[
             F::scalar("apiVersion"),
             F::scalar("kind"),
-            F::object("metadata", 206),
+            F::object("metadata", 210),
             F::object("spec", 3),
             F::object("status", 4),
         ],
@@ -41,8 +41,8 @@ pub(super) static TYPES: [TypeDef; 208] = [
         &[
             F::scalar("minReadySeconds"),
             F::scalar("revisionHistoryLimit"),
-            F::object("selector", 203),
-            F::object("template", 145),
+            F::object("selector", 207),
+            F::object("template", 149),
             F::object("updateStrategy", 5),
         ],
     ),
@@ -70,7 +70,7 @@ pub(super) static TYPES: [TypeDef; 208] = [
         &[
             F::scalar("apiVersion"),
             F::scalar("kind"),
-            F::object("metadata", 206),
+            F::object("metadata", 210),
             F::object("spec", 8),
             F::object("status", 9),
         ],
@@ -94,9 +94,9 @@ pub(super) static TYPES: [TypeDef; 208] = [
             F::scalar("progressDeadlineSeconds"),
             F::scalar("replicas"),
             F::scalar("revisionHistoryLimit"),
-            F::object("selector", 203),
+            F::object("selector", 207),
             F::object("strategy", 10).retain_keys(),
-            F::object("template", 145),
+            F::object("template", 149),
         ],
     ),
     TypeDef::granular(
@@ -122,7 +122,7 @@ pub(super) static TYPES: [TypeDef; 208] = [
         &[
             F::scalar("apiVersion"),
             F::scalar("kind"),
-            F::object("metadata", 206),
+            F::object("metadata", 210),
             F::object("spec", 13),
             F::object("status", 14),
         ],
@@ -142,8 +142,8 @@ pub(super) static TYPES: [TypeDef; 208] = [
         &[
             F::scalar("minReadySeconds"),
             F::scalar("replicas"),
-            F::object("selector", 203),
-            F::object("template", 145),
+            F::object("selector", 207),
+            F::object("template", 149),
         ],
     ),
     TypeDef::granular(
@@ -171,7 +171,7 @@ pub(super) static TYPES: [TypeDef; 208] = [
         &[
             F::scalar("apiVersion"),
             F::scalar("kind"),
-            F::object("metadata", 206),
+            F::object("metadata", 210),
             F::object("spec", 18),
             F::object("status", 19),
         ],
@@ -185,13 +185,44 @@ pub(super) static TYPES: [TypeDef; 208] = [
         &[F::scalar("replicas"), F::scalar("selector")],
     ),
     TypeDef::granular(
+        "io.k8s.api.batch.v1.CronJob",
+        &[
+            F::scalar("apiVersion"),
+            F::scalar("kind"),
+            F::object("metadata", 210),
+            F::object("spec", 21),
+            F::object("status", 22),
+        ],
+    ),
+    TypeDef::granular(
+        "io.k8s.api.batch.v1.CronJobSpec",
+        &[
+            F::scalar("concurrencyPolicy"),
+            F::scalar("failedJobsHistoryLimit"),
+            F::object("jobTemplate", 27),
+            F::scalar("schedule"),
+            F::scalar("startingDeadlineSeconds"),
+            F::scalar("successfulJobsHistoryLimit"),
+            F::scalar("suspend"),
+            F::scalar("timeZone"),
+        ],
+    ),
+    TypeDef::granular(
+        "io.k8s.api.batch.v1.CronJobStatus",
+        &[
+            F::list("active", Elem::Object(128), ListKind::Atomic),
+            F::scalar("lastScheduleTime"),
+            F::scalar("lastSuccessfulTime"),
+        ],
+    ),
+    TypeDef::granular(
         "io.k8s.api.batch.v1.Job",
         &[
             F::scalar("apiVersion"),
             F::scalar("kind"),
-            F::object("metadata", 206),
-            F::object("spec", 22),
-            F::object("status", 23),
+            F::object("metadata", 210),
+            F::object("spec", 25),
+            F::object("status", 26),
         ],
     ),
     TypeDef::granular(
@@ -217,12 +248,12 @@ pub(super) static TYPES: [TypeDef; 208] = [
             F::scalar("manualSelector"),
             F::scalar("maxFailedIndexes"),
             F::scalar("parallelism"),
-            F::object("podFailurePolicy", 24),
+            F::object("podFailurePolicy", 28),
             F::scalar("podReplacementPolicy"),
-            F::object("selector", 203),
-            F::object("successPolicy", 28),
+            F::object("selector", 207),
+            F::object("successPolicy", 32),
             F::scalar("suspend"),
-            F::object("template", 145),
+            F::object("template", 149),
             F::scalar("ttlSecondsAfterFinished"),
         ],
     ),
@@ -232,19 +263,23 @@ pub(super) static TYPES: [TypeDef; 208] = [
             F::scalar("active"),
             F::scalar("completedIndexes"),
             F::scalar("completionTime"),
-            F::list("conditions", Elem::Object(21), ListKind::Map(&["type"])).merge("type"),
+            F::list("conditions", Elem::Object(24), ListKind::Map(&["type"])).merge("type"),
             F::scalar("failed"),
             F::scalar("failedIndexes"),
             F::scalar("ready"),
             F::scalar("startTime"),
             F::scalar("succeeded"),
             F::scalar("terminating"),
-            F::object("uncountedTerminatedPods", 30),
+            F::object("uncountedTerminatedPods", 34),
         ],
     ),
     TypeDef::granular(
+        "io.k8s.api.batch.v1.JobTemplateSpec",
+        &[F::object("metadata", 210), F::object("spec", 25)],
+    ),
+    TypeDef::granular(
         "io.k8s.api.batch.v1.PodFailurePolicy",
-        &[F::list("rules", Elem::Object(27), ListKind::Atomic)],
+        &[F::list("rules", Elem::Object(31), ListKind::Atomic)],
     ),
     TypeDef::granular(
         "io.k8s.api.batch.v1.PodFailurePolicyOnExitCodesRequirement",
@@ -262,13 +297,13 @@ pub(super) static TYPES: [TypeDef; 208] = [
         "io.k8s.api.batch.v1.PodFailurePolicyRule",
         &[
             F::scalar("action"),
-            F::object("onExitCodes", 25),
-            F::list("onPodConditions", Elem::Object(26), ListKind::Atomic),
+            F::object("onExitCodes", 29),
+            F::list("onPodConditions", Elem::Object(30), ListKind::Atomic),
         ],
     ),
     TypeDef::granular(
         "io.k8s.api.batch.v1.SuccessPolicy",
-        &[F::list("rules", Elem::Object(29), ListKind::Atomic)],
+        &[F::list("rules", Elem::Object(33), ListKind::Atomic)],
     ),
     TypeDef::granular(
         "io.k8s.api.batch.v1.SuccessPolicyRule",
@@ -286,8 +321,8 @@ pub(super) static TYPES: [TypeDef; 208] = [
         &[
             F::scalar("apiVersion"),
             F::scalar("kind"),
-            F::object("metadata", 206),
-            F::object("spec", 32),
+            F::object("metadata", 210),
+            F::object("spec", 36),
         ],
     ),
     TypeDef::granular(
@@ -314,9 +349,9 @@ pub(super) static TYPES: [TypeDef; 208] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.Affinity",
         &[
-            F::object("nodeAffinity", 108),
-            F::object("podAffinity", 130),
-            F::object("podAntiAffinity", 132),
+            F::object("nodeAffinity", 112),
+            F::object("podAffinity", 134),
+            F::object("podAntiAffinity", 136),
         ],
     ),
     TypeDef::granular(
@@ -351,8 +386,8 @@ pub(super) static TYPES: [TypeDef; 208] = [
         &[
             F::scalar("apiVersion"),
             F::scalar("kind"),
-            F::object("metadata", 206),
-            F::object("target", 124),
+            F::object("metadata", 210),
+            F::object("target", 128),
         ],
     ),
     TypeDef::granular(
@@ -360,7 +395,7 @@ pub(super) static TYPES: [TypeDef; 208] = [
         &[
             F::scalar("driver"),
             F::scalar("fsType"),
-            F::object("nodePublishSecretRef", 100),
+            F::object("nodePublishSecretRef", 104),
             F::scalar("readOnly"),
             F::map("volumeAttributes", Elem::Scalar, MapKind::Granular),
         ],
@@ -379,7 +414,7 @@ pub(super) static TYPES: [TypeDef; 208] = [
             F::scalar("path"),
             F::scalar("readOnly"),
             F::scalar("secretFile"),
-            F::object("secretRef", 100),
+            F::object("secretRef", 104),
             F::scalar("user"),
         ],
     ),
@@ -388,7 +423,7 @@ pub(super) static TYPES: [TypeDef; 208] = [
         &[
             F::scalar("fsType"),
             F::scalar("readOnly"),
-            F::object("secretRef", 100),
+            F::object("secretRef", 104),
             F::scalar("volumeID"),
         ],
     ),
@@ -399,7 +434,7 @@ pub(super) static TYPES: [TypeDef; 208] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.ClusterTrustBundleProjection",
         &[
-            F::object("labelSelector", 203),
+            F::object("labelSelector", 207),
             F::scalar("name"),
             F::scalar("optional"),
             F::scalar("path"),
@@ -414,7 +449,7 @@ pub(super) static TYPES: [TypeDef; 208] = [
             F::map("data", Elem::Scalar, MapKind::Granular),
             F::scalar("immutable"),
             F::scalar("kind"),
-            F::object("metadata", 206),
+            F::object("metadata", 210),
         ],
     ),
     TypeDef::granular(
@@ -438,7 +473,7 @@ pub(super) static TYPES: [TypeDef; 208] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.ConfigMapProjection",
         &[
-            F::list("items", Elem::Object(94), ListKind::Atomic),
+            F::list("items", Elem::Object(98), ListKind::Atomic),
             F::scalar("name"),
             F::scalar("optional"),
         ],
@@ -447,7 +482,7 @@ pub(super) static TYPES: [TypeDef; 208] = [
         "io.k8s.api.core.v1.ConfigMapVolumeSource",
         &[
             F::scalar("defaultMode"),
-            F::list("items", Elem::Object(94), ListKind::Atomic),
+            F::list("items", Elem::Object(98), ListKind::Atomic),
             F::scalar("name"),
             F::scalar("optional"),
         ],
@@ -457,25 +492,25 @@ pub(super) static TYPES: [TypeDef; 208] = [
         &[
             F::list("args", Elem::Scalar, ListKind::Atomic),
             F::list("command", Elem::Scalar, ListKind::Atomic),
-            F::list("env", Elem::Object(72), ListKind::Map(&["name"])).merge("name"),
-            F::list("envFrom", Elem::Object(71), ListKind::Atomic),
+            F::list("env", Elem::Object(76), ListKind::Map(&["name"])).merge("name"),
+            F::list("envFrom", Elem::Object(75), ListKind::Atomic),
             F::scalar("image"),
             F::scalar("imagePullPolicy"),
-            F::object("lifecycle", 95),
-            F::object("livenessProbe", 149),
+            F::object("lifecycle", 99),
+            F::object("livenessProbe", 153),
             F::scalar("name"),
             F::list(
                 "ports",
-                Elem::Object(54),
+                Elem::Object(58),
                 ListKind::Map(&["containerPort", "protocol"]),
             )
             .merge("containerPort"),
-            F::object("readinessProbe", 149),
-            F::list("resizePolicy", Elem::Object(55), ListKind::Atomic),
-            F::object("resources", 156),
+            F::object("readinessProbe", 153),
+            F::list("resizePolicy", Elem::Object(59), ListKind::Atomic),
+            F::object("resources", 160),
             F::scalar("restartPolicy"),
-            F::object("securityContext", 166),
-            F::object("startupProbe", 149),
+            F::object("securityContext", 170),
+            F::object("startupProbe", 153),
             F::scalar("stdin"),
             F::scalar("stdinOnce"),
             F::scalar("terminationMessagePath"),
@@ -483,13 +518,13 @@ pub(super) static TYPES: [TypeDef; 208] = [
             F::scalar("tty"),
             F::list(
                 "volumeDevices",
-                Elem::Object(184),
+                Elem::Object(188),
                 ListKind::Map(&["devicePath"]),
             )
             .merge("devicePath"),
             F::list(
                 "volumeMounts",
-                Elem::Object(185),
+                Elem::Object(189),
                 ListKind::Map(&["mountPath"]),
             )
             .merge("mountPath"),
@@ -520,9 +555,9 @@ pub(super) static TYPES: [TypeDef; 208] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.ContainerState",
         &[
-            F::object("running", 57),
-            F::object("terminated", 58),
-            F::object("waiting", 59),
+            F::object("running", 61),
+            F::object("terminated", 62),
+            F::object("waiting", 63),
         ],
     ),
     TypeDef::granular(
@@ -551,25 +586,25 @@ pub(super) static TYPES: [TypeDef; 208] = [
             F::map("allocatedResources", Elem::Scalar, MapKind::Granular),
             F::list(
                 "allocatedResourcesStatus",
-                Elem::Object(157),
+                Elem::Object(161),
                 ListKind::Map(&["name"]),
             )
             .merge("name"),
             F::scalar("containerID"),
             F::scalar("image"),
             F::scalar("imageID"),
-            F::object("lastState", 56),
+            F::object("lastState", 60),
             F::scalar("name"),
             F::scalar("ready"),
-            F::object("resources", 156),
+            F::object("resources", 160),
             F::scalar("restartCount"),
             F::scalar("started"),
-            F::object("state", 56),
+            F::object("state", 60),
             F::scalar("stopSignal"),
-            F::object("user", 61),
+            F::object("user", 65),
             F::list(
                 "volumeMounts",
-                Elem::Object(186),
+                Elem::Object(190),
                 ListKind::Map(&["mountPath"]),
             )
             .merge("mountPath"),
@@ -577,27 +612,27 @@ pub(super) static TYPES: [TypeDef; 208] = [
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.ContainerUser",
-        &[F::object("linux", 97)],
+        &[F::object("linux", 101)],
     ),
     TypeDef::granular("io.k8s.api.core.v1.DaemonEndpoint", &[F::scalar("Port")]),
     TypeDef::granular(
         "io.k8s.api.core.v1.DownwardAPIProjection",
-        &[F::list("items", Elem::Object(64), ListKind::Atomic)],
+        &[F::list("items", Elem::Object(68), ListKind::Atomic)],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.DownwardAPIVolumeFile",
         &[
-            F::object("fieldRef", 123),
+            F::object("fieldRef", 127),
             F::scalar("mode"),
             F::scalar("path"),
-            F::object("resourceFieldRef", 154),
+            F::object("resourceFieldRef", 158),
         ],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.DownwardAPIVolumeSource",
         &[
             F::scalar("defaultMode"),
-            F::list("items", Elem::Object(64), ListKind::Atomic),
+            F::list("items", Elem::Object(68), ListKind::Atomic),
         ],
     ),
     TypeDef::granular(
@@ -610,7 +645,7 @@ pub(super) static TYPES: [TypeDef; 208] = [
             F::scalar("hostname"),
             F::scalar("ip"),
             F::scalar("nodeName"),
-            F::object("targetRef", 124),
+            F::object("targetRef", 128),
         ],
     ),
     TypeDef::atomic(
@@ -625,9 +660,9 @@ pub(super) static TYPES: [TypeDef; 208] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.EndpointSubset",
         &[
-            F::list("addresses", Elem::Object(67), ListKind::Atomic),
-            F::list("notReadyAddresses", Elem::Object(67), ListKind::Atomic),
-            F::list("ports", Elem::Object(68), ListKind::Atomic),
+            F::list("addresses", Elem::Object(71), ListKind::Atomic),
+            F::list("notReadyAddresses", Elem::Object(71), ListKind::Atomic),
+            F::list("ports", Elem::Object(72), ListKind::Atomic),
         ],
     ),
     TypeDef::granular(
@@ -635,16 +670,16 @@ pub(super) static TYPES: [TypeDef; 208] = [
         &[
             F::scalar("apiVersion"),
             F::scalar("kind"),
-            F::object("metadata", 206),
-            F::list("subsets", Elem::Object(69), ListKind::Atomic),
+            F::object("metadata", 210),
+            F::list("subsets", Elem::Object(73), ListKind::Atomic),
         ],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.EnvFromSource",
         &[
-            F::object("configMapRef", 47),
+            F::object("configMapRef", 51),
             F::scalar("prefix"),
-            F::object("secretRef", 162),
+            F::object("secretRef", 166),
         ],
     ),
     TypeDef::granular(
@@ -652,16 +687,16 @@ pub(super) static TYPES: [TypeDef; 208] = [
         &[
             F::scalar("name"),
             F::scalar("value"),
-            F::object("valueFrom", 73),
+            F::object("valueFrom", 77),
         ],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.EnvVarSource",
         &[
-            F::object("configMapKeyRef", 48),
-            F::object("fieldRef", 123),
-            F::object("resourceFieldRef", 154),
-            F::object("secretKeyRef", 163),
+            F::object("configMapKeyRef", 52),
+            F::object("fieldRef", 127),
+            F::object("resourceFieldRef", 158),
+            F::object("secretKeyRef", 167),
         ],
     ),
     TypeDef::granular(
@@ -669,25 +704,25 @@ pub(super) static TYPES: [TypeDef; 208] = [
         &[
             F::list("args", Elem::Scalar, ListKind::Atomic),
             F::list("command", Elem::Scalar, ListKind::Atomic),
-            F::list("env", Elem::Object(72), ListKind::Map(&["name"])).merge("name"),
-            F::list("envFrom", Elem::Object(71), ListKind::Atomic),
+            F::list("env", Elem::Object(76), ListKind::Map(&["name"])).merge("name"),
+            F::list("envFrom", Elem::Object(75), ListKind::Atomic),
             F::scalar("image"),
             F::scalar("imagePullPolicy"),
-            F::object("lifecycle", 95),
-            F::object("livenessProbe", 149),
+            F::object("lifecycle", 99),
+            F::object("livenessProbe", 153),
             F::scalar("name"),
             F::list(
                 "ports",
-                Elem::Object(54),
+                Elem::Object(58),
                 ListKind::Map(&["containerPort", "protocol"]),
             )
             .merge("containerPort"),
-            F::object("readinessProbe", 149),
-            F::list("resizePolicy", Elem::Object(55), ListKind::Atomic),
-            F::object("resources", 156),
+            F::object("readinessProbe", 153),
+            F::list("resizePolicy", Elem::Object(59), ListKind::Atomic),
+            F::object("resources", 160),
             F::scalar("restartPolicy"),
-            F::object("securityContext", 166),
-            F::object("startupProbe", 149),
+            F::object("securityContext", 170),
+            F::object("startupProbe", 153),
             F::scalar("stdin"),
             F::scalar("stdinOnce"),
             F::scalar("targetContainerName"),
@@ -696,13 +731,13 @@ pub(super) static TYPES: [TypeDef; 208] = [
             F::scalar("tty"),
             F::list(
                 "volumeDevices",
-                Elem::Object(184),
+                Elem::Object(188),
                 ListKind::Map(&["devicePath"]),
             )
             .merge("devicePath"),
             F::list(
                 "volumeMounts",
-                Elem::Object(185),
+                Elem::Object(189),
                 ListKind::Map(&["mountPath"]),
             )
             .merge("mountPath"),
@@ -711,7 +746,7 @@ pub(super) static TYPES: [TypeDef; 208] = [
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.EphemeralVolumeSource",
-        &[F::object("volumeClaimTemplate", 126)],
+        &[F::object("volumeClaimTemplate", 130)],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.Event",
@@ -721,17 +756,17 @@ pub(super) static TYPES: [TypeDef; 208] = [
             F::scalar("count"),
             F::scalar("eventTime"),
             F::scalar("firstTimestamp"),
-            F::object("involvedObject", 124),
+            F::object("involvedObject", 128),
             F::scalar("kind"),
             F::scalar("lastTimestamp"),
             F::scalar("message"),
-            F::object("metadata", 206),
+            F::object("metadata", 210),
             F::scalar("reason"),
-            F::object("related", 124),
+            F::object("related", 128),
             F::scalar("reportingComponent"),
             F::scalar("reportingInstance"),
-            F::object("series", 77),
-            F::object("source", 78),
+            F::object("series", 81),
+            F::object("source", 82),
             F::scalar("type"),
         ],
     ),
@@ -764,7 +799,7 @@ pub(super) static TYPES: [TypeDef; 208] = [
             F::scalar("fsType"),
             F::map("options", Elem::Scalar, MapKind::Granular),
             F::scalar("readOnly"),
-            F::object("secretRef", 100),
+            F::object("secretRef", 104),
         ],
     ),
     TypeDef::granular(
@@ -804,7 +839,7 @@ pub(super) static TYPES: [TypeDef; 208] = [
         "io.k8s.api.core.v1.HTTPGetAction",
         &[
             F::scalar("host"),
-            F::list("httpHeaders", Elem::Object(88), ListKind::Atomic),
+            F::list("httpHeaders", Elem::Object(92), ListKind::Atomic),
             F::scalar("path"),
             F::scalar("port"),
             F::scalar("scheme"),
@@ -838,7 +873,7 @@ pub(super) static TYPES: [TypeDef; 208] = [
             F::scalar("lun"),
             F::list("portals", Elem::Scalar, ListKind::Atomic),
             F::scalar("readOnly"),
-            F::object("secretRef", 100),
+            F::object("secretRef", 104),
             F::scalar("targetPortal"),
         ],
     ),
@@ -853,18 +888,18 @@ pub(super) static TYPES: [TypeDef; 208] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.Lifecycle",
         &[
-            F::object("postStart", 96),
-            F::object("preStop", 96),
+            F::object("postStart", 100),
+            F::object("preStop", 100),
             F::scalar("stopSignal"),
         ],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.LifecycleHandler",
         &[
-            F::object("exec", 79),
-            F::object("httpGet", 87),
-            F::object("sleep", 174),
-            F::object("tcpSocket", 177),
+            F::object("exec", 83),
+            F::object("httpGet", 91),
+            F::object("sleep", 178),
+            F::object("tcpSocket", 181),
         ],
     ),
     TypeDef::granular(
@@ -881,12 +916,12 @@ pub(super) static TYPES: [TypeDef; 208] = [
             F::scalar("hostname"),
             F::scalar("ip"),
             F::scalar("ipMode"),
-            F::list("ports", Elem::Object(146), ListKind::Atomic),
+            F::list("ports", Elem::Object(150), ListKind::Atomic),
         ],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.LoadBalancerStatus",
-        &[F::list("ingress", Elem::Object(98), ListKind::Atomic)],
+        &[F::list("ingress", Elem::Object(102), ListKind::Atomic)],
     ),
     TypeDef::atomic(
         "io.k8s.api.core.v1.LocalObjectReference",
@@ -905,9 +940,9 @@ pub(super) static TYPES: [TypeDef; 208] = [
         &[
             F::scalar("apiVersion"),
             F::scalar("kind"),
-            F::object("metadata", 206),
-            F::object("spec", 104),
-            F::object("status", 105),
+            F::object("metadata", 210),
+            F::object("spec", 108),
+            F::object("status", 109),
         ],
     ),
     TypeDef::granular(
@@ -927,7 +962,7 @@ pub(super) static TYPES: [TypeDef; 208] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.NamespaceStatus",
         &[
-            F::list("conditions", Elem::Object(103), ListKind::Map(&["type"])).merge("type"),
+            F::list("conditions", Elem::Object(107), ListKind::Map(&["type"])).merge("type"),
             F::scalar("phase"),
         ],
     ),
@@ -936,9 +971,9 @@ pub(super) static TYPES: [TypeDef; 208] = [
         &[
             F::scalar("apiVersion"),
             F::scalar("kind"),
-            F::object("metadata", 206),
-            F::object("spec", 119),
-            F::object("status", 120),
+            F::object("metadata", 210),
+            F::object("spec", 123),
+            F::object("status", 124),
         ],
     ),
     TypeDef::granular(
@@ -950,10 +985,10 @@ pub(super) static TYPES: [TypeDef; 208] = [
         &[
             F::list(
                 "preferredDuringSchedulingIgnoredDuringExecution",
-                Elem::Object(148),
+                Elem::Object(152),
                 ListKind::Atomic,
             ),
-            F::object("requiredDuringSchedulingIgnoredDuringExecution", 116),
+            F::object("requiredDuringSchedulingIgnoredDuringExecution", 120),
         ],
     ),
     TypeDef::granular(
@@ -969,20 +1004,20 @@ pub(super) static TYPES: [TypeDef; 208] = [
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.NodeConfigSource",
-        &[F::object("configMap", 49)],
+        &[F::object("configMap", 53)],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.NodeConfigStatus",
         &[
-            F::object("active", 110),
-            F::object("assigned", 110),
+            F::object("active", 114),
+            F::object("assigned", 114),
             F::scalar("error"),
-            F::object("lastKnownGood", 110),
+            F::object("lastKnownGood", 114),
         ],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.NodeDaemonEndpoints",
-        &[F::object("kubeletEndpoint", 62)],
+        &[F::object("kubeletEndpoint", 66)],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.NodeFeatures",
@@ -990,7 +1025,7 @@ pub(super) static TYPES: [TypeDef; 208] = [
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.NodeRuntimeHandler",
-        &[F::object("features", 115), F::scalar("name")],
+        &[F::object("features", 119), F::scalar("name")],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.NodeRuntimeHandlerFeatures",
@@ -1003,7 +1038,7 @@ pub(super) static TYPES: [TypeDef; 208] = [
         "io.k8s.api.core.v1.NodeSelector",
         &[F::list(
             "nodeSelectorTerms",
-            Elem::Object(118),
+            Elem::Object(122),
             ListKind::Atomic,
         )],
     ),
@@ -1018,37 +1053,37 @@ pub(super) static TYPES: [TypeDef; 208] = [
     TypeDef::atomic(
         "io.k8s.api.core.v1.NodeSelectorTerm",
         &[
-            F::list("matchExpressions", Elem::Object(117), ListKind::Atomic),
-            F::list("matchFields", Elem::Object(117), ListKind::Atomic),
+            F::list("matchExpressions", Elem::Object(121), ListKind::Atomic),
+            F::list("matchFields", Elem::Object(121), ListKind::Atomic),
         ],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.NodeSpec",
         &[
-            F::object("configSource", 110),
+            F::object("configSource", 114),
             F::scalar("externalID"),
             F::scalar("podCIDR"),
             F::list("podCIDRs", Elem::Scalar, ListKind::Set).merge_set(),
             F::scalar("providerID"),
-            F::list("taints", Elem::Object(178), ListKind::Atomic),
+            F::list("taints", Elem::Object(182), ListKind::Atomic),
             F::scalar("unschedulable"),
         ],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.NodeStatus",
         &[
-            F::list("addresses", Elem::Object(107), ListKind::Map(&["type"])).merge("type"),
+            F::list("addresses", Elem::Object(111), ListKind::Map(&["type"])).merge("type"),
             F::map("allocatable", Elem::Scalar, MapKind::Granular),
             F::map("capacity", Elem::Scalar, MapKind::Granular),
-            F::list("conditions", Elem::Object(109), ListKind::Map(&["type"])).merge("type"),
-            F::object("config", 111),
-            F::object("daemonEndpoints", 112),
-            F::object("features", 113),
-            F::list("images", Elem::Object(53), ListKind::Atomic),
-            F::object("nodeInfo", 122),
+            F::list("conditions", Elem::Object(113), ListKind::Map(&["type"])).merge("type"),
+            F::object("config", 115),
+            F::object("daemonEndpoints", 116),
+            F::object("features", 117),
+            F::list("images", Elem::Object(57), ListKind::Atomic),
+            F::object("nodeInfo", 126),
             F::scalar("phase"),
-            F::list("runtimeHandlers", Elem::Object(114), ListKind::Atomic),
-            F::list("volumesAttached", Elem::Object(36), ListKind::Atomic),
+            F::list("runtimeHandlers", Elem::Object(118), ListKind::Atomic),
+            F::list("volumesAttached", Elem::Object(40), ListKind::Atomic),
             F::list("volumesInUse", Elem::Scalar, ListKind::Atomic),
         ],
     ),
@@ -1068,7 +1103,7 @@ pub(super) static TYPES: [TypeDef; 208] = [
             F::scalar("machineID"),
             F::scalar("operatingSystem"),
             F::scalar("osImage"),
-            F::object("swap", 121),
+            F::object("swap", 125),
             F::scalar("systemUUID"),
         ],
     ),
@@ -1092,10 +1127,10 @@ pub(super) static TYPES: [TypeDef; 208] = [
         "io.k8s.api.core.v1.PersistentVolumeClaimSpec",
         &[
             F::list("accessModes", Elem::Scalar, ListKind::Atomic),
-            F::object("dataSource", 181),
-            F::object("dataSourceRef", 182),
-            F::object("resources", 188),
-            F::object("selector", 203),
+            F::object("dataSource", 185),
+            F::object("dataSourceRef", 186),
+            F::object("resources", 192),
+            F::object("selector", 207),
             F::scalar("storageClassName"),
             F::scalar("volumeAttributesClassName"),
             F::scalar("volumeMode"),
@@ -1104,7 +1139,7 @@ pub(super) static TYPES: [TypeDef; 208] = [
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.PersistentVolumeClaimTemplate",
-        &[F::object("metadata", 206), F::object("spec", 125)],
+        &[F::object("metadata", 210), F::object("spec", 129)],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.PersistentVolumeClaimVolumeSource",
@@ -1119,9 +1154,9 @@ pub(super) static TYPES: [TypeDef; 208] = [
         &[
             F::scalar("apiVersion"),
             F::scalar("kind"),
-            F::object("metadata", 206),
-            F::object("spec", 143),
-            F::object("status", 144),
+            F::object("metadata", 210),
+            F::object("spec", 147),
+            F::object("status", 148),
         ],
     ),
     TypeDef::granular(
@@ -1129,12 +1164,12 @@ pub(super) static TYPES: [TypeDef; 208] = [
         &[
             F::list(
                 "preferredDuringSchedulingIgnoredDuringExecution",
-                Elem::Object(190),
+                Elem::Object(194),
                 ListKind::Atomic,
             ),
             F::list(
                 "requiredDuringSchedulingIgnoredDuringExecution",
-                Elem::Object(131),
+                Elem::Object(135),
                 ListKind::Atomic,
             ),
         ],
@@ -1142,10 +1177,10 @@ pub(super) static TYPES: [TypeDef; 208] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.PodAffinityTerm",
         &[
-            F::object("labelSelector", 203),
+            F::object("labelSelector", 207),
             F::list("matchLabelKeys", Elem::Scalar, ListKind::Atomic),
             F::list("mismatchLabelKeys", Elem::Scalar, ListKind::Atomic),
-            F::object("namespaceSelector", 203),
+            F::object("namespaceSelector", 207),
             F::list("namespaces", Elem::Scalar, ListKind::Atomic),
             F::scalar("topologyKey"),
         ],
@@ -1155,12 +1190,12 @@ pub(super) static TYPES: [TypeDef; 208] = [
         &[
             F::list(
                 "preferredDuringSchedulingIgnoredDuringExecution",
-                Elem::Object(190),
+                Elem::Object(194),
                 ListKind::Atomic,
             ),
             F::list(
                 "requiredDuringSchedulingIgnoredDuringExecution",
-                Elem::Object(131),
+                Elem::Object(135),
                 ListKind::Atomic,
             ),
         ],
@@ -1181,7 +1216,7 @@ pub(super) static TYPES: [TypeDef; 208] = [
         "io.k8s.api.core.v1.PodDNSConfig",
         &[
             F::list("nameservers", Elem::Scalar, ListKind::Atomic),
-            F::list("options", Elem::Object(135), ListKind::Atomic),
+            F::list("options", Elem::Object(139), ListKind::Atomic),
             F::list("searches", Elem::Scalar, ListKind::Atomic),
         ],
     ),
@@ -1211,38 +1246,38 @@ pub(super) static TYPES: [TypeDef; 208] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.PodSecurityContext",
         &[
-            F::object("appArmorProfile", 35),
+            F::object("appArmorProfile", 39),
             F::scalar("fsGroup"),
             F::scalar("fsGroupChangePolicy"),
             F::scalar("runAsGroup"),
             F::scalar("runAsNonRoot"),
             F::scalar("runAsUser"),
             F::scalar("seLinuxChangePolicy"),
-            F::object("seLinuxOptions", 158),
-            F::object("seccompProfile", 160),
+            F::object("seLinuxOptions", 162),
+            F::object("seccompProfile", 164),
             F::list("supplementalGroups", Elem::Scalar, ListKind::Atomic),
             F::scalar("supplementalGroupsPolicy"),
-            F::list("sysctls", Elem::Object(176), ListKind::Atomic),
-            F::object("windowsOptions", 191),
+            F::list("sysctls", Elem::Object(180), ListKind::Atomic),
+            F::object("windowsOptions", 195),
         ],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.PodSpec",
         &[
             F::scalar("activeDeadlineSeconds"),
-            F::object("affinity", 34),
+            F::object("affinity", 38),
             F::scalar("automountServiceAccountToken"),
-            F::list("containers", Elem::Object(52), ListKind::Map(&["name"])).merge("name"),
-            F::object("dnsConfig", 134),
+            F::list("containers", Elem::Object(56), ListKind::Map(&["name"])).merge("name"),
+            F::object("dnsConfig", 138),
             F::scalar("dnsPolicy"),
             F::scalar("enableServiceLinks"),
             F::list(
                 "ephemeralContainers",
-                Elem::Object(74),
+                Elem::Object(78),
                 ListKind::Map(&["name"]),
             )
             .merge("name"),
-            F::list("hostAliases", Elem::Object(89), ListKind::Map(&["ip"])).merge("ip"),
+            F::list("hostAliases", Elem::Object(93), ListKind::Map(&["ip"])).merge("ip"),
             F::scalar("hostIPC"),
             F::scalar("hostNetwork"),
             F::scalar("hostPID"),
@@ -1250,51 +1285,51 @@ pub(super) static TYPES: [TypeDef; 208] = [
             F::scalar("hostname"),
             F::list(
                 "imagePullSecrets",
-                Elem::Object(100),
+                Elem::Object(104),
                 ListKind::Map(&["name"]),
             )
             .merge("name"),
-            F::list("initContainers", Elem::Object(52), ListKind::Map(&["name"])).merge("name"),
+            F::list("initContainers", Elem::Object(56), ListKind::Map(&["name"])).merge("name"),
             F::scalar("nodeName"),
             F::map("nodeSelector", Elem::Scalar, MapKind::Atomic),
-            F::object("os", 137),
+            F::object("os", 141),
             F::map("overhead", Elem::Scalar, MapKind::Granular),
             F::scalar("preemptionPolicy"),
             F::scalar("priority"),
             F::scalar("priorityClassName"),
-            F::list("readinessGates", Elem::Object(138), ListKind::Atomic),
+            F::list("readinessGates", Elem::Object(142), ListKind::Atomic),
             F::list(
                 "resourceClaims",
-                Elem::Object(139),
+                Elem::Object(143),
                 ListKind::Map(&["name"]),
             )
             .merge("name")
             .retain_keys(),
-            F::object("resources", 156),
+            F::object("resources", 160),
             F::scalar("restartPolicy"),
             F::scalar("runtimeClassName"),
             F::scalar("schedulerName"),
             F::list(
                 "schedulingGates",
-                Elem::Object(141),
+                Elem::Object(145),
                 ListKind::Map(&["name"]),
             )
             .merge("name"),
-            F::object("securityContext", 142),
+            F::object("securityContext", 146),
             F::scalar("serviceAccount"),
             F::scalar("serviceAccountName"),
             F::scalar("setHostnameAsFQDN"),
             F::scalar("shareProcessNamespace"),
             F::scalar("subdomain"),
             F::scalar("terminationGracePeriodSeconds"),
-            F::list("tolerations", Elem::Object(179), ListKind::Atomic),
+            F::list("tolerations", Elem::Object(183), ListKind::Atomic),
             F::list(
                 "topologySpreadConstraints",
-                Elem::Object(180),
+                Elem::Object(184),
                 ListKind::Map(&["topologyKey", "whenUnsatisfiable"]),
             )
             .merge("topologyKey"),
-            F::list("volumes", Elem::Object(183), ListKind::Map(&["name"]))
+            F::list("volumes", Elem::Object(187), ListKind::Map(&["name"]))
                 .merge("name")
                 .retain_keys(),
         ],
@@ -1302,28 +1337,28 @@ pub(super) static TYPES: [TypeDef; 208] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.PodStatus",
         &[
-            F::list("conditions", Elem::Object(133), ListKind::Map(&["type"])).merge("type"),
-            F::list("containerStatuses", Elem::Object(60), ListKind::Atomic),
+            F::list("conditions", Elem::Object(137), ListKind::Map(&["type"])).merge("type"),
+            F::list("containerStatuses", Elem::Object(64), ListKind::Atomic),
             F::list(
                 "ephemeralContainerStatuses",
-                Elem::Object(60),
+                Elem::Object(64),
                 ListKind::Atomic,
             ),
             F::scalar("hostIP"),
-            F::list("hostIPs", Elem::Object(90), ListKind::Atomic).merge("ip"),
-            F::list("initContainerStatuses", Elem::Object(60), ListKind::Atomic),
+            F::list("hostIPs", Elem::Object(94), ListKind::Atomic).merge("ip"),
+            F::list("initContainerStatuses", Elem::Object(64), ListKind::Atomic),
             F::scalar("message"),
             F::scalar("nominatedNodeName"),
             F::scalar("observedGeneration"),
             F::scalar("phase"),
             F::scalar("podIP"),
-            F::list("podIPs", Elem::Object(136), ListKind::Map(&["ip"])).merge("ip"),
+            F::list("podIPs", Elem::Object(140), ListKind::Map(&["ip"])).merge("ip"),
             F::scalar("qosClass"),
             F::scalar("reason"),
             F::scalar("resize"),
             F::list(
                 "resourceClaimStatuses",
-                Elem::Object(140),
+                Elem::Object(144),
                 ListKind::Map(&["name"]),
             )
             .merge("name")
@@ -1333,7 +1368,7 @@ pub(super) static TYPES: [TypeDef; 208] = [
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.PodTemplateSpec",
-        &[F::object("metadata", 206), F::object("spec", 143)],
+        &[F::object("metadata", 210), F::object("spec", 147)],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.PortStatus",
@@ -1349,19 +1384,19 @@ pub(super) static TYPES: [TypeDef; 208] = [
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.PreferredSchedulingTerm",
-        &[F::object("preference", 118), F::scalar("weight")],
+        &[F::object("preference", 122), F::scalar("weight")],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.Probe",
         &[
-            F::object("exec", 79),
+            F::object("exec", 83),
             F::scalar("failureThreshold"),
-            F::object("grpc", 84),
-            F::object("httpGet", 87),
+            F::object("grpc", 88),
+            F::object("httpGet", 91),
             F::scalar("initialDelaySeconds"),
             F::scalar("periodSeconds"),
             F::scalar("successThreshold"),
-            F::object("tcpSocket", 177),
+            F::object("tcpSocket", 181),
             F::scalar("terminationGracePeriodSeconds"),
             F::scalar("timeoutSeconds"),
         ],
@@ -1370,7 +1405,7 @@ pub(super) static TYPES: [TypeDef; 208] = [
         "io.k8s.api.core.v1.ProjectedVolumeSource",
         &[
             F::scalar("defaultMode"),
-            F::list("sources", Elem::Object(187), ListKind::Atomic),
+            F::list("sources", Elem::Object(191), ListKind::Atomic),
         ],
     ),
     TypeDef::granular(
@@ -1393,7 +1428,7 @@ pub(super) static TYPES: [TypeDef; 208] = [
             F::list("monitors", Elem::Scalar, ListKind::Atomic),
             F::scalar("pool"),
             F::scalar("readOnly"),
-            F::object("secretRef", 100),
+            F::object("secretRef", 104),
             F::scalar("user"),
         ],
     ),
@@ -1416,7 +1451,7 @@ pub(super) static TYPES: [TypeDef; 208] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.ResourceRequirements",
         &[
-            F::list("claims", Elem::Object(153), ListKind::Map(&["name"])),
+            F::list("claims", Elem::Object(157), ListKind::Map(&["name"])),
             F::map("limits", Elem::Scalar, MapKind::Granular),
             F::map("requests", Elem::Scalar, MapKind::Granular),
         ],
@@ -1427,7 +1462,7 @@ pub(super) static TYPES: [TypeDef; 208] = [
             F::scalar("name"),
             F::list(
                 "resources",
-                Elem::Object(155),
+                Elem::Object(159),
                 ListKind::Map(&["resourceID"]),
             ),
         ],
@@ -1448,7 +1483,7 @@ pub(super) static TYPES: [TypeDef; 208] = [
             F::scalar("gateway"),
             F::scalar("protectionDomain"),
             F::scalar("readOnly"),
-            F::object("secretRef", 100),
+            F::object("secretRef", 104),
             F::scalar("sslEnabled"),
             F::scalar("storageMode"),
             F::scalar("storagePool"),
@@ -1467,7 +1502,7 @@ pub(super) static TYPES: [TypeDef; 208] = [
             F::map("data", Elem::Scalar, MapKind::Granular),
             F::scalar("immutable"),
             F::scalar("kind"),
-            F::object("metadata", 206),
+            F::object("metadata", 210),
             F::map("stringData", Elem::Scalar, MapKind::Granular),
             F::scalar("type"),
         ],
@@ -1483,7 +1518,7 @@ pub(super) static TYPES: [TypeDef; 208] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.SecretProjection",
         &[
-            F::list("items", Elem::Object(94), ListKind::Atomic),
+            F::list("items", Elem::Object(98), ListKind::Atomic),
             F::scalar("name"),
             F::scalar("optional"),
         ],
@@ -1492,7 +1527,7 @@ pub(super) static TYPES: [TypeDef; 208] = [
         "io.k8s.api.core.v1.SecretVolumeSource",
         &[
             F::scalar("defaultMode"),
-            F::list("items", Elem::Object(94), ListKind::Atomic),
+            F::list("items", Elem::Object(98), ListKind::Atomic),
             F::scalar("optional"),
             F::scalar("secretName"),
         ],
@@ -1501,17 +1536,17 @@ pub(super) static TYPES: [TypeDef; 208] = [
         "io.k8s.api.core.v1.SecurityContext",
         &[
             F::scalar("allowPrivilegeEscalation"),
-            F::object("appArmorProfile", 35),
-            F::object("capabilities", 41),
+            F::object("appArmorProfile", 39),
+            F::object("capabilities", 45),
             F::scalar("privileged"),
             F::scalar("procMount"),
             F::scalar("readOnlyRootFilesystem"),
             F::scalar("runAsGroup"),
             F::scalar("runAsNonRoot"),
             F::scalar("runAsUser"),
-            F::object("seLinuxOptions", 158),
-            F::object("seccompProfile", 160),
-            F::object("windowsOptions", 191),
+            F::object("seLinuxOptions", 162),
+            F::object("seccompProfile", 164),
+            F::object("windowsOptions", 195),
         ],
     ),
     TypeDef::granular(
@@ -1519,9 +1554,9 @@ pub(super) static TYPES: [TypeDef; 208] = [
         &[
             F::scalar("apiVersion"),
             F::scalar("kind"),
-            F::object("metadata", 206),
-            F::object("spec", 171),
-            F::object("status", 172),
+            F::object("metadata", 210),
+            F::object("spec", 175),
+            F::object("status", 176),
         ],
     ),
     TypeDef::granular(
@@ -1529,10 +1564,10 @@ pub(super) static TYPES: [TypeDef; 208] = [
         &[
             F::scalar("apiVersion"),
             F::scalar("automountServiceAccountToken"),
-            F::list("imagePullSecrets", Elem::Object(100), ListKind::Atomic),
+            F::list("imagePullSecrets", Elem::Object(104), ListKind::Atomic),
             F::scalar("kind"),
-            F::object("metadata", 206),
-            F::list("secrets", Elem::Object(124), ListKind::Map(&["name"])).merge("name"),
+            F::object("metadata", 210),
+            F::list("secrets", Elem::Object(128), ListKind::Map(&["name"])).merge("name"),
         ],
     ),
     TypeDef::granular(
@@ -1572,14 +1607,14 @@ pub(super) static TYPES: [TypeDef; 208] = [
             F::list("loadBalancerSourceRanges", Elem::Scalar, ListKind::Atomic),
             F::list(
                 "ports",
-                Elem::Object(170),
+                Elem::Object(174),
                 ListKind::Map(&["port", "protocol"]),
             )
             .merge("port"),
             F::scalar("publishNotReadyAddresses"),
             F::map("selector", Elem::Scalar, MapKind::Atomic),
             F::scalar("sessionAffinity"),
-            F::object("sessionAffinityConfig", 173),
+            F::object("sessionAffinityConfig", 177),
             F::scalar("trafficDistribution"),
             F::scalar("type"),
         ],
@@ -1587,13 +1622,13 @@ pub(super) static TYPES: [TypeDef; 208] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.ServiceStatus",
         &[
-            F::list("conditions", Elem::Object(202), ListKind::Map(&["type"])).merge("type"),
-            F::object("loadBalancer", 99),
+            F::list("conditions", Elem::Object(206), ListKind::Map(&["type"])).merge("type"),
+            F::object("loadBalancer", 103),
         ],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.SessionAffinityConfig",
-        &[F::object("clientIP", 44)],
+        &[F::object("clientIP", 48)],
     ),
     TypeDef::granular("io.k8s.api.core.v1.SleepAction", &[F::scalar("seconds")]),
     TypeDef::granular(
@@ -1601,7 +1636,7 @@ pub(super) static TYPES: [TypeDef; 208] = [
         &[
             F::scalar("fsType"),
             F::scalar("readOnly"),
-            F::object("secretRef", 100),
+            F::object("secretRef", 104),
             F::scalar("volumeName"),
             F::scalar("volumeNamespace"),
         ],
@@ -1636,7 +1671,7 @@ pub(super) static TYPES: [TypeDef; 208] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.TopologySpreadConstraint",
         &[
-            F::object("labelSelector", 203),
+            F::object("labelSelector", 207),
             F::list("matchLabelKeys", Elem::Scalar, ListKind::Atomic),
             F::scalar("maxSkew"),
             F::scalar("minDomains"),
@@ -1662,37 +1697,37 @@ pub(super) static TYPES: [TypeDef; 208] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.Volume",
         &[
-            F::object("awsElasticBlockStore", 33),
-            F::object("azureDisk", 37),
-            F::object("azureFile", 38),
-            F::object("cephfs", 42),
-            F::object("cinder", 43),
-            F::object("configMap", 51),
-            F::object("csi", 40),
-            F::object("downwardAPI", 65),
-            F::object("emptyDir", 66),
-            F::object("ephemeral", 75),
-            F::object("fc", 80),
-            F::object("flexVolume", 81),
-            F::object("flocker", 82),
-            F::object("gcePersistentDisk", 83),
-            F::object("gitRepo", 85),
-            F::object("glusterfs", 86),
-            F::object("hostPath", 91),
-            F::object("image", 93),
-            F::object("iscsi", 92),
+            F::object("awsElasticBlockStore", 37),
+            F::object("azureDisk", 41),
+            F::object("azureFile", 42),
+            F::object("cephfs", 46),
+            F::object("cinder", 47),
+            F::object("configMap", 55),
+            F::object("csi", 44),
+            F::object("downwardAPI", 69),
+            F::object("emptyDir", 70),
+            F::object("ephemeral", 79),
+            F::object("fc", 84),
+            F::object("flexVolume", 85),
+            F::object("flocker", 86),
+            F::object("gcePersistentDisk", 87),
+            F::object("gitRepo", 89),
+            F::object("glusterfs", 90),
+            F::object("hostPath", 95),
+            F::object("image", 97),
+            F::object("iscsi", 96),
             F::scalar("name"),
-            F::object("nfs", 101),
-            F::object("persistentVolumeClaim", 127),
-            F::object("photonPersistentDisk", 128),
-            F::object("portworxVolume", 147),
-            F::object("projected", 150),
-            F::object("quobyte", 151),
-            F::object("rbd", 152),
-            F::object("scaleIO", 159),
-            F::object("secret", 165),
-            F::object("storageos", 175),
-            F::object("vsphereVolume", 189),
+            F::object("nfs", 105),
+            F::object("persistentVolumeClaim", 131),
+            F::object("photonPersistentDisk", 132),
+            F::object("portworxVolume", 151),
+            F::object("projected", 154),
+            F::object("quobyte", 155),
+            F::object("rbd", 156),
+            F::object("scaleIO", 163),
+            F::object("secret", 169),
+            F::object("storageos", 179),
+            F::object("vsphereVolume", 193),
         ],
     ),
     TypeDef::granular(
@@ -1723,11 +1758,11 @@ pub(super) static TYPES: [TypeDef; 208] = [
     TypeDef::granular(
         "io.k8s.api.core.v1.VolumeProjection",
         &[
-            F::object("clusterTrustBundle", 45),
-            F::object("configMap", 50),
-            F::object("downwardAPI", 63),
-            F::object("secret", 164),
-            F::object("serviceAccountToken", 169),
+            F::object("clusterTrustBundle", 49),
+            F::object("configMap", 54),
+            F::object("downwardAPI", 67),
+            F::object("secret", 168),
+            F::object("serviceAccountToken", 173),
         ],
     ),
     TypeDef::granular(
@@ -1748,7 +1783,7 @@ pub(super) static TYPES: [TypeDef; 208] = [
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.WeightedPodAffinityTerm",
-        &[F::object("podAffinityTerm", 131), F::scalar("weight")],
+        &[F::object("podAffinityTerm", 135), F::scalar("weight")],
     ),
     TypeDef::granular(
         "io.k8s.api.core.v1.WindowsSecurityContextOptions",
@@ -1763,12 +1798,12 @@ pub(super) static TYPES: [TypeDef; 208] = [
         "io.k8s.api.discovery.v1.Endpoint",
         &[
             F::list("addresses", Elem::Scalar, ListKind::Set),
-            F::object("conditions", 193),
+            F::object("conditions", 197),
             F::map("deprecatedTopology", Elem::Scalar, MapKind::Granular),
-            F::object("hints", 194),
+            F::object("hints", 198),
             F::scalar("hostname"),
             F::scalar("nodeName"),
-            F::object("targetRef", 124),
+            F::object("targetRef", 128),
             F::scalar("zone"),
         ],
     ),
@@ -1783,8 +1818,8 @@ pub(super) static TYPES: [TypeDef; 208] = [
     TypeDef::granular(
         "io.k8s.api.discovery.v1.EndpointHints",
         &[
-            F::list("forNodes", Elem::Object(197), ListKind::Atomic),
-            F::list("forZones", Elem::Object(198), ListKind::Atomic),
+            F::list("forNodes", Elem::Object(201), ListKind::Atomic),
+            F::list("forZones", Elem::Object(202), ListKind::Atomic),
         ],
     ),
     TypeDef::atomic(
@@ -1801,10 +1836,10 @@ pub(super) static TYPES: [TypeDef; 208] = [
         &[
             F::scalar("addressType"),
             F::scalar("apiVersion"),
-            F::list("endpoints", Elem::Object(192), ListKind::Atomic),
+            F::list("endpoints", Elem::Object(196), ListKind::Atomic),
             F::scalar("kind"),
-            F::object("metadata", 206),
-            F::list("ports", Elem::Object(195), ListKind::Atomic),
+            F::object("metadata", 210),
+            F::list("ports", Elem::Object(199), ListKind::Atomic),
         ],
     ),
     TypeDef::granular("io.k8s.api.discovery.v1.ForNode", &[F::scalar("name")]),
@@ -1819,16 +1854,16 @@ pub(super) static TYPES: [TypeDef; 208] = [
             F::scalar("apiVersion"),
             F::scalar("handler"),
             F::scalar("kind"),
-            F::object("metadata", 206),
-            F::object("overhead", 199),
-            F::object("scheduling", 201),
+            F::object("metadata", 210),
+            F::object("overhead", 203),
+            F::object("scheduling", 205),
         ],
     ),
     TypeDef::granular(
         "io.k8s.api.node.v1.Scheduling",
         &[
             F::map("nodeSelector", Elem::Scalar, MapKind::Atomic),
-            F::list("tolerations", Elem::Object(179), ListKind::Atomic),
+            F::list("tolerations", Elem::Object(183), ListKind::Atomic),
         ],
     ),
     TypeDef::granular(
@@ -1845,7 +1880,7 @@ pub(super) static TYPES: [TypeDef; 208] = [
     TypeDef::atomic(
         "io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector",
         &[
-            F::list("matchExpressions", Elem::Object(204), ListKind::Atomic),
+            F::list("matchExpressions", Elem::Object(208), ListKind::Atomic),
             F::map("matchLabels", Elem::Scalar, MapKind::Granular),
         ],
     ),
@@ -1880,12 +1915,12 @@ pub(super) static TYPES: [TypeDef; 208] = [
             F::scalar("generateName"),
             F::scalar("generation"),
             F::map("labels", Elem::Scalar, MapKind::Granular),
-            F::list("managedFields", Elem::Object(205), ListKind::Atomic),
+            F::list("managedFields", Elem::Object(209), ListKind::Atomic),
             F::scalar("name"),
             F::scalar("namespace"),
             F::list(
                 "ownerReferences",
-                Elem::Object(207),
+                Elem::Object(211),
                 ListKind::Map(&["uid"]),
             )
             .merge("uid"),
@@ -1908,24 +1943,25 @@ pub(super) static TYPES: [TypeDef; 208] = [
 ];
 
 /// The served kinds: (group, version, kind, index into [`TYPES`]).
-pub(super) static ROOTS: [(&str, &str, &str, u16); 19] = [
-    ("", "v1", "Binding", 39),
-    ("", "v1", "ConfigMap", 46),
-    ("", "v1", "Endpoints", 70),
-    ("", "v1", "Event", 76),
-    ("", "v1", "Namespace", 102),
-    ("", "v1", "Node", 106),
-    ("", "v1", "Pod", 129),
-    ("", "v1", "Secret", 161),
-    ("", "v1", "Service", 167),
-    ("", "v1", "ServiceAccount", 168),
+pub(super) static ROOTS: [(&str, &str, &str, u16); 20] = [
+    ("", "v1", "Binding", 43),
+    ("", "v1", "ConfigMap", 50),
+    ("", "v1", "Endpoints", 74),
+    ("", "v1", "Event", 80),
+    ("", "v1", "Namespace", 106),
+    ("", "v1", "Node", 110),
+    ("", "v1", "Pod", 133),
+    ("", "v1", "Secret", 165),
+    ("", "v1", "Service", 171),
+    ("", "v1", "ServiceAccount", 172),
     ("apps", "v1", "ControllerRevision", 0),
     ("apps", "v1", "DaemonSet", 1),
     ("apps", "v1", "Deployment", 6),
     ("apps", "v1", "ReplicaSet", 11),
     ("autoscaling", "v1", "Scale", 17),
-    ("batch", "v1", "Job", 20),
-    ("coordination.k8s.io", "v1", "Lease", 31),
-    ("discovery.k8s.io", "v1", "EndpointSlice", 196),
-    ("node.k8s.io", "v1", "RuntimeClass", 200),
+    ("batch", "v1", "CronJob", 20),
+    ("batch", "v1", "Job", 23),
+    ("coordination.k8s.io", "v1", "Lease", 35),
+    ("discovery.k8s.io", "v1", "EndpointSlice", 200),
+    ("node.k8s.io", "v1", "RuntimeClass", 204),
 ];

@@ -443,7 +443,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error> {
     let mut completed = parse_indexes(status.completed_indexes.as_deref().unwrap_or(""));
 
     // Step 1: record finished pods still held by the finalizer.
-    let mut uncounted = status.uncounted_terminated_pods.clone().unwrap_or_default();
+    let uncounted = status.uncounted_terminated_pods.clone().unwrap_or_default();
     let mut new_succeeded: Vec<String> = uncounted.succeeded.clone().unwrap_or_default();
     let mut new_failed: Vec<String> = uncounted.failed.clone().unwrap_or_default();
     let mut recorded = false;
@@ -467,8 +467,6 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error> {
         }
     }
     if recorded {
-        uncounted.succeeded = Some(new_succeeded.clone());
-        uncounted.failed = Some(new_failed.clone());
         let mut patch = json!({"status": {"uncountedTerminatedPods": {
             "succeeded": new_succeeded, "failed": new_failed,
         }}});
@@ -495,13 +493,11 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error> {
     if indexed {
         succeeded = completed.len() as i32;
     }
-    uncounted = UncountedTerminatedPods {
-        succeeded: Some(Vec::new()),
-        failed: Some(Vec::new()),
-    };
-    status.uncounted_terminated_pods = Some(uncounted);
-    status.succeeded = Some(succeeded);
-    status.failed = Some(failed);
+    // Zero counts and empty lists as the API prints them (Go's omitempty), so that a
+    // status read back compares equal and an unchanged Job is not written again.
+    status.uncounted_terminated_pods = Some(UncountedTerminatedPods::default());
+    status.succeeded = (succeeded > 0).then_some(succeeded);
+    status.failed = (failed > 0).then_some(failed);
 
     let active: Vec<&Pod> = owned.iter().filter(|p| outcome(p).is_none()).collect();
     status.ready = Some(active.iter().filter(|p| is_ready(p)).count() as i32);
@@ -780,18 +776,28 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error> {
         }
     }
     let deleted_active = deletes.iter().filter(|p| outcome(p).is_none()).count() as i32;
-    status.active = Some(active.len() as i32 - deleted_active + created);
+    let now_active = active.len() as i32 - deleted_active + created;
+    status.active = (now_active > 0).then_some(now_active);
     status.conditions = (!conditions.is_empty()).then_some(conditions);
     if indexed {
         status.completed_indexes = Some(format_indexes(&completed));
     }
     if status != old_status {
         let mut body = serde_json::to_value(&status).unwrap_or_default();
-        // Cleared fields must be written as null to go away in a merge patch.
+        // Cleared fields must be written as null to go away in a merge patch; zero
+        // counts and empty lists are left out, as Go's omitempty prints them.
         for field in ["startTime", "completionTime"] {
             if body.get(field).is_none() {
                 body[field] = serde_json::Value::Null;
             }
+        }
+        for field in ["active", "succeeded", "failed"] {
+            if body.get(field).is_none() {
+                body[field] = serde_json::Value::Null;
+            }
+        }
+        for list in ["succeeded", "failed"] {
+            body["uncountedTerminatedPods"][list] = serde_json::Value::Null;
         }
         jobs.patch_status(
             &name,

@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
@@ -118,17 +118,6 @@ pub(crate) fn due(
     (latest, count, t)
 }
 
-fn owner_reference(cj: &CronJob) -> OwnerReference {
-    OwnerReference {
-        api_version: "batch/v1".into(),
-        kind: "CronJob".into(),
-        name: cj.name_any(),
-        uid: cj.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
-}
-
 /// The Job for the run scheduled at `at`.
 fn job_for(cj: &CronJob, at: DateTime<Utc>) -> Job {
     let spec = cj.spec.clone().unwrap_or_default();
@@ -145,11 +134,39 @@ fn job_for(cj: &CronJob, at: DateTime<Utc>) -> Job {
             namespace: cj.namespace(),
             labels: meta.labels,
             annotations: Some(annotations),
-            owner_references: Some(vec![owner_reference(cj)]),
+            owner_references: Some(vec![super::controller_ref(cj)]),
             ..Default::default()
         },
         spec: template.spec,
         status: None,
+    }
+}
+
+/// Deletes `job` and, in the background, its pods.
+async fn delete_job(
+    ctx: &Context,
+    api: &Api<Job>,
+    cron_job: &ObjectReference,
+    job: &Job,
+) -> Result<(), Error> {
+    let background = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..Default::default()
+    };
+    match api.delete(&job.name_any(), &background).await {
+        Ok(_) => {
+            ctx.recorder
+                .record(
+                    cron_job,
+                    EventType::Normal,
+                    "SuccessfulDelete",
+                    &format!("Deleted job {}", job.name_any()),
+                )
+                .await;
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -206,10 +223,6 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, Error>
     }
 
     // History: the oldest finished Jobs beyond the limits go, with their pods.
-    let background = DeleteParams {
-        propagation_policy: Some(PropagationPolicy::Background),
-        ..Default::default()
-    };
     for (outcome, limit) in [
         (true, spec.successful_jobs_history_limit.unwrap_or(3)),
         (false, spec.failed_jobs_history_limit.unwrap_or(1)),
@@ -220,20 +233,7 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, Error>
             .collect();
         let excess = done.len().saturating_sub(limit.max(0) as usize);
         for job in &done[..excess] {
-            match jobs_api.delete(&job.name_any(), &background).await {
-                Ok(_) => {
-                    ctx.recorder
-                        .record(
-                            &reference,
-                            EventType::Normal,
-                            "SuccessfulDelete",
-                            &format!("Deleted job {}", job.name_any()),
-                        )
-                        .await;
-                }
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
+            delete_job(&ctx, &jobs_api, &reference, job).await?;
         }
     }
     let mut active: Vec<Job> = jobs.into_iter().filter(|j| finished(j).is_none()).collect();
@@ -288,20 +288,7 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, Error>
                     } else {
                         if policy == "Replace" {
                             for job in active.drain(..) {
-                                match jobs_api.delete(&job.name_any(), &background).await {
-                                    Ok(_) => {
-                                        ctx.recorder
-                                            .record(
-                                                &reference,
-                                                EventType::Normal,
-                                                "SuccessfulDelete",
-                                                &format!("Deleted job {}", job.name_any()),
-                                            )
-                                            .await;
-                                    }
-                                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                                    Err(e) => return Err(e.into()),
-                                }
+                                delete_job(&ctx, &jobs_api, &reference, &job).await?;
                             }
                         }
                         let job = job_for(&cj, at);

@@ -29,7 +29,7 @@ use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
     PodTemplateSpec, Taint, Toleration,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -258,17 +258,6 @@ fn pin_to_node(affinity: Option<Affinity>, node: &str) -> Affinity {
     affinity
 }
 
-fn owner_reference(ds: &DaemonSet) -> OwnerReference {
-    OwnerReference {
-        api_version: "apps/v1".into(),
-        kind: "DaemonSet".into(),
-        name: ds.name_any(),
-        uid: ds.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
-}
-
 /// The DaemonSet's template generation (the label value of its pods).
 fn template_generation(ds: &DaemonSet) -> String {
     ds.annotations()
@@ -292,7 +281,7 @@ fn pod_for_node(ds: &DaemonSet, template: &PodTemplateSpec, hash: &str, node: &s
             labels: Some(labels),
             annotations: meta.annotations,
             finalizers: meta.finalizers,
-            owner_references: Some(vec![owner_reference(ds)]),
+            owner_references: Some(vec![super::controller_ref(ds)]),
             ..Default::default()
         },
         spec: Some(spec),
@@ -688,7 +677,7 @@ async fn current_revision(
                 && labels_match(selector, r.labels()) =>
             {
                 let mut refs = r.owner_references().to_vec();
-                refs.push(owner_reference(ds));
+                refs.push(super::controller_ref(ds));
                 let patch = json!({"metadata": {
                     "ownerReferences": refs,
                     "resourceVersion": r.metadata.resource_version,
@@ -726,7 +715,7 @@ async fn current_revision(
                     namespace: ds.namespace(),
                     labels: Some(history::revision_labels(template, &hash)),
                     annotations: ds.metadata.annotations.clone(),
-                    owner_references: Some(vec![owner_reference(ds)]),
+                    owner_references: Some(vec![super::controller_ref(ds)]),
                     ..Default::default()
                 },
                 data: Some(RawExtension(data.clone())),

@@ -17,9 +17,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-    LabelSelector as SelectorSpec, ObjectMeta, OwnerReference,
-};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector as SelectorSpec, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -149,17 +147,6 @@ pub(crate) fn resolve(v: Option<&IntOrString>, total: i32, round_up: bool, defau
     }
 }
 
-fn owner_reference(d: &Deployment) -> OwnerReference {
-    OwnerReference {
-        api_version: "apps/v1".into(),
-        kind: "Deployment".into(),
-        name: d.name_any(),
-        uid: d.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
-}
-
 async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Error> {
     if d.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
@@ -193,7 +180,7 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Erro
             Some(_) => {}
             None if rs.metadata.deletion_timestamp.is_none() => {
                 let patch = json!({"metadata": {
-                    "ownerReferences": [owner_reference(&d)],
+                    "ownerReferences": [super::controller_ref(&*d)],
                     "resourceVersion": rs.metadata.resource_version,
                 }});
                 if let Ok(adopted) = sets
@@ -410,7 +397,7 @@ async fn create_new_rs(
             namespace: d.namespace(),
             labels: meta.labels.clone(),
             annotations: Some(annotations),
-            owner_references: Some(vec![owner_reference(d)]),
+            owner_references: Some(vec![super::controller_ref(d)]),
             ..Default::default()
         },
         spec: Some(k8s_openapi::api::apps::v1::ReplicaSetSpec {

@@ -17,7 +17,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::ObjectRef;
@@ -331,17 +331,6 @@ fn desired_labels(svc: &Service) -> BTreeMap<String, String> {
     labels
 }
 
-fn owner_reference(svc: &Service) -> OwnerReference {
-    OwnerReference {
-        api_version: "v1".to_string(),
-        kind: "Service".to_string(),
-        name: svc.name_any(),
-        uid: svc.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
-}
-
 fn owned_by(slice: &EndpointSlice, svc: &Service) -> bool {
     let uid = svc.metadata.uid.as_deref().unwrap_or_default();
     slice
@@ -356,7 +345,7 @@ fn new_slice(svc: &Service, address_type: &str, ports: Vec<EndpointPort>) -> End
             generate_name: Some(format!("{}-", svc.name_any())),
             namespace: svc.namespace(),
             labels: Some(desired_labels(svc)),
-            owner_references: Some(vec![owner_reference(svc)]),
+            owner_references: Some(vec![super::controller_ref(svc)]),
             ..Default::default()
         },
         address_type: address_type.to_string(),
@@ -432,7 +421,7 @@ fn plan_without_reuse(svc: &Service, pods: &[Pod], existing: &[EndpointSlice]) -
     mine.sort_by_key(|s| s.name_any());
     let desired = desired_endpoints(svc, pods);
     let labels = desired_labels(svc);
-    let owners = vec![owner_reference(svc)];
+    let owners = vec![super::controller_ref(svc)];
     let refreshed = |slice: &EndpointSlice, endpoints: Vec<Endpoint>, ports: &[EndpointPort]| {
         let mut s = slice.clone();
         s.metadata.labels = Some(labels.clone());

@@ -324,17 +324,6 @@ fn condition_true(status: &JobStatus, type_: &str) -> Option<DateTime<Utc>> {
     })
 }
 
-fn owner_reference(job: &Job) -> OwnerReference {
-    OwnerReference {
-        api_version: "batch/v1".into(),
-        kind: "Job".into(),
-        name: job.name_any(),
-        uid: job.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
-}
-
 /// A new pod of `job`, for completion index `index` in an Indexed Job.
 fn pod_for(job: &Job, index: Option<i32>) -> Pod {
     let spec = job.spec.clone().unwrap_or_default();
@@ -383,7 +372,7 @@ fn pod_for(job: &Job, index: Option<i32>) -> Pod {
             labels: Some(labels),
             annotations: (!annotations.is_empty()).then_some(annotations),
             finalizers: Some(finalizers),
-            owner_references: Some(vec![owner_reference(job)]),
+            owner_references: Some(vec![super::controller_ref(job)]),
             ..Default::default()
         },
         spec: Some(pod_spec),

@@ -43,7 +43,25 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use futures::FutureExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::config::{KubeConfigOptions, Kubeconfig};
+
+/// A controller reference to `owner`, as Kubernetes' controllers write it: the owner's
+/// foreground deletion waits for the dependent.
+pub(crate) fn controller_ref<K>(owner: &K) -> OwnerReference
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    let meta = owner.meta();
+    OwnerReference {
+        api_version: K::api_version(&()).into_owned(),
+        kind: K::kind(&()).into_owned(),
+        name: meta.name.clone().unwrap_or_default(),
+        uid: meta.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
 
 /// Builds an API client from a kubeconfig file.
 pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client> {

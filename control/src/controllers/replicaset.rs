@@ -711,17 +711,6 @@ async fn watch_pods(shared: Arc<Shared>, pods: SharedWatch<Pod>) {
     }
 }
 
-fn owner_reference(rs: &ReplicaSet) -> OwnerReference {
-    OwnerReference {
-        api_version: "apps/v1".into(),
-        kind: "ReplicaSet".into(),
-        name: rs.name_any(),
-        uid: rs.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
-}
-
 /// A new pod from the ReplicaSet's template.
 fn pod_from_template(rs: &ReplicaSet) -> Pod {
     let template = rs
@@ -737,7 +726,7 @@ fn pod_from_template(rs: &ReplicaSet) -> Pod {
             labels: meta.labels,
             annotations: meta.annotations,
             finalizers: meta.finalizers,
-            owner_references: Some(vec![owner_reference(rs)]),
+            owner_references: Some(vec![super::controller_ref(rs)]),
             ..Default::default()
         },
         spec: template.spec,
@@ -887,7 +876,7 @@ async fn adopt(
     let mut adopted = Vec::new();
     for pod in orphans {
         let mut refs = pod.owner_references.clone();
-        refs.push(owner_reference(rs));
+        refs.push(super::controller_ref(rs));
         // The resourceVersion makes this a compare-and-swap: a pod someone else just
         // claimed is left alone.
         let patch = json!({"metadata": {

@@ -50,6 +50,21 @@ pub fn sample(name: &str) -> PathBuf {
 }
 
 /// `file://` image reference of a sample.
+/// A manifest from samples/ with its module paths pointing at the built samples.
+pub fn manifest(rel: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("samples")
+        .join(rel);
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    // Build (once) so every module the manifest names exists.
+    sample("hello");
+    text.replace(
+        "file:///opt/wasmkube/samples/",
+        &format!("file://{}/", samples_dir().display()),
+    )
+}
+
 pub fn sample_image(name: &str) -> String {
     format!("file://{}", sample(name).display())
 }

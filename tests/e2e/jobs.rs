@@ -7,7 +7,7 @@
 
 use serde_json::Value;
 
-use crate::agents::{sample_image, up_node};
+use crate::agents::{manifest, sample_image, up_node};
 use crate::harness::{eventually, Cluster, DEADLINE};
 
 /// The pods of Job `job`, by the label every Job pod carries.
@@ -55,44 +55,23 @@ async fn jobs_run_pods_to_completion() {
         pods[0]["metadata"]
     );
 
-    // Indexed, three completions two at a time: each index runs once and sees itself.
-    cluster
-        .apply_stdin(&format!(
-            r#"apiVersion: batch/v1
-kind: Job
-metadata: {{name: idx}}
-spec:
-  completions: 3
-  parallelism: 2
-  completionMode: Indexed
-  template:
-    spec:
-      restartPolicy: Never
-      containers:
-      - name: work
-        image: {}
-        command: ["sh", "-c", "echo index $JOB_COMPLETION_INDEX"]
-"#,
-            sample_image("hello")
-        ))
-        .await;
+    // samples/hello/job.yaml: Indexed, three completions two at a time; each index
+    // runs once and sees itself.
+    cluster.apply_stdin(&manifest("hello/job.yaml")).await;
+    let indexed = "hello-indexed";
     cluster
         .kubectl_ok(&[
             "wait",
             "--for=condition=complete",
-            "job/idx",
+            &format!("job/{indexed}"),
             "--timeout=60s",
         ])
         .await;
-    let job = cluster.get_json(&["job", "idx"]).await;
-    assert_eq!(
-        job["status"]["completedIndexes"], "0-2",
-        "{:#}",
-        job["status"]
-    );
-    assert_eq!(job["status"]["succeeded"], 3);
+    let status = cluster.get_json(&["job", indexed]).await["status"].clone();
+    assert_eq!(status["completedIndexes"], "0-2", "{status:#}");
+    assert_eq!(status["succeeded"], 3);
     let mut seen = Vec::new();
-    for pod in job_pods(&cluster, "idx").await {
+    for pod in job_pods(&cluster, indexed).await {
         let name = pod["metadata"]["name"]
             .as_str()
             .unwrap_or_default()
@@ -102,7 +81,7 @@ spec:
             .unwrap_or_default()
             .to_string();
         let logs = cluster.kubectl_ok(&["logs", &name]).await;
-        assert_eq!(logs.trim(), format!("index {index}"), "{name}");
+        assert!(logs.contains(&format!("index={index}")), "{name}: {logs}");
         seen.push(index);
     }
     seen.sort();
@@ -223,9 +202,9 @@ spec:
         .await;
 
     // Deleting a Job deletes its pods.
-    cluster.kubectl_ok(&["delete", "job", "idx"]).await;
+    cluster.kubectl_ok(&["delete", "job", indexed]).await;
     eventually("the job's pods gone", DEADLINE, async || {
-        let left = job_pods(&cluster, "idx").await;
+        let left = job_pods(&cluster, indexed).await;
         if left.is_empty() {
             Ok(())
         } else {
@@ -250,6 +229,16 @@ async fn cronjobs_make_jobs_on_schedule() {
         refused.stderr.contains("spec.schedule: Invalid value"),
         "{}",
         refused.stderr
+    );
+
+    // The sample manifest is one the server takes.
+    let sample = cluster.write_file("cronjob.yaml", manifest("hello/cronjob.yaml"));
+    let out = cluster
+        .kubectl_ok(&["apply", "--dry-run=server", "-f", sample.to_str().unwrap()])
+        .await;
+    assert!(
+        out.contains("hello-every-minute created (server dry run)"),
+        "{out}"
     );
 
     // `kubectl create cronjob` sends protobuf too.

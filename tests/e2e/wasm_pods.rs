@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::agents::{push, sample, sample_image, samples_dir, up_node, AgentProcess, Registry};
+use crate::agents::{
+    manifest, push, sample, sample_image, samples_dir, up_node, AgentProcess, Registry,
+};
 use crate::harness::{eventually, Cluster, DEADLINE};
 
 /// Crash loops and pulls back off for 10 s, then 20 s: scenarios that wait for a
@@ -13,20 +15,6 @@ use crate::harness::{eventually, Cluster, DEADLINE};
 const SLOW: Duration = Duration::from_secs(90);
 
 /// A sample manifest with its images pointing at the freshly built modules.
-fn manifest(rel: &str) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("samples")
-        .join(rel);
-    let text =
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    // Build (once) so every module the manifest names exists.
-    sample("hello");
-    text.replace(
-        "file:///opt/wasmkube/samples/",
-        &format!("file://{}/", samples_dir().display()),
-    )
-}
-
 async fn pod_json(cluster: &Cluster, ns: &str, name: &str) -> Value {
     cluster.get_json(&["-n", ns, "pod", name]).await
 }

@@ -1,6 +1,8 @@
 //! The Job controller: runs a Job's pods to completion, as kube-controller-manager's.
 //!
-//! Each reconcile lists the namespace's pods and keeps those the Job controls. Pods
+//! Each reconcile reads the Job afresh (counting builds on the status the previous
+//! reconcile wrote, which the watch cache may not show yet) and lists the pods it
+//! controls (narrowed on the server by the controller-uid label). Pods
 //! carry the `batch.kubernetes.io/job-tracking` finalizer from their creation, so none
 //! is gone before it is counted: a pod that finished (Succeeded; Failed, or deleted
 //! before succeeding) is first recorded in `status.uncountedTerminatedPods`, then its
@@ -380,7 +382,15 @@ fn pod_for(job: &Job, index: Option<i32>) -> Pod {
     }
 }
 
-async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(cached: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // The status is read fresh: counting goes by what the last reconcile wrote, and the
+    // watch may not have delivered that yet (a stale `succeeded` would run a pod again).
+    let cached_ns = cached.namespace().unwrap_or_default();
+    let api: Api<Job> = Api::namespaced(ctx.client.clone(), &cached_ns);
+    let job = match api.get_opt(&cached.name_any()).await? {
+        Some(j) if j.metadata.uid == cached.metadata.uid => j,
+        _ => return Ok(Action::await_change()),
+    };
     let spec = job.spec.clone().unwrap_or_default();
     // Deleting, or another controller's to run (`spec.managedBy`).
     let managed_here = spec

@@ -66,6 +66,18 @@ async fn one_seat_queues_a_flood_of_creates_and_watches_stream_past_it() {
 
     let metrics = cluster.raw("/metrics").await;
     assert!(metrics.success, "{metrics}");
+    // The current limit is the nominal one, or the borrowed 32 while no node or
+    // controller request ran for a moment.
+    assert!(
+        metrics.stdout.lines().any(|l| {
+            l.strip_prefix(
+                "apiserver_flowcontrol_current_limit_seats{priority_level=\"workload\"} ",
+            )
+            .is_some_and(|v| v == "1" || v == "32")
+        }),
+        "{}",
+        metrics.stdout
+    );
     for line in [
         "apiserver_flowcontrol_nominal_limit_seats{priority_level=\"workload\"} 1",
         "apiserver_flowcontrol_nominal_limit_seats{priority_level=\"system\"} 0",

@@ -21,6 +21,13 @@
 //!   longer than [`WORKLOAD_WAIT_LIMIT`], gets 429 TooManyRequests with `Retry-After`,
 //!   which kubectl and client-go retry.
 //!
+//! While the system level has been idle for [`LEND_AFTER`] (no node, scheduler or
+//! controller request in flight or just finished), the workload level borrows up to
+//! [`BORROWED_SEATS`] seats in all, as Kubernetes' levels borrow each other's unused
+//! seats: the few seats exist to keep a flood from starving the nodes, and with no node
+//! work to protect they only cost throughput (etcd commits more concurrent writes per
+//! fsync). New requests go back to the nominal seats as soon as system work appears.
+//!
 //! Long-running requests (watches, logs, exec, attach, port-forward, proxy) hold no seat,
 //! as in Kubernetes.
 
@@ -38,6 +45,10 @@ pub const WORKLOAD_QUEUE_LIMIT: usize = 512;
 pub const WORKLOAD_WAIT_LIMIT: Duration = Duration::from_secs(15);
 /// What a refused request is told to wait before trying again (`Retry-After`).
 pub const RETRY_AFTER_SECONDS: u32 = 1;
+/// How long the system level must have been idle before the workload level borrows.
+pub const LEND_AFTER: Duration = Duration::from_millis(500);
+/// The most workload requests executing at once while borrowing.
+pub const BORROWED_SEATS: usize = 32;
 
 /// Workload seats when `--max-workload-requests-inflight` is not given: two per core
 /// keeps the cores busy while some requests wait on etcd, and no more.
@@ -96,9 +107,19 @@ impl FlowControl {
     /// `seats` workload requests execute at once; 0 means no limit. System requests are
     /// never limited.
     pub fn new(seats: usize) -> FlowControl {
+        let system = Seats::new(0, None, None, None);
+        let borrow = (seats > 0).then(|| Borrow {
+            seats: BORROWED_SEATS.max(seats),
+            lender: system.clone(),
+        });
         FlowControl {
-            system: Seats::new(0, None, None),
-            workload: Seats::new(seats, Some(WORKLOAD_QUEUE_LIMIT), Some(WORKLOAD_WAIT_LIMIT)),
+            workload: Seats::new(
+                seats,
+                Some(WORKLOAD_QUEUE_LIMIT),
+                Some(WORKLOAD_WAIT_LIMIT),
+                borrow,
+            ),
+            system,
         }
     }
 
@@ -120,12 +141,14 @@ impl FlowControl {
     /// Each level's state now, for metrics.
     pub fn load(&self) -> [(Level, Load); 2] {
         let of = |s: &Seats| {
+            let current = if s.limit == 0 { 0 } else { s.limit_now() };
             let inner = s.lock();
             Load {
                 executing: inner.executing,
                 waiting: inner.waiting,
                 rejected: inner.rejected,
                 seats: s.limit,
+                current_seats: current,
             }
         };
         [
@@ -139,7 +162,7 @@ impl FlowControl {
     pub fn render_metrics(&self) -> String {
         use std::fmt::Write;
         let load = self.load();
-        let metrics: [Metric; 4] = [
+        let metrics: [Metric; 5] = [
             (
                 "apiserver_flowcontrol_current_executing_requests",
                 "gauge",
@@ -157,6 +180,9 @@ impl FlowControl {
             ),
             ("apiserver_flowcontrol_nominal_limit_seats", "gauge", |l| {
                 l.seats as u64
+            }),
+            ("apiserver_flowcontrol_current_limit_seats", "gauge", |l| {
+                l.current_seats as u64
             }),
         ];
         let mut out = String::new();
@@ -187,6 +213,8 @@ pub struct Load {
     pub rejected: u64,
     /// The seat limit; 0 for none.
     pub seats: usize,
+    /// The limit now, with borrowed seats; 0 for none.
+    pub current_seats: usize,
 }
 
 /// One level's seats and queues.
@@ -195,7 +223,17 @@ struct Seats {
     limit: usize,
     queue_limit: Option<usize>,
     wait_limit: Option<Duration>,
+    /// More seats this level may use while another is idle.
+    borrow: Option<Borrow>,
     inner: Mutex<Inner>,
+}
+
+/// Seats a level borrows from an idle one.
+struct Borrow {
+    /// The limit while borrowing.
+    seats: usize,
+    /// The level whose idleness lends them.
+    lender: Arc<Seats>,
 }
 
 #[derive(Default)]
@@ -205,6 +243,8 @@ struct Inner {
     /// Requests refused so far.
     rejected: u64,
     next_id: u64,
+    /// When a request of this level last started or finished.
+    last_active: Option<tokio::time::Instant>,
     /// Each flow's waiting requests, oldest first.
     queues: HashMap<String, VecDeque<(u64, oneshot::Sender<()>)>>,
     /// Flows with waiting requests, in the order they are served.
@@ -212,13 +252,36 @@ struct Inner {
 }
 
 impl Seats {
-    fn new(limit: usize, queue_limit: Option<usize>, wait_limit: Option<Duration>) -> Arc<Seats> {
+    fn new(
+        limit: usize,
+        queue_limit: Option<usize>,
+        wait_limit: Option<Duration>,
+        borrow: Option<Borrow>,
+    ) -> Arc<Seats> {
         Arc::new(Seats {
             limit,
             queue_limit,
             wait_limit,
+            borrow,
             inner: Mutex::new(Inner::default()),
         })
+    }
+
+    /// The seats usable now: the nominal ones, or the borrowed limit while the lender
+    /// has been idle for [`LEND_AFTER`]. (Lock order: a borrower's lock, then its
+    /// lender's; a lender never takes a borrower's.)
+    fn limit_now(&self) -> usize {
+        let Some(borrow) = &self.borrow else {
+            return self.limit;
+        };
+        let lender = borrow.lender.lock();
+        let idle =
+            lender.executing == 0 && lender.last_active.is_none_or(|t| t.elapsed() >= LEND_AFTER);
+        if idle {
+            borrow.seats
+        } else {
+            self.limit
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -228,7 +291,12 @@ impl Seats {
     async fn admit(self: &Arc<Self>, flow: &str) -> Result<Seat, Rejected> {
         let mut waiter = {
             let mut inner = self.lock();
-            if self.limit == 0 || (inner.executing < self.limit && inner.waiting == 0) {
+            if self.limit == 0 {
+                inner.executing += 1;
+                inner.last_active = Some(tokio::time::Instant::now());
+                return Ok(self.seat());
+            }
+            if inner.executing < self.limit_now() && inner.waiting == 0 {
                 inner.executing += 1;
                 return Ok(self.seat());
             }
@@ -285,10 +353,17 @@ impl Seats {
         }
     }
 
-    /// A seat is free: the next flow in turn gets it, or it stays free.
+    /// A seat is free: the next flows in turn get the seats now usable, or they stay
+    /// free.
     fn release(&self) {
         let mut inner = self.lock();
         inner.executing -= 1;
+        let limit = self.limit_now();
+        while inner.executing < limit && self.grant_next(&mut inner) {}
+    }
+
+    /// Hands a seat to the next waiter in turn; false when nobody waits.
+    fn grant_next(&self, inner: &mut Inner) -> bool {
         while let Some(flow) = inner.turns.pop_front() {
             let Some(queue) = inner.queues.get_mut(&flow) else {
                 continue;
@@ -305,10 +380,11 @@ impl Seats {
             inner.waiting -= 1;
             if tx.send(()).is_ok() {
                 inner.executing += 1;
-                return;
+                return true;
             }
             // That waiter is gone (its client hung up): the next one gets the seat.
         }
+        false
     }
 }
 
@@ -370,7 +446,9 @@ impl Drop for Seat {
             if seats.limit > 0 {
                 seats.release();
             } else {
-                seats.lock().executing -= 1;
+                let mut inner = seats.lock();
+                inner.executing -= 1;
+                inner.last_active = Some(tokio::time::Instant::now());
             }
         }
     }
@@ -430,7 +508,7 @@ mod tests {
 
     #[tokio::test]
     async fn seats_bound_the_requests_executing_at_once() {
-        let seats = Seats::new(2, None, None);
+        let seats = Seats::new(2, None, None, None);
         let a = seats.admit("u").await.expect("a");
         let _b = seats.admit("u").await.expect("b");
         let waiting = spawn_admit(&seats, "u");
@@ -445,9 +523,54 @@ mod tests {
         assert_eq!(seats.lock().executing, 1, "b still holds its seat");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_system_level_lends_seats_and_busy_takes_them_back() {
+        let lender = Seats::new(0, None, None, None);
+        let seats = Seats::new(
+            1,
+            None,
+            None,
+            Some(Borrow {
+                seats: 3,
+                lender: lender.clone(),
+            }),
+        );
+        // Nothing of the system level ran yet: three at once.
+        let a = seats.admit("u").await.expect("a");
+        let b = seats.admit("u").await.expect("b");
+        let c = seats.admit("u").await.expect("c");
+        let waiting = spawn_admit(&seats, "u");
+        settle().await;
+        assert!(!waiting.is_finished(), "the borrowed limit holds too");
+
+        // A node request: back to the one nominal seat.
+        let node = lender.admit("system:node:n1").await.expect("system");
+        drop(a);
+        drop(b);
+        settle().await;
+        assert!(!waiting.is_finished(), "2 executing is over the nominal 1");
+        drop(c);
+        waiting
+            .await
+            .expect("task")
+            .expect("admitted at the nominal limit");
+
+        // Idle again once the node request is done and LEND_AFTER has passed.
+        drop(node);
+        let d = seats.admit("u").await.expect("d");
+        let early = spawn_admit(&seats, "u");
+        settle().await;
+        assert!(!early.is_finished(), "the system level was busy just now");
+        drop(d);
+        early.await.expect("task").expect("admitted");
+        tokio::time::advance(LEND_AFTER).await;
+        let _e = seats.admit("u").await.expect("e");
+        let _f = seats.admit("u").await.expect("f: borrowed again");
+    }
+
     #[tokio::test]
     async fn flows_take_turns() {
-        let seats = Seats::new(1, None, None);
+        let seats = Seats::new(1, None, None, None);
         let first = seats.admit("busy").await.expect("first");
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
@@ -475,7 +598,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_and_a_long_wait_are_refused() {
-        let seats = Seats::new(1, Some(1), Some(Duration::from_millis(50)));
+        let seats = Seats::new(1, Some(1), Some(Duration::from_millis(50)), None);
         let _held = seats.admit("u").await.expect("held");
         let queued = spawn_admit(&seats, "u");
         settle().await;
@@ -496,7 +619,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiter_that_went_away_does_not_keep_a_seat() {
-        let seats = Seats::new(1, None, None);
+        let seats = Seats::new(1, None, None, None);
         let held = seats.admit("u").await.expect("held");
         let gone = spawn_admit(&seats, "u");
         settle().await;
@@ -513,7 +636,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_seat_handed_to_a_request_that_just_went_away_is_not_lost() {
-        let seats = Seats::new(1, None, None);
+        let seats = Seats::new(1, None, None, None);
         let held = seats.admit("u").await.expect("held");
         let gone = spawn_admit(&seats, "u");
         settle().await;

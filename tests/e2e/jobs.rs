@@ -18,6 +18,15 @@ async fn job_pods(cluster: &Cluster, job: &str) -> Vec<Value> {
     list["items"].as_array().cloned().unwrap_or_default()
 }
 
+/// A Job `name` with `spec` (a flow mapping's fields, e.g. `suspend: true`) running one
+/// container of `sample` with environment `env` (a flow sequence) and restartPolicy Never.
+fn job_manifest(name: &str, spec: &str, sample: &str, env: &str) -> String {
+    format!(
+        "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: {name}}}\nspec:\n  {spec}\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{{name: {name}, image: {}, env: {env}}}]\n",
+        sample_image(sample)
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_run_pods_to_completion() {
     let cluster = Cluster::builder().up().start().await;
@@ -89,21 +98,11 @@ async fn jobs_run_pods_to_completion() {
 
     // A module that fails, with no retries allowed: the Job fails.
     cluster
-        .apply_stdin(&format!(
-            r#"apiVersion: batch/v1
-kind: Job
-metadata: {{name: boom}}
-spec:
-  backoffLimit: 0
-  template:
-    spec:
-      restartPolicy: Never
-      containers:
-      - name: boom
-        image: {}
-        env: [{{name: EXIT_CODE, value: "3"}}, {{name: CRASH_AFTER_MS, value: "0"}}]
-"#,
-            sample_image("crasher")
+        .apply_stdin(&job_manifest(
+            "boom",
+            "backoffLimit: 0",
+            "crasher",
+            r#"[{name: EXIT_CODE, value: "3"}, {name: CRASH_AFTER_MS, value: "0"}]"#,
         ))
         .await;
     cluster
@@ -133,18 +132,11 @@ spec:
 
     // A time to live of zero: gone once finished.
     cluster
-        .apply_stdin(&format!(
-            r#"apiVersion: batch/v1
-kind: Job
-metadata: {{name: brief}}
-spec:
-  ttlSecondsAfterFinished: 0
-  template:
-    spec:
-      restartPolicy: Never
-      containers: [{{name: brief, image: {}}}]
-"#,
-            sample_image("hello")
+        .apply_stdin(&job_manifest(
+            "brief",
+            "ttlSecondsAfterFinished: 0",
+            "hello",
+            "[]",
         ))
         .await;
     eventually("the finished job deleted", DEADLINE, async || {
@@ -159,19 +151,7 @@ spec:
 
     // Created suspended: no pods until resumed, then it runs to completion.
     cluster
-        .apply_stdin(&format!(
-            r#"apiVersion: batch/v1
-kind: Job
-metadata: {{name: later}}
-spec:
-  suspend: true
-  template:
-    spec:
-      restartPolicy: Never
-      containers: [{{name: later, image: {}}}]
-"#,
-            sample_image("hello")
-        ))
+        .apply_stdin(&job_manifest("later", "suspend: true", "hello", "[]"))
         .await;
     eventually("the job suspended", DEADLINE, async || {
         let table = cluster.get_table(&["job", "later"]).await;

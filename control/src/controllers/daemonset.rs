@@ -767,8 +767,7 @@ async fn current_revision(
 }
 
 fn labels_match(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let labels = serde_json::to_value(labels).unwrap_or_default();
-    selector.matches(labels.as_object().unwrap_or(&serde_json::Map::new()))
+    selector.matches_with(|k| labels.get(k).cloned())
 }
 
 async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Error> {

@@ -67,7 +67,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(360);
 struct Context {
     client: kube::Client,
     recorder: Recorder,
-    /// When each Job (by uid) last saw a pod fail: new pods wait out the back-off.
+    /// When each running Job (by uid) last saw a pod fail: new pods wait out the
+    /// back-off. Forgotten once the Job finishes or goes.
     last_failure: Mutex<HashMap<String, DateTime<Utc>>>,
 }
 
@@ -389,7 +390,12 @@ async fn reconcile(cached: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error>
     let api: Api<Job> = Api::namespaced(ctx.client.clone(), &cached_ns);
     let job = match api.get_opt(&cached.name_any()).await? {
         Some(j) if j.metadata.uid == cached.metadata.uid => j,
-        _ => return Ok(Action::await_change()),
+        _ => {
+            if let Ok(mut last) = ctx.last_failure.lock() {
+                last.remove(cached.metadata.uid.as_deref().unwrap_or_default());
+            }
+            return Ok(Action::await_change());
+        }
     };
     let spec = job.spec.clone().unwrap_or_default();
     // Deleting, or another controller's to run (`spec.managedBy`).
@@ -398,6 +404,9 @@ async fn reconcile(cached: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error>
         .as_deref()
         .is_none_or(|m| m == "kubernetes.io/job-controller");
     if job.metadata.deletion_timestamp.is_some() || !managed_here {
+        if let Ok(mut last) = ctx.last_failure.lock() {
+            last.remove(job.metadata.uid.as_deref().unwrap_or_default());
+        }
         return Ok(Action::await_change());
     }
     let ns = job.namespace().unwrap_or_default();
@@ -428,12 +437,11 @@ async fn reconcile(cached: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error>
         .items
         .into_iter()
         .filter(|p| {
-            let labels = serde_json::to_value(p.labels()).unwrap_or_default();
             let ours = p
                 .owner_references()
                 .iter()
                 .any(|r| r.controller == Some(true) && r.uid == uid);
-            ours && selector.matches(labels.as_object().unwrap_or(&serde_json::Map::new()))
+            ours && selector.matches_with(|k| p.labels().get(k).cloned())
         })
         .collect();
     let old_status = job.status.clone().unwrap_or_default();
@@ -521,6 +529,9 @@ async fn reconcile(cached: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error>
     if let Some(finished_at) = finished {
         // Only bookkeeping is left, and the time to live.
         deletes = active.clone();
+        if let Ok(mut last) = ctx.last_failure.lock() {
+            last.remove(&uid);
+        }
         if let Some(ttl) = spec.ttl_seconds_after_finished {
             let due = finished_at + chrono::TimeDelta::seconds(i64::from(ttl));
             if now >= due {

@@ -128,6 +128,10 @@ struct ProxyArgs {
     /// (default: not served; 0: a free one, logged).
     #[arg(long)]
     proxy_metrics_port: Option<u16>,
+    /// Threads the Service proxy forwards TCP on (each connection stays on one);
+    /// 0: one per CPU.
+    #[arg(long, default_value_t = 0)]
+    proxy_threads: usize,
 }
 
 /// The node's Service proxy, running beside its agent until `stop`.
@@ -160,6 +164,7 @@ impl ProxyArgs {
         };
         let mut options = wasmkube_proxy::ProxyOptions::new(node_name.to_string(), node_ip, tls);
         options.tunnel_port = self.proxy_tunnel_port;
+        options.threads = self.proxy_threads;
         options.metrics_addr = self
             .proxy_metrics_port
             .map(|port| SocketAddr::from(([127, 0, 0, 1], port)));

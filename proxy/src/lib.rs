@@ -18,7 +18,9 @@
 //! - `udp`: UDP frontends: per-client sessions with idle expiry;
 //! - `tunnel`: the node-to-node tunnel (TLS with client certificates, a small header);
 //! - `metrics`: counters, `/metrics` (Prometheus text) and `/healthz`;
-//! - `watch`: the watchers feeding the proxier, and publishing the tunnel port.
+//! - `watch`: the watchers feeding the proxier, and publishing the tunnel port;
+//! - `workers`: the data path's threads, where TCP connections are accepted and
+//!   forwarded.
 //!
 //! ## Choices
 //! - No endpoint: a TCP connection is accepted and reset at once (linger 0), so
@@ -35,12 +37,14 @@ mod balancer;
 mod metrics;
 mod model;
 mod proxier;
+mod splice;
 mod tcp;
 #[cfg(test)]
 mod tests;
 mod tunnel;
 mod udp;
 mod watch;
+mod workers;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -70,11 +74,15 @@ pub struct ProxyOptions {
     pub connect_timeout: Duration,
     /// A UDP session without traffic in either direction for this long is closed.
     pub udp_idle_timeout: Duration,
+    /// Threads that forward TCP (each connection stays on the one that accepted it);
+    /// 0 = one per CPU.
+    pub threads: usize,
 }
 
 impl ProxyOptions {
     /// Defaults for everything but the node and its credentials: tunnel on a free port,
-    /// no metrics endpoint, 5 s connect timeout, 30 s UDP idle timeout.
+    /// no metrics endpoint, 5 s connect timeout, 30 s UDP idle timeout, one forwarding
+    /// thread per CPU.
     pub fn new(node_name: String, node_ip: IpAddr, tls: TunnelCredentials) -> ProxyOptions {
         ProxyOptions {
             node_name,
@@ -84,6 +92,7 @@ impl ProxyOptions {
             tls,
             connect_timeout: Duration::from_secs(5),
             udp_idle_timeout: Duration::from_secs(30),
+            threads: 0,
         }
     }
 }
@@ -116,6 +125,9 @@ pub enum ProxyError {
     /// The tunnel credentials are unusable.
     #[error("tunnel credentials: {0}")]
     Credentials(String),
+    /// The data path's threads could not be started.
+    #[error("starting the proxy's worker threads: {0}")]
+    Workers(#[source] std::io::Error),
     /// A listener of the proxy itself (tunnel, metrics) could not be opened.
     #[error("binding {addr}: {source}")]
     Bind {
@@ -205,10 +217,11 @@ impl Core {
     ) -> Result<Core, ProxyError> {
         let tls = tunnel::Tls::new(&options.tls)?;
         let tunnel_bind = SocketAddr::new(options.node_ip, options.tunnel_port);
-        let tunnel_listener = tcp::listen(tunnel_bind).map_err(|source| ProxyError::Bind {
-            addr: tunnel_bind,
-            source,
-        })?;
+        let tunnel_listener =
+            tcp::listen_socket(tunnel_bind).map_err(|source| ProxyError::Bind {
+                addr: tunnel_bind,
+                source,
+            })?;
         let tunnel_addr = tunnel_listener
             .local_addr()
             .map_err(|source| ProxyError::Bind {
@@ -224,16 +237,20 @@ impl Core {
         };
         let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
 
+        let threads = match options.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let (workers, workers_done) =
+            workers::Workers::start(threads, &stop).map_err(ProxyError::Workers)?;
         let shared = Arc::new(proxier::Shared::new(
             options,
             tunnel::Dialer::new(tls.client.clone()),
+            workers,
             stop.clone(),
         ));
-        let mut tasks = vec![tokio::spawn(tunnel::serve(
-            tunnel_listener,
-            tls.server.clone(),
-            shared.clone(),
-        ))];
+        tunnel::serve(tunnel_listener, tls.server.clone(), shared.clone());
+        let mut tasks = vec![tokio::spawn(workers_done)];
         if let Some(l) = metrics_listener {
             tasks.push(tokio::spawn(metrics::serve(l, shared.clone())));
         }

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::balancer::{Slot, Snapshot, Target};
 use crate::metrics::{inc, Metrics};
 use crate::model::{self, FrontendKey, NodeInfo, ObjectKey, Protocol, TargetKey};
+use crate::workers::Workers;
 use crate::{tcp, tunnel, udp, ProxyOptions};
 
 /// The first retry of a failed bind comes this soon (a listener just closed by another
@@ -36,6 +37,8 @@ pub(crate) struct Shared {
     pub connect_timeout: Duration,
     pub udp_idle_timeout: Duration,
     pub dialer: tunnel::Dialer,
+    /// The data path's threads: TCP frontends and the tunnel listener accept on them.
+    pub workers: Workers,
     pub metrics: Metrics,
     /// Cancelled when the proxy stops: every listener and connection ends.
     pub stop: CancellationToken,
@@ -49,6 +52,7 @@ impl Shared {
     pub(crate) fn new(
         options: &ProxyOptions,
         dialer: tunnel::Dialer,
+        workers: Workers,
         stop: CancellationToken,
     ) -> Shared {
         Shared {
@@ -57,6 +61,7 @@ impl Shared {
             connect_timeout: options.connect_timeout,
             udp_idle_timeout: options.udp_idle_timeout,
             dialer,
+            workers,
             metrics: Metrics::default(),
             stop,
             local_endpoints: watch::channel(Arc::new(HashSet::new())).0,
@@ -374,13 +379,8 @@ impl Proxier {
         let stop = self.shared.stop.child_token();
         match fk.protocol {
             Protocol::Tcp => {
-                let listener = tcp::listen(fk.addr)?;
-                tokio::spawn(tcp::serve(
-                    listener,
-                    slot.clone(),
-                    self.shared.clone(),
-                    stop.clone(),
-                ));
+                let listener = tcp::listen_socket(fk.addr)?;
+                tcp::serve(listener, slot.clone(), self.shared.clone(), stop.clone());
             }
             Protocol::Udp => {
                 let socket = udp::bind(fk.addr)?;

@@ -10,6 +10,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,55 +23,50 @@ use crate::balancer::{Slot, Target};
 use crate::metrics::{add, inc, GaugeGuard, PortMetrics};
 use crate::model::{Protocol, Route};
 use crate::proxier::Shared;
+use crate::splice::{self, Pipe};
 
 /// Connect attempts per connection (each on another endpoint).
 const MAX_ATTEMPTS: usize = 3;
-/// Pause after accept fails (e.g. out of file descriptors) so the loop does not spin.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 const BUFFER_SIZE: usize = 64 * 1024;
+/// A read of at least this much means the direction carries bulk data. Not the whole
+/// buffer: on loopback (MTU 64 KiB) a segment is a little under 64 KiB, so reads keeping
+/// up with a fast sender rarely fill it.
+const BULK_START: usize = 32 * 1024;
+/// A bulk direction that finds less than this waiting goes back to plain reads.
+const BULK_MIN: usize = 16 * 1024;
 
 thread_local! {
     /// The buffer every plain-socket copy on this thread reads into.
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; BUFFER_SIZE].into_boxed_slice());
 }
 
-/// A listening socket on `addr` (SO_REUSEADDR, so a restarted proxy can listen again
-/// while old connections linger in TIME_WAIT).
-pub(crate) fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+/// A non-blocking listening socket on `addr` (SO_REUSEADDR, so a restarted proxy can
+/// listen again while old connections linger in TIME_WAIT).
+pub(crate) fn listen_socket(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
-/// Accepts connections on one frontend until `stop`.
-pub(crate) async fn serve(
-    listener: TcpListener,
+/// [`listen_socket`] on the current runtime.
+pub(crate) fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::from_std(listen_socket(addr)?)
+}
+
+/// Accepts connections on one frontend, on every worker, until `stop`.
+pub(crate) fn serve(
+    listener: std::net::TcpListener,
     slot: Arc<Slot>,
     shared: Arc<Shared>,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => r,
-        };
-        match accepted {
-            Ok((conn, peer)) => {
-                let target = slot.get();
-                tokio::spawn(handle(conn, peer, target, shared.clone()));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}
-                }
-            }
-        }
-    }
+    let workers_shared = shared.clone();
+    shared.workers.serve(listener, stop, move |conn, peer| {
+        handle(conn, peer, slot.get(), workers_shared.clone())
+    });
 }
 
 /// What a connection is forwarded over.
@@ -229,9 +225,24 @@ fn read_draining(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Copies `from` → `to` until `from` ends, then shuts down `to`'s write side (the
 /// half-close is passed on, the other direction keeps flowing).
+///
+/// Small messages are read and written (cheapest for request/response traffic); once a
+/// read brings [`BULK_START`] bytes the direction is carrying bulk data and moves it
+/// with splice instead, until a step finds less than [`BULK_MIN`] bytes waiting.
 pub(crate) async fn pump(from: &TcpStream, to: &TcpStream, bytes: &AtomicU64) -> io::Result<()> {
     let mut pending: Vec<u8> = Vec::new();
+    let mut bulk = false;
     loop {
+        if bulk {
+            match splice_step(from, to).await? {
+                None => return pass_half_close(to),
+                Some(n) => {
+                    add(bytes, n as u64);
+                    bulk = n == 0 || n >= BULK_MIN;
+                }
+            }
+            continue;
+        }
         from.readable().await?;
         let step = SCRATCH.with_borrow_mut(|buf| -> io::Result<Option<usize>> {
             let n = match read_draining(from, buf) {
@@ -254,13 +265,10 @@ pub(crate) async fn pump(from: &TcpStream, to: &TcpStream, bytes: &AtomicU64) ->
             Ok(Some(n))
         })?;
         let Some(n) = step else {
-            // EOF: pass the half-close on.
-            return match SockRef::from(to).shutdown(Shutdown::Write) {
-                Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
-                _ => Ok(()),
-            };
+            return pass_half_close(to);
         };
         add(bytes, n as u64);
+        bulk = n >= BULK_START;
         if !pending.is_empty() {
             let mut off = 0;
             while off < pending.len() {
@@ -275,4 +283,43 @@ pub(crate) async fn pump(from: &TcpStream, to: &TcpStream, bytes: &AtomicU64) ->
             pending = Vec::new();
         }
     }
+}
+
+/// The end of one direction: shut down the other socket's write side.
+fn pass_half_close(to: &TcpStream) -> io::Result<()> {
+    match SockRef::from(to).shutdown(Shutdown::Write) {
+        Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Moves what `from` has received (up to a pipe's worth) into `to` through a pipe:
+/// `None` at the end of the stream, else how many bytes moved (0 when `from` had
+/// nothing after all).
+async fn splice_step(from: &TcpStream, to: &TcpStream) -> io::Result<Option<usize>> {
+    from.readable().await?;
+    let mut pipe = Pipe::take()?;
+    let n = match from.try_io(tokio::io::Interest::READABLE, || {
+        pipe.fill(from.as_raw_fd(), splice::PIPE_SIZE)
+    }) {
+        Ok(0) => {
+            pipe.give_back();
+            return Ok(None);
+        }
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            pipe.give_back();
+            return Ok(Some(0));
+        }
+        Err(e) => return Err(e),
+    };
+    while pipe.len() > 0 {
+        match to.try_io(tokio::io::Interest::WRITABLE, || pipe.drain(to.as_raw_fd())) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    pipe.give_back();
+    Ok(Some(n))
 }

@@ -311,8 +311,9 @@ async fn half_close_travels_both_ways() {
         .apply_slice(eps("echo", "", "TCP", port, &[(backend_ip, true, "a")]));
     p.core.proxier.sync();
 
+    // Large enough that both directions switch to splicing (bulk) part way.
     let mut s = TcpStream::connect((vip, 7)).await.unwrap();
-    let big = vec![b'x'; 1 << 20];
+    let big: Vec<u8> = (0..(4 << 20)).map(|i| (i % 251) as u8).collect();
     s.write_all(&big).await.unwrap();
     s.shutdown().await.unwrap();
     let mut reply = Vec::new();
@@ -321,7 +322,10 @@ async fn half_close_travels_both_ways() {
         .unwrap()
         .unwrap();
     assert_eq!(reply.len(), 5 + big.len());
-    assert!(reply.starts_with(b"got: xxx"));
+    assert!(
+        reply[..5] == *b"got: " && reply[5..] == big,
+        "the reply differs"
+    );
 }
 
 #[tokio::test]

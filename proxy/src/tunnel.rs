@@ -37,7 +37,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpStream, UdpSocket};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
@@ -316,39 +316,30 @@ impl Dialer {
     }
 }
 
-/// Accepts tunnels from other nodes until the proxy stops.
-pub(crate) async fn serve(listener: TcpListener, config: Arc<ServerConfig>, shared: Arc<Shared>) {
+/// Accepts tunnels from other nodes, on every worker, until the proxy stops.
+pub(crate) fn serve(
+    listener: std::net::TcpListener,
+    config: Arc<ServerConfig>,
+    shared: Arc<Shared>,
+) {
     let acceptor = TlsAcceptor::from(config);
-    loop {
-        let accepted = tokio::select! {
-            _ = shared.stop.cancelled() => return,
-            r = listener.accept() => r,
-        };
-        match accepted {
-            Ok((tcp, peer)) => {
-                let acceptor = acceptor.clone();
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    inc(&shared.metrics.tunnels_in);
-                    let r = tokio::select! {
-                        _ = shared.stop.cancelled() => Ok(()),
-                        r = serve_one(tcp, &acceptor, &shared) => r,
-                    };
-                    if let Err(e) = r {
-                        inc(&shared.metrics.tunnel_errors_in);
-                        tracing::debug!(%peer, error = %e, "tunnel from another node failed");
-                    }
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "tunnel accept failed");
-                tokio::select! {
-                    _ = shared.stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                }
+    let stop = shared.stop.clone();
+    let workers_shared = shared.clone();
+    shared.workers.serve(listener, stop, move |tcp, peer| {
+        let acceptor = acceptor.clone();
+        let shared = workers_shared.clone();
+        async move {
+            inc(&shared.metrics.tunnels_in);
+            let r = tokio::select! {
+                _ = shared.stop.cancelled() => Ok(()),
+                r = serve_one(tcp, &acceptor, &shared) => r,
+            };
+            if let Err(e) = r {
+                inc(&shared.metrics.tunnel_errors_in);
+                tracing::debug!(%peer, error = %e, "tunnel from another node failed");
             }
         }
-    }
+    });
 }
 
 async fn serve_one(tcp: TcpStream, acceptor: &TlsAcceptor, shared: &Shared) -> io::Result<()> {

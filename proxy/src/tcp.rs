@@ -5,7 +5,8 @@
 //! The copy between two plain sockets reads into a per-thread 64 KiB buffer and writes
 //! straight on, so an idle connection holds no buffer at all (10,000 idle connections
 //! cost only their sockets); only data the receiver cannot take yet is kept, in a
-//! buffer that lives until it is written.
+//! buffer that lives until it is written. A direction carrying bulk data moves it with
+//! splice(2) instead (`splice.rs`), without copying it through the proxy.
 
 use std::cell::RefCell;
 use std::io;
@@ -234,7 +235,13 @@ pub(crate) async fn pump(from: &TcpStream, to: &TcpStream, bytes: &AtomicU64) ->
     let mut bulk = false;
     loop {
         if bulk {
-            match splice_step(from, to).await? {
+            from.readable().await?;
+            let Ok(pipe) = Pipe::take() else {
+                // No pipe (out of file descriptors): copy instead.
+                bulk = false;
+                continue;
+            };
+            match splice_step(from, to, pipe).await? {
                 None => return pass_half_close(to),
                 Some(n) => {
                     add(bytes, n as u64);
@@ -293,12 +300,14 @@ fn pass_half_close(to: &TcpStream) -> io::Result<()> {
     }
 }
 
-/// Moves what `from` has received (up to a pipe's worth) into `to` through a pipe:
+/// Moves what `from` has received (up to a pipe's worth) into `to` through `pipe`:
 /// `None` at the end of the stream, else how many bytes moved (0 when `from` had
 /// nothing after all).
-async fn splice_step(from: &TcpStream, to: &TcpStream) -> io::Result<Option<usize>> {
-    from.readable().await?;
-    let mut pipe = Pipe::take()?;
+async fn splice_step(
+    from: &TcpStream,
+    to: &TcpStream,
+    mut pipe: Pipe,
+) -> io::Result<Option<usize>> {
     let n = match from.try_io(tokio::io::Interest::READABLE, || {
         pipe.fill(from.as_raw_fd(), splice::PIPE_SIZE)
     }) {
@@ -315,6 +324,7 @@ async fn splice_step(from: &TcpStream, to: &TcpStream) -> io::Result<Option<usiz
     };
     while pipe.len() > 0 {
         match to.try_io(tokio::io::Interest::WRITABLE, || pipe.drain(to.as_raw_fd())) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
             Err(e) => return Err(e),

@@ -211,3 +211,73 @@ async fn accept_loop<F, Fut>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[tokio::test]
+    async fn connections_are_spread_over_the_workers_and_stay_there() {
+        let stop = CancellationToken::new();
+        let (workers, finished) = Workers::start(2, &stop).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let record = seen.clone();
+        let held = stop.clone();
+        workers.serve(listener, stop.clone(), move |conn, _peer| {
+            let record = record.clone();
+            let held = held.clone();
+            async move {
+                let name = std::thread::current().name().unwrap_or("?").to_string();
+                record.lock().unwrap().push(name);
+                // Held open until the workers stop, so each counts as running.
+                held.cancelled().await;
+                drop(conn);
+            }
+        });
+        let mut clients = Vec::new();
+        for i in 1..=4 {
+            clients.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while seen.lock().unwrap().len() < i {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "connection {i} not served"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        let mut names = seen.lock().unwrap().clone();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "proxy-worker-0",
+                "proxy-worker-0",
+                "proxy-worker-1",
+                "proxy-worker-1"
+            ]
+        );
+        assert_eq!(
+            workers
+                .inner
+                .active
+                .iter()
+                .map(|a| a.load(Ordering::Relaxed))
+                .collect::<Vec<_>>(),
+            [2, 2]
+        );
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), finished)
+            .await
+            .expect("the worker threads end once stopped");
+        assert!(workers
+            .inner
+            .active
+            .iter()
+            .all(|a| a.load(Ordering::Relaxed) == 0));
+    }
+}

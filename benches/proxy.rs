@@ -1325,7 +1325,7 @@ async fn run(opts: &Opts, tools: &Tools, dir: &Path) -> Result<(Vec<Section>, Ve
         wrk: tools.wrk.clone(),
     };
     let mut notes = vec![format!(
-        "proxy: a child process (wasmkube_proxy::start, multi-threaded runtime, mimalloc), RSS {:.1} MiB after start with the bench Service; backends on {BACKEND_IP}: echo {}, iperf3 {}, nginx {}",
+        "proxy: a child process (wasmkube_proxy::start on a multi-threaded runtime, forwarding on one thread per CPU; mimalloc), RSS {:.1} MiB after start with the bench Service; backends on {BACKEND_IP}: echo {}, iperf3 {}, nginx {}",
         rss_or_nan(proxy.pid),
         backends.echo,
         backends.iperf.as_ref().map_or("—".into(), |(a, _)| a.to_string()),

@@ -4,16 +4,15 @@
 //!
 //! Every TCP listener (Service frontends and the tunnel) is registered with every
 //! worker's reactor; whichever worker gets to a new connection first accepts it and
-//! hands it to the worker with the fewest connections (itself on a tie: without the
-//! hand-over one worker took nearly all of a burst of connections, and 4 bulk streams
-//! shared one core). The connection stays on that worker until it ends, as HAProxy's
-//! threads keep theirs. Nothing about a
-//! connection crosses threads afterwards: on a work-stealing runtime each message of a
-//! forwarded request woke another thread now and then (an eventfd write, a futex), and
-//! the scheduler's bookkeeping ran per poll — together about 15% of the proxy's CPU per
-//! keep-alive request on a 2-core machine (`cargo bench --bench proxy`). Sharing the
-//! listener, rather than a listener per worker (SO_REUSEPORT), costs no extra file
-//! descriptor per frontend and lets no other process join the port.
+//! hands it to the worker with the fewest connections (itself on a tie; without the
+//! hand-over a burst of connections lands mostly on whichever worker is awake). The
+//! connection stays on that worker until it ends, as HAProxy's threads keep theirs.
+//! Nothing about a connection crosses threads afterwards: on a work-stealing runtime
+//! each message of a forwarded request woke another thread now and then (an eventfd
+//! write, a futex), and the scheduler's bookkeeping ran per poll — together about 15% of
+//! the proxy's CPU per keep-alive request on a 2-core machine (`cargo bench --bench
+//! proxy`). Sharing the listener, rather than a listener per worker (SO_REUSEPORT),
+//! costs no extra file descriptor per frontend and lets no other process join the port.
 //!
 //! The control side (watches, the proxier, UDP, `/metrics`) stays on the caller's
 //! runtime.

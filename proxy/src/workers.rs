@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use socket2::SockRef;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -192,10 +193,18 @@ async fn accept_loop<F, Fut>(
             },
         };
         // Another worker may have taken the connection: WouldBlock clears the readiness.
-        let Ok(accepted) = guard.try_io(|l| l.get_ref().accept()) else {
+        // accept4 makes the socket non-blocking in the same system call.
+        let Ok(accepted) = guard.try_io(|l| {
+            SockRef::from(&**l.get_ref()).accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+        }) else {
             continue;
         };
-        match accepted.and_then(|(conn, peer)| conn.set_nonblocking(true).map(|_| (conn, peer))) {
+        match accepted.and_then(|(socket, addr)| {
+            let peer = addr
+                .as_socket()
+                .ok_or_else(|| io::Error::other("a connection from a non-IP address"))?;
+            Ok((std::net::TcpStream::from(socket), peer))
+        }) {
             Ok((conn, peer)) => {
                 let at = workers.pick(me);
                 workers.run(me, at, conn, peer, serve.clone());

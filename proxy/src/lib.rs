@@ -15,6 +15,7 @@
 //! - `proxier`: the single writer that applies object changes, opens and closes
 //!   listeners and retries failed binds;
 //! - `tcp`: TCP frontends: connect with retry, bidirectional copy with half-close;
+//! - `splice`: zero-copy moves of bulk TCP data through pipes lent per thread;
 //! - `udp`: UDP frontends: per-client sessions with idle expiry;
 //! - `tunnel`: the node-to-node tunnel (TLS with client certificates, a small header);
 //! - `metrics`: counters, `/metrics` (Prometheus text) and `/healthz`;

@@ -144,10 +144,9 @@ mod tests {
             server.read_to_end(&mut got).unwrap();
             got
         });
-        proxy_in.set_nonblocking(false).unwrap();
         let mut pipe = Pipe::take().unwrap();
         loop {
-            // Blocking sockets here: a nonblocking pipe end still waits on the socket.
+            // WouldBlock: nothing has arrived yet (SPLICE_F_NONBLOCK); try again.
             let n = match pipe.fill(proxy_in.as_raw_fd(), PIPE_SIZE) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,

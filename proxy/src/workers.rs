@@ -132,9 +132,14 @@ impl Workers {
         Fut: Future<Output = ()> + Send + 'static,
     {
         self.inner.active[at].fetch_add(1, Ordering::Relaxed);
-        let workers = self.clone();
+        // Made before the task, so a task dropped unpolled (its worker stopping) still
+        // counts the connection off.
+        let done = ActiveGuard {
+            workers: self.clone(),
+            at,
+        };
         let task = async move {
-            let _done = ActiveGuard { workers, at };
+            let _done = done;
             // Registered with the reactor of the worker it runs on.
             match TcpStream::from_std(conn) {
                 Ok(conn) => serve(conn, peer).await,

@@ -4,7 +4,8 @@
 //! Kubernetes API (kube-rs watchers), listens on every ClusterIP:port and, for NodePort
 //! Services, on the node's address at the nodePort, and forwards each connection or UDP
 //! session to a ready endpoint. Endpoints on other nodes are reached through that node's
-//! proxy over a mutually authenticated TLS tunnel, because pod IPs are node-local
+//! proxy over a mutually authenticated, multiplexed tunnel (TLS, HTTP/2 streams),
+//! because pod IPs are node-local
 //! (127.0.0.0/8 in the default address plan).
 //!
 //! ## Layout
@@ -17,7 +18,8 @@
 //! - `tcp`: TCP frontends: connect with retry, bidirectional copy with half-close;
 //! - `splice`: zero-copy moves of bulk TCP data through pipes lent per thread;
 //! - `udp`: UDP frontends: per-client sessions with idle expiry;
-//! - `tunnel`: the node-to-node tunnel (TLS with client certificates, a small header);
+//! - `tunnel`: the node-to-node tunnel (TLS with client certificates, one HTTP/2 stream
+//!   per forwarded connection or UDP session);
 //! - `metrics`: counters, `/metrics` (Prometheus text) and `/healthz`;
 //! - `watch`: the watchers feeding the proxier, and publishing the tunnel port;
 //! - `workers`: the data path's threads, where TCP connections are accepted and
@@ -246,7 +248,7 @@ impl Core {
             workers::Workers::start(threads, &stop).map_err(ProxyError::Workers)?;
         let shared = Arc::new(proxier::Shared::new(
             options,
-            tunnel::Dialer::new(tls.client.clone()),
+            tunnel::Dialer::new(tls.client.clone(), stop.clone()),
             workers,
             stop.clone(),
         ));

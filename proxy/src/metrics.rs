@@ -73,10 +73,13 @@ pub(crate) struct Metrics {
     pub listening: AtomicI64,
     /// Failed attempts to open a frontend (address in use, not available, …).
     pub bind_errors: AtomicU64,
-    /// Tunnels opened to other nodes / accepted from them.
+    /// Tunnel connections (TLS, HTTP/2) opened to other nodes / accepted from them.
     pub tunnels_out: AtomicU64,
     pub tunnels_in: AtomicU64,
-    /// Tunnels that failed (handshake, refused target, connect).
+    /// Connections and UDP sessions carried through tunnels, as streams.
+    pub tunnel_streams_out: AtomicU64,
+    pub tunnel_streams_in: AtomicU64,
+    /// Tunnel connections or streams that failed (handshake, refused target, connect).
     pub tunnel_errors_out: AtomicU64,
     pub tunnel_errors_in: AtomicU64,
     /// Times the proxier applied changes.
@@ -260,7 +263,7 @@ const PORT_SERIES: [Series<PortMetrics>; 12] = [
 const OUT: Option<(&str, &str)> = Some(("direction", "out"));
 const IN: Option<(&str, &str)> = Some(("direction", "in"));
 
-const GLOBAL_SERIES: [Series<Metrics>; 7] = [
+const GLOBAL_SERIES: [Series<Metrics>; 9] = [
     series(
         "listeners",
         "gauge",
@@ -278,15 +281,25 @@ const GLOBAL_SERIES: [Series<Metrics>; 7] = [
     series(
         "tunnels_total",
         "counter",
-        "Node-to-node tunnels.",
+        "Node-to-node tunnel connections.",
         OUT,
         |m| count(&m.tunnels_out),
     ),
     series("tunnels_total", "counter", "", IN, |m| count(&m.tunnels_in)),
     series(
+        "tunnel_streams_total",
+        "counter",
+        "Connections and UDP sessions carried through node-to-node tunnels.",
+        OUT,
+        |m| count(&m.tunnel_streams_out),
+    ),
+    series("tunnel_streams_total", "counter", "", IN, |m| {
+        count(&m.tunnel_streams_in)
+    }),
+    series(
         "tunnel_errors_total",
         "counter",
-        "Failed node-to-node tunnels.",
+        "Failed node-to-node tunnel connections and streams.",
         OUT,
         |m| count(&m.tunnel_errors_out),
     ),

@@ -18,13 +18,13 @@ use std::time::Duration;
 
 use socket2::{Domain, SockRef, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::client::TlsStream;
 
 use crate::balancer::{Slot, Target};
 use crate::metrics::{add, inc, GaugeGuard, PortMetrics};
 use crate::model::{Protocol, Route};
 use crate::proxier::Shared;
 use crate::splice::{self, Pipe};
+use crate::tunnel::Tunnel;
 
 /// Connect attempts per connection (each on another endpoint).
 const MAX_ATTEMPTS: usize = 3;
@@ -73,7 +73,7 @@ pub(crate) fn serve(
 /// What a connection is forwarded over.
 pub(crate) enum Upstream {
     Plain(TcpStream),
-    Tunnel(Box<TlsStream<TcpStream>>),
+    Tunnel(Tunnel),
 }
 
 async fn handle(client: TcpStream, peer: SocketAddr, target: Arc<Target>, shared: Arc<Shared>) {
@@ -130,7 +130,7 @@ async fn connect(
                     &shared.metrics,
                 )
                 .await
-                .map(|s| Upstream::Tunnel(Box::new(s))),
+                .map(Upstream::Tunnel),
         };
         match attempt {
             Ok(up) => {
@@ -177,26 +177,10 @@ async fn relay(client: TcpStream, upstream: Upstream, m: &PortMetrics) -> io::Re
             }
             r.map(|_| ())
         }
-        Upstream::Tunnel(mut tls) => {
-            let mut client = client;
-            let r = tokio::io::copy_bidirectional_with_sizes(
-                &mut client,
-                &mut *tls,
-                BUFFER_SIZE / 4,
-                BUFFER_SIZE / 4,
-            )
-            .await;
-            match r {
-                Ok((to_ep, to_client)) => {
-                    add(&m.bytes_to_endpoint, to_ep);
-                    add(&m.bytes_to_client, to_client);
-                    Ok(())
-                }
-                Err(e) => {
-                    reset(&client);
-                    Err(e)
-                }
-            }
+        Upstream::Tunnel(tunnel) => {
+            tunnel
+                .relay_tcp(&client, &m.bytes_to_endpoint, &m.bytes_to_client)
+                .await
         }
     }
 }
@@ -222,6 +206,16 @@ fn read_draining(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
         Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
         other => other,
     }
+}
+
+/// One read from `from` for a consumer that keeps the bytes (a tunnel stream): through
+/// this thread's buffer, then copied out at the size read, so a waiting connection holds
+/// no buffer. `None` at the end of the stream; `WouldBlock` when nothing was waiting.
+pub(crate) fn read_owned(from: &TcpStream) -> io::Result<Option<bytes::Bytes>> {
+    SCRATCH.with_borrow_mut(|buf| match read_draining(from, buf)? {
+        0 => Ok(None),
+        n => Ok(Some(bytes::Bytes::copy_from_slice(&buf[..n]))),
+    })
 }
 
 /// Copies `from` → `to` until `from` ends, then shuts down `to`'s write side (the
@@ -293,7 +287,7 @@ pub(crate) async fn pump(from: &TcpStream, to: &TcpStream, bytes: &AtomicU64) ->
 }
 
 /// The end of one direction: shut down the other socket's write side.
-fn pass_half_close(to: &TcpStream) -> io::Result<()> {
+pub(crate) fn pass_half_close(to: &TcpStream) -> io::Result<()> {
     match SockRef::from(to).shutdown(Shutdown::Write) {
         Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
         _ => Ok(()),

@@ -125,8 +125,12 @@ impl Drop for Instance {
     }
 }
 
+/// The data-path threads of each test proxy.
+const THREADS: usize = 2;
+
 async fn instance(node: &str, creds: TunnelCredentials, udp_idle: Duration) -> Instance {
     let mut options = ProxyOptions::new(node.into(), IpAddr::from([127, 0, 0, 1]), creds);
+    options.threads = THREADS;
     options.connect_timeout = Duration::from_secs(2);
     options.udp_idle_timeout = udp_idle;
     options.metrics_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
@@ -202,6 +206,13 @@ async fn tagged_backends(tags: &[&'static str]) -> (u16, Vec<IpAddr>) {
             return (port, ips);
         }
     }
+}
+
+/// The value of a metric line that starts with `series` (name and labels).
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
 }
 
 async fn fetch(addr: SocketAddr) -> std::io::Result<String> {
@@ -626,7 +637,12 @@ async fn the_tunnel_carries_tcp_and_udp_to_another_nodes_endpoints() {
     assert_eq!(from, SocketAddr::new(vip, 53));
     let text = b.core.proxier.shared().metrics.render();
     assert!(
-        text.contains("wasmkube_proxy_tunnels_total{direction=\"in\"} 4"),
+        text.contains("wasmkube_proxy_tunnel_streams_total{direction=\"in\"} 4"),
+        "{text}"
+    );
+    // Four streams, fewer connections: they are kept and reused.
+    assert!(
+        metric(&text, "wasmkube_proxy_tunnels_total{direction=\"in\"}") < 4.0,
         "{text}"
     );
 }
@@ -675,6 +691,159 @@ async fn the_tunnel_passes_half_close_and_large_transfers() {
     assert!(back == big, "the echo differs ({} bytes back)", back.len());
 }
 
+/// A TCP backend on a fresh address that echoes every connection until it ends.
+async fn echo_backend() -> SocketAddr {
+    let l = TcpListener::bind((cluster_ip(), 0)).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut rd, mut wr) = s.split();
+                let _ = tokio::io::copy(&mut rd, &mut wr).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A Service on node `a` whose only endpoint, `backend`, runs on node `b`: its address.
+fn across_nodes(a: &mut Instance, b: &mut Instance, backend: SocketAddr) -> IpAddr {
+    let vip = cluster_ip();
+    a.core
+        .proxier
+        .apply_service(svc("far", vip, json!({"ports": [{"port": 7}]})));
+    let s = eps(
+        "far",
+        "",
+        "TCP",
+        backend.port(),
+        &[(backend.ip(), true, "b")],
+    );
+    a.core.proxier.apply_slice(s.clone());
+    b.core.proxier.apply_slice(s);
+    a.core.proxier.apply_node(&node("b", b.core.tunnel_addr));
+    a.core.proxier.sync();
+    b.core.proxier.sync();
+    vip
+}
+
+async fn echo_round(c: &mut TcpStream, msg: &str) {
+    c.write_all(msg.as_bytes()).await.unwrap();
+    let mut back = vec![0u8; msg.len()];
+    tokio::time::timeout(PATIENCE, c.read_exact(&mut back))
+        .await
+        .expect("no echo in time")
+        .unwrap();
+    assert_eq!(String::from_utf8(back).unwrap(), msg);
+}
+
+#[tokio::test]
+async fn concurrent_connections_share_a_tunnel_connection_per_thread() {
+    let pki = Pki::new();
+    let mut a = instance("a", pki.node("a"), Duration::from_secs(30)).await;
+    let mut b = instance("b", pki.node("b"), Duration::from_secs(30)).await;
+    let vip = across_nodes(&mut a, &mut b, echo_backend().await);
+
+    let mut conns = Vec::new();
+    for i in 0..50 {
+        let mut c = TcpStream::connect((vip, 7)).await.unwrap();
+        echo_round(&mut c, &format!("hello {i}")).await;
+        conns.push(c);
+    }
+    // All held open at once, each still its own byte stream.
+    for (i, c) in conns.iter_mut().enumerate() {
+        echo_round(c, &format!("again {i}")).await;
+    }
+    let text = a.core.proxier.shared().metrics.render();
+    assert_eq!(
+        metric(
+            &text,
+            "wasmkube_proxy_tunnel_streams_total{direction=\"out\"}"
+        ),
+        50.0
+    );
+    let dialled = metric(&text, "wasmkube_proxy_tunnels_total{direction=\"out\"}");
+    assert!(
+        (1.0..=THREADS as f64).contains(&dialled),
+        "{dialled} tunnel connections for 50 streams on {THREADS} threads"
+    );
+}
+
+#[tokio::test]
+async fn a_reset_crosses_the_tunnel() {
+    let pki = Pki::new();
+    let mut a = instance("a", pki.node("a"), Duration::from_secs(30)).await;
+    let mut b = instance("b", pki.node("b"), Duration::from_secs(30)).await;
+    // A backend that takes one byte and then aborts the connection.
+    let l = TcpListener::bind((cluster_ip(), 0)).await.unwrap();
+    let backend = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut one = [0u8; 1];
+            let _ = s.read_exact(&mut one).await;
+            crate::tcp::reset(&s);
+        }
+    });
+    let vip = across_nodes(&mut a, &mut b, backend);
+
+    let mut c = TcpStream::connect((vip, 7)).await.unwrap();
+    c.write_all(b"x").await.unwrap();
+    let mut rest = Vec::new();
+    let err = tokio::time::timeout(PATIENCE, c.read_to_end(&mut rest))
+        .await
+        .expect("the reset did not arrive")
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+}
+
+#[tokio::test]
+async fn a_tunnel_connection_that_ended_is_dialled_again() {
+    let pki = Pki::new();
+    let mut a = instance("a", pki.node("a"), Duration::from_secs(30)).await;
+    let mut b = instance("b", pki.node("b"), Duration::from_secs(30)).await;
+    let backend = echo_backend().await;
+    let vip = across_nodes(&mut a, &mut b, backend);
+    let mut c = TcpStream::connect((vip, 7)).await.unwrap();
+    echo_round(&mut c, "before").await;
+    drop(c);
+
+    // Node b's proxy restarts on the same tunnel port: a's kept connection is gone.
+    let tunnel_port = b.core.tunnel_addr.port();
+    drop(b);
+    let mut b = eventually("b's proxy listening again", async || {
+        let mut options =
+            ProxyOptions::new("b".into(), IpAddr::from([127, 0, 0, 1]), pki.node("b"));
+        options.threads = THREADS;
+        options.tunnel_port = tunnel_port;
+        let stop = CancellationToken::new();
+        let core = Core::start(&options, stop.clone()).await.ok()?;
+        Some(Instance { core, stop })
+    })
+    .await;
+    b.core.proxier.apply_slice(eps(
+        "far",
+        "",
+        "TCP",
+        backend.port(),
+        &[(backend.ip(), true, "b")],
+    ));
+    b.core.proxier.sync();
+
+    eventually("a connection through the new tunnel", async || {
+        let mut c = TcpStream::connect((vip, 7)).await.ok()?;
+        c.write_all(b"after").await.ok()?;
+        let mut back = [0u8; 5];
+        tokio::time::timeout(PATIENCE, c.read_exact(&mut back))
+            .await
+            .ok()?
+            .ok()?;
+        (&back == b"after").then_some(())
+    })
+    .await;
+    let text = a.core.proxier.shared().metrics.render();
+    assert!(metric(&text, "wasmkube_proxy_tunnels_total{direction=\"out\"}") >= 2.0);
+}
+
 #[tokio::test]
 async fn the_tunnel_refuses_strangers_and_addresses_that_are_not_local_endpoints() {
     let pki = Pki::new();
@@ -686,7 +855,7 @@ async fn the_tunnel_refuses_strangers_and_addresses_that_are_not_local_endpoints
 
     // A node of the cluster, but the address is no endpoint of b's.
     let node_a = crate::tunnel::Tls::new(&pki.node("a")).unwrap();
-    let err = crate::tunnel::Dialer::new(node_a.client)
+    let err = crate::tunnel::Dialer::new(node_a.client, CancellationToken::new())
         .connect(
             b.core.tunnel_addr,
             Protocol::Tcp,
@@ -705,48 +874,54 @@ async fn the_tunnel_refuses_strangers_and_addresses_that_are_not_local_endpoints
         .proxier
         .apply_slice(eps("s", "", "TCP", port, &[(ips[0], true, "b")]));
     b.core.proxier.sync();
-    let mut ok =
-        crate::tunnel::Dialer::new(crate::tunnel::Tls::new(&pki.node("a")).unwrap().client)
-            .connect(
-                b.core.tunnel_addr,
-                Protocol::Tcp,
-                target,
-                None,
-                timeout,
-                &metrics,
-            )
-            .await
-            .unwrap();
+    let mut ok = crate::tunnel::Dialer::new(
+        crate::tunnel::Tls::new(&pki.node("a")).unwrap().client,
+        CancellationToken::new(),
+    )
+    .connect(
+        b.core.tunnel_addr,
+        Protocol::Tcp,
+        target,
+        None,
+        timeout,
+        &metrics,
+    )
+    .await
+    .unwrap();
     let mut got = String::new();
     ok.read_to_string(&mut got).await.unwrap();
     assert_eq!(got, "secret");
 
     // …but not a certificate of the same CA that is not a node's,
     let admin = crate::tunnel::Tls::new(&pki.identity("admin", &["system:masters"])).unwrap();
-    assert!(crate::tunnel::Dialer::new(admin.client)
-        .connect(
-            b.core.tunnel_addr,
-            Protocol::Tcp,
-            target,
-            None,
-            timeout,
-            &metrics
-        )
-        .await
-        .is_err());
+    assert!(
+        crate::tunnel::Dialer::new(admin.client, CancellationToken::new())
+            .connect(
+                b.core.tunnel_addr,
+                Protocol::Tcp,
+                target,
+                None,
+                timeout,
+                &metrics
+            )
+            .await
+            .is_err()
+    );
     // nor a node of another cluster.
     let stranger = crate::tunnel::Tls::new(&Pki::new().node("a")).unwrap();
-    assert!(crate::tunnel::Dialer::new(stranger.client)
-        .connect(
-            b.core.tunnel_addr,
-            Protocol::Tcp,
-            target,
-            None,
-            timeout,
-            &metrics
-        )
-        .await
-        .is_err());
+    assert!(
+        crate::tunnel::Dialer::new(stranger.client, CancellationToken::new())
+            .connect(
+                b.core.tunnel_addr,
+                Protocol::Tcp,
+                target,
+                None,
+                timeout,
+                &metrics
+            )
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]

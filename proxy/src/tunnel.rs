@@ -1,62 +1,105 @@
 //! The node-to-node tunnel: how a proxy reaches an endpoint that runs on another node
 //! (pod IPs are node-local).
 //!
-//! One TLS 1.3 connection per forwarded TCP connection or UDP session, from this
-//! proxy to the other node's tunnel listener at its InternalIP and the port it
-//! publishes on its Node ([`crate::TUNNEL_PORT_ANNOTATION`]). Both sides authenticate
-//! with the certificates the cluster CA issued at join: the listener presents the
-//! node's serving certificate (checked against the CA and the IP dialled), the dialler
-//! its `system:node:<name>` client certificate (checked against the CA and for the
-//! `system:nodes` group). Sessions are resumed from rustls' cache, so a repeat
-//! connection costs one round trip more than a plain connect.
+//! A proxy keeps one tunnel connection per other node and per thread that forwards
+//! (TLS 1.3, then HTTP/2), to that node's tunnel listener at its InternalIP and the
+//! port it publishes on its Node ([`crate::TUNNEL_PORT_ANNOTATION`]); every forwarded
+//! TCP connection or UDP session is one HTTP/2 stream on it. So a node holds one file
+//! descriptor per peer and thread however many connections cross, and a new connection
+//! costs one round trip (the stream's request and answer) instead of a TCP and TLS
+//! handshake. Both sides authenticate with the certificates the cluster CA issued at
+//! join: the listener presents the node's serving certificate (checked against the CA
+//! and the IP dialled), the dialler its `system:node:<name>` client certificate
+//! (checked against the CA and for the `system:nodes` group). ALPN `wasmkube-tunnel/2`.
 //!
-//! After the handshake the dialler sends a header and the listener answers one byte:
+//! A stream is a `POST` whose `:authority` is the endpoint (`10.0.0.5:8080`,
+//! `[fd00::5]:53`) and whose `:path` is `/tcp` or `/udp`; for UDP the header
+//! `wasmkube-source` names the Service's ClusterIP, which the far side sends from (a
+//! pod's egress policy lets it answer there, it may refuse the node's own addresses).
+//! The answer: `200` connected, `404` not an endpoint of this node, `502` the endpoint
+//! refused or timed out, `400` a malformed request. After a `200`, TCP is the byte
+//! stream both ways in DATA frames: a FIN is END_STREAM (half-close), a reset is
+//! RST_STREAM. UDP is framed inside the stream: each datagram as a u16 BE length and the
+//! payload, both ways, until either side closes or the session idles out.
 //!
-//! ```text
-//! "WKT1" | protocol (6 = TCP, 17 = UDP) | family (4 | 6) | address (4 | 16 bytes) | port (u16 BE)
-//!        | source family (0 = none | 4 | 6) | source address (0 | 4 | 16 bytes)
-//! ← 0 connected | 1 not an endpoint of this node | 2 the endpoint refused / timed out
-//! ```
-//!
-//! The source is the Service's ClusterIP: UDP sessions send from it, since a pod's
-//! egress policy lets it answer there (it may refuse the node's own addresses).
+//! Flow control is HTTP/2's, per stream and per connection: a stream may have
+//! [`STREAM_WINDOW`] bytes in flight, the connection [`CONNECTION_WINDOW`]; the receiver
+//! gives window back only once the bytes are written to the socket, so a slow reader
+//! holds back its own stream and never makes the proxy buffer without bound. (The price
+//! of multiplexing: enough stalled readers to fill the connection window,
+//! 128 at 256 KiB each, would hold back the other streams too.)
 //!
 //! The listener forwards only to addresses that EndpointSlices place on its own node
 //! (so the tunnel cannot reach host daemons); a request racing the slice update waits
-//! up to [`LOCAL_ENDPOINT_WAIT`] for it. Then TCP is a plain byte stream (half-close
-//! travels as TLS close_notify + FIN), and UDP is framed: each datagram as a u16 BE
-//! length and the payload, both ways, until either side closes or the session idles
-//! out.
+//! up to [`listen::LOCAL_ENDPOINT_WAIT`] for it.
+
+mod dial;
+mod listen;
+mod stream;
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::CertificateDer;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
-use tokio_rustls::client::TlsStream;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::metrics::{inc, Metrics};
-use crate::model::Protocol;
-use crate::proxier::Shared;
-use crate::{tcp, udp, ProxyError, TunnelCredentials};
+use crate::{ProxyError, TunnelCredentials};
 
-const MAGIC: &[u8; 4] = b"WKT1";
-const ALPN: &[u8] = b"wasmkube-tunnel/1";
-const STATUS_OK: u8 = 0;
-const STATUS_NOT_LOCAL: u8 = 1;
-const STATUS_CONNECT_FAILED: u8 = 2;
-/// How long a peer gets for the TLS handshake and the header.
+pub(crate) use dial::Dialer;
+pub(crate) use listen::serve;
+pub(crate) use stream::{read_frame, write_frame, Tunnel};
+
+const ALPN: &[u8] = b"wasmkube-tunnel/2";
+/// The header naming the address a UDP session's datagrams should come from.
+const SOURCE_HEADER: &str = "wasmkube-source";
+const TCP_PATH: &str = "/tcp";
+const UDP_PATH: &str = "/udp";
+/// Bytes a stream may have in flight before its receiver has written them on.
+const STREAM_WINDOW: u32 = 256 * 1024;
+/// Bytes all the streams of a connection may have in flight together.
+const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
+/// The largest DATA frame: a 64 KiB read goes out as one frame.
+const MAX_FRAME: u32 = 64 * 1024;
+/// Streams one connection may carry at once (a connection per peer and thread).
+const MAX_STREAMS: u32 = 1 << 16;
+/// Streams reset before the listener took them that it keeps track of: connects that
+/// time out on the dialler's side are cancelled this way, and h2's default (20) would
+/// end the whole connection over a burst of them.
+const MAX_PENDING_RESETS: usize = 1024;
+/// How long a peer gets for the TLS and HTTP/2 handshakes.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a request for an unknown endpoint waits for this node's slices to catch up.
-const LOCAL_ENDPOINT_WAIT: Duration = Duration::from_secs(2);
-const MAX_DATAGRAM: usize = 64 * 1024;
-const COPY_BUFFER: usize = 16 * 1024;
+/// TCP keep-alive on tunnel connections: a peer that vanished without a FIN is noticed
+/// (and its streams reset) within about a minute, as an idle tunnel is the rule.
+const KEEPALIVE_TIME: Duration = Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_RETRIES: u32 = 3;
+
+/// Keep-alive on a tunnel connection's socket.
+fn keep_alive(tcp: &tokio::net::TcpStream) -> io::Result<()> {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_TIME)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
+    socket2::SockRef::from(tcp).set_tcp_keepalive(&ka)
+}
+
+/// An HTTP/2 error as an I/O error: a reset or GOAWAY from the peer is a reset
+/// connection to whoever reads or writes the stream.
+fn h2_io(e: h2::Error) -> io::Error {
+    if e.is_io() {
+        return e
+            .into_io()
+            .unwrap_or_else(|| io::Error::other("tunnel I/O error"));
+    }
+    let kind = if e.is_reset() || e.is_go_away() {
+        io::ErrorKind::ConnectionReset
+    } else {
+        io::ErrorKind::Other
+    };
+    io::Error::new(kind, e)
+}
 
 /// The two TLS configurations built from the node's credentials.
 pub(crate) struct Tls {
@@ -136,350 +179,4 @@ fn is_node_identity(cert: &CertificateDer<'_>) -> bool {
             && usize::from(w[6]) == GROUP.len()
             && &w[7..] == GROUP
     })
-}
-
-/// The header naming what the tunnel should connect to (and from where).
-fn encode_header(protocol: Protocol, target: SocketAddr, source: Option<IpAddr>) -> Vec<u8> {
-    let mut h = Vec::with_capacity(48);
-    h.extend_from_slice(MAGIC);
-    h.push(match protocol {
-        Protocol::Tcp => 6,
-        Protocol::Udp => 17,
-    });
-    let push_ip = |h: &mut Vec<u8>, ip: IpAddr| match ip {
-        IpAddr::V4(ip) => {
-            h.push(4);
-            h.extend_from_slice(&ip.octets());
-        }
-        IpAddr::V6(ip) => {
-            h.push(6);
-            h.extend_from_slice(&ip.octets());
-        }
-    };
-    push_ip(&mut h, target.ip());
-    h.extend_from_slice(&target.port().to_be_bytes());
-    match source {
-        Some(ip) => push_ip(&mut h, ip),
-        None => h.push(0),
-    }
-    h
-}
-
-/// A family byte then that many address bytes (`None` for family 0 when allowed).
-async fn read_ip(r: &mut (impl AsyncRead + Unpin), optional: bool) -> io::Result<Option<IpAddr>> {
-    let mut family = [0u8; 1];
-    r.read_exact(&mut family).await?;
-    match family[0] {
-        0 if optional => Ok(None),
-        4 => {
-            let mut b = [0u8; 4];
-            r.read_exact(&mut b).await?;
-            Ok(Some(IpAddr::from(b)))
-        }
-        6 => {
-            let mut b = [0u8; 16];
-            r.read_exact(&mut b).await?;
-            Ok(Some(IpAddr::from(b)))
-        }
-        _ => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "unknown address family in the tunnel header",
-        )),
-    }
-}
-
-/// What a tunnel header asks for.
-struct Request {
-    protocol: Protocol,
-    target: SocketAddr,
-    source: Option<IpAddr>,
-}
-
-async fn read_header(r: &mut (impl AsyncRead + Unpin)) -> io::Result<Request> {
-    let invalid = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
-    let mut head = [0u8; 5];
-    r.read_exact(&mut head).await?;
-    if &head[..4] != MAGIC {
-        return Err(invalid("not a wasmkube tunnel header"));
-    }
-    let protocol = match head[4] {
-        6 => Protocol::Tcp,
-        17 => Protocol::Udp,
-        _ => return Err(invalid("unknown protocol in the tunnel header")),
-    };
-    let ip = read_ip(r, false)
-        .await?
-        .ok_or_else(|| invalid("no target address in the tunnel header"))?;
-    let mut port = [0u8; 2];
-    r.read_exact(&mut port).await?;
-    let source = read_ip(r, true).await?;
-    Ok(Request {
-        protocol,
-        target: SocketAddr::new(ip, u16::from_be_bytes(port)),
-        source,
-    })
-}
-
-/// Writes one datagram as a frame (`frame` is scratch space reused between calls, so
-/// that a datagram is one write and one TLS record); flushes when `flush`.
-pub(crate) async fn write_frame(
-    w: &mut (impl AsyncWrite + Unpin),
-    frame: &mut Vec<u8>,
-    datagram: &[u8],
-    flush: bool,
-) -> io::Result<()> {
-    let len = u16::try_from(datagram.len())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "datagram too large"))?;
-    frame.clear();
-    frame.extend_from_slice(&len.to_be_bytes());
-    frame.extend_from_slice(datagram);
-    w.write_all(frame).await?;
-    if flush {
-        w.flush().await?;
-    }
-    Ok(())
-}
-
-/// Reads one frame into `buf` (at least 64 KiB) and returns the datagram's length.
-pub(crate) async fn read_frame(
-    r: &mut (impl AsyncRead + Unpin),
-    buf: &mut [u8],
-) -> io::Result<usize> {
-    let mut len = [0u8; 2];
-    r.read_exact(&mut len).await?;
-    let n = usize::from(u16::from_be_bytes(len));
-    let dst = buf.get_mut(..n).ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidData, "frame larger than the buffer")
-    })?;
-    r.read_exact(dst).await?;
-    Ok(n)
-}
-
-/// Opens tunnels to other nodes.
-pub(crate) struct Dialer {
-    connector: TlsConnector,
-}
-
-impl Dialer {
-    pub(crate) fn new(config: Arc<ClientConfig>) -> Dialer {
-        Dialer {
-            connector: TlsConnector::from(config),
-        }
-    }
-
-    /// A tunnel through the node at `via` to `target` (an endpoint on that node), ready
-    /// for data; fails if the handshake, the header or the far side's connect fails
-    /// within `timeout`. `source`: the address UDP datagrams should come from.
-    pub(crate) async fn connect(
-        &self,
-        via: SocketAddr,
-        protocol: Protocol,
-        target: SocketAddr,
-        source: Option<IpAddr>,
-        timeout: Duration,
-        metrics: &Metrics,
-    ) -> io::Result<TlsStream<TcpStream>> {
-        inc(&metrics.tunnels_out);
-        let attempt = async {
-            let tcp = TcpStream::connect(via).await?;
-            tcp.set_nodelay(true)?;
-            let name = ServerName::IpAddress(via.ip().into());
-            let mut tls = self.connector.connect(name, tcp).await?;
-            tls.write_all(&encode_header(protocol, target, source))
-                .await?;
-            tls.flush().await?;
-            let mut status = [0u8; 1];
-            tls.read_exact(&mut status).await?;
-            match status[0] {
-                STATUS_OK => Ok(tls),
-                STATUS_NOT_LOCAL => Err(io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("{via} does not run endpoint {target}"),
-                )),
-                _ => Err(io::Error::new(
-                    io::ErrorKind::ConnectionRefused,
-                    format!("endpoint {target} behind {via} refused or timed out"),
-                )),
-            }
-        };
-        let r = match tokio::time::timeout(timeout, attempt).await {
-            Ok(r) => r,
-            Err(_) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("tunnel to {target} through {via} timed out"),
-            )),
-        };
-        if r.is_err() {
-            inc(&metrics.tunnel_errors_out);
-        }
-        r
-    }
-}
-
-/// Accepts tunnels from other nodes, on every worker, until the proxy stops.
-pub(crate) fn serve(
-    listener: std::net::TcpListener,
-    config: Arc<ServerConfig>,
-    shared: Arc<Shared>,
-) {
-    let acceptor = TlsAcceptor::from(config);
-    let stop = shared.stop.clone();
-    let workers_shared = shared.clone();
-    shared.workers.serve(listener, stop, move |tcp, peer| {
-        let acceptor = acceptor.clone();
-        let shared = workers_shared.clone();
-        async move {
-            inc(&shared.metrics.tunnels_in);
-            let r = tokio::select! {
-                _ = shared.stop.cancelled() => Ok(()),
-                r = serve_one(tcp, &acceptor, &shared) => r,
-            };
-            if let Err(e) = r {
-                inc(&shared.metrics.tunnel_errors_in);
-                tracing::debug!(%peer, error = %e, "tunnel from another node failed");
-            }
-        }
-    });
-}
-
-async fn serve_one(tcp: TcpStream, acceptor: &TlsAcceptor, shared: &Shared) -> io::Result<()> {
-    tcp.set_nodelay(true)?;
-    let (
-        mut tls,
-        Request {
-            protocol,
-            target,
-            source,
-        },
-    ) = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
-        let mut tls = acceptor.accept(tcp).await?;
-        let is_node = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .is_some_and(is_node_identity);
-        if !is_node {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "the peer's certificate is not a node's",
-            ));
-        }
-        let request = read_header(&mut tls).await?;
-        Ok((tls, request))
-    })
-    .await
-    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "tunnel handshake timed out"))??;
-
-    if !is_local_endpoint(shared, protocol, target).await {
-        tls.write_all(&[STATUS_NOT_LOCAL]).await?;
-        tls.shutdown().await?;
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!("{target}/{protocol} is not an endpoint on this node"),
-        ));
-    }
-    match protocol {
-        Protocol::Tcp => {
-            let mut up = match tcp::dial(target, shared.connect_timeout).await {
-                Ok(up) => up,
-                Err(e) => {
-                    tls.write_all(&[STATUS_CONNECT_FAILED]).await?;
-                    tls.shutdown().await?;
-                    return Err(e);
-                }
-            };
-            tls.write_all(&[STATUS_OK]).await?;
-            tls.flush().await?;
-            tokio::io::copy_bidirectional_with_sizes(&mut tls, &mut up, COPY_BUFFER, COPY_BUFFER)
-                .await?;
-            Ok(())
-        }
-        Protocol::Udp => {
-            // Only a loopback source is taken from the peer: it names our ClusterIP.
-            let source = source.filter(|s| s.is_loopback());
-            let up = match udp::connect(target, source, shared.node_ip) {
-                Ok(up) => up,
-                Err(e) => {
-                    tls.write_all(&[STATUS_CONNECT_FAILED]).await?;
-                    tls.shutdown().await?;
-                    return Err(e);
-                }
-            };
-            tls.write_all(&[STATUS_OK]).await?;
-            tls.flush().await?;
-            relay_datagrams(tls, up, shared.udp_idle_timeout).await
-        }
-    }
-}
-
-/// Whether `target` is an endpoint on this node, waiting briefly for this node's view
-/// of the EndpointSlices to catch up with the dialler's.
-async fn is_local_endpoint(shared: &Shared, protocol: Protocol, target: SocketAddr) -> bool {
-    let mut rx = shared.local_endpoints.subscribe();
-    let deadline = tokio::time::Instant::now() + LOCAL_ENDPOINT_WAIT;
-    loop {
-        if rx.borrow_and_update().contains(&(protocol, target)) {
-            return true;
-        }
-        match tokio::time::timeout_at(deadline, rx.changed()).await {
-            Ok(Ok(())) => continue,
-            _ => return false,
-        }
-    }
-}
-
-/// The far end of a UDP session: frames ↔ datagrams on a socket connected to the
-/// endpoint, until the dialler closes or nothing moves for `idle`.
-async fn relay_datagrams(
-    tls: tokio_rustls::server::TlsStream<TcpStream>,
-    up: UdpSocket,
-    idle: Duration,
-) -> io::Result<()> {
-    let (mut rd, mut wr) = tokio::io::split(tls);
-    let last = std::sync::Mutex::new(tokio::time::Instant::now());
-    let touch = || {
-        if let Ok(mut l) = last.lock() {
-            *l = tokio::time::Instant::now();
-        }
-    };
-    let to_endpoint = async {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
-        loop {
-            let n = read_frame(&mut rd, &mut buf).await?;
-            touch();
-            up.send(&buf[..n]).await?;
-        }
-    };
-    let to_dialler = async {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
-        let mut frame = Vec::with_capacity(2 + MAX_DATAGRAM);
-        loop {
-            let n = up.recv(&mut buf).await?;
-            touch();
-            write_frame(&mut wr, &mut frame, &buf[..n], true).await?;
-        }
-    };
-    let idle_out = async {
-        loop {
-            let since = last
-                .lock()
-                .map(|l| *l)
-                .unwrap_or_else(|_| tokio::time::Instant::now());
-            let deadline = since + idle;
-            if tokio::time::Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep_until(deadline).await;
-        }
-    };
-    let r: io::Result<()> = tokio::select! {
-        r = to_endpoint => r,
-        r = to_dialler => r,
-        _ = idle_out => Ok(()),
-    };
-    match r {
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(()),
-        r => r,
-    }
 }

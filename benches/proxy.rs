@@ -42,7 +42,12 @@
 //!   the second round tells memory kept for reuse from a leak). It runs before the idle
 //!   row, whose connections need the listeners' file descriptors.
 //!
-//! They run in the order latency, tcp, udp, http, services, idle. Each row also notes
+//! - `across`: the idle row across two nodes: a second Node (InternalIP 127.0.0.2) with
+//!   its own proxy child, and a NodePort Service whose only endpoint (the echo server)
+//!   is on it; the client connects to the first proxy's NodePort, so every connection
+//!   crosses the tunnel. Held connections and both proxies' open files and RSS.
+//!
+//! They run in the order latency, tcp, udp, http, services, idle, across. Each row also notes
 //! the CPU the proxy (and HAProxy) used while it ran. The machine has 2 cores: the load
 //! generator, the backend and the proxy compete for them (on the direct path only the
 //! first two), so a proxy that needs less CPU leaves more to the others.
@@ -55,13 +60,14 @@
 //! WASMKUBE_PROXY_BENCH_SERVICES=50 cargo test --bench proxy`.
 //!
 //! Environment knobs:
-//! - `WASMKUBE_PROXY_BENCH_ROWS` (`tcp,udp,http,latency,idle,services`): which rows run;
+//! - `WASMKUBE_PROXY_BENCH_ROWS` (`tcp,udp,http,latency,idle,services,across`): which
+//!   rows run;
 //! - `WASMKUBE_PROXY_BENCH_SECONDS` (3): length of each iperf3 and wrk run;
 //! - `WASMKUBE_PROXY_BENCH_UDP_RATE` (50000): UDP datagrams per second;
 //! - `WASMKUBE_PROXY_BENCH_WRK_CONNECTIONS` (32) and `_WRK_THREADS` (1): wrk's `-c`, `-t`;
 //! - `WASMKUBE_PROXY_BENCH_ROUND_TRIPS` (20000): timed ping-pongs per path;
 //! - `WASMKUBE_PROXY_BENCH_IDLE_CONNECTIONS` (10000) and `_IDLE_SECS` (5): how many idle
-//!   connections, held for how long;
+//!   connections (idle and across rows), held for how long;
 //! - `WASMKUBE_PROXY_BENCH_SERVICES` (1000): Services for the RSS row;
 //! - `WASMKUBE_BENCH_KEEP` (unset): keep the temp dir (configs and process logs).
 
@@ -81,7 +87,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::PostParams;
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -105,6 +111,8 @@ const NODE_ENV: &str = "WASMKUBE_PROXY_BENCH_NODE";
 const CREDENTIALS_ENV: &str = "WASMKUBE_PROXY_BENCH_CREDENTIALS";
 const METRICS_ENV: &str = "WASMKUBE_PROXY_BENCH_METRICS";
 /// The echo child's listening address.
+/// The proxy child's node address (127.0.0.1 unless set).
+const NODE_IP_ENV: &str = "WASMKUBE_PROXY_BENCH_NODE_IP";
 const LISTEN_ENV: &str = "WASMKUBE_PROXY_BENCH_LISTEN";
 
 /// The cluster's pod and Service ranges: outside the defaults (127.128.0.0/10,
@@ -118,6 +126,11 @@ const BACKEND_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 192, 0, 10));
 const HAPROXY_IP: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// The proxy's node.
 const NODE: &str = "proxy-bench-node";
+/// The second node of the `across` row, and its address.
+const FAR_NODE: &str = "proxy-bench-far-node";
+const FAR_NODE_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+/// The `across` row's Service (NodePort; its endpoint on [`FAR_NODE`]).
+const FAR_SERVICE: &str = "far";
 const NAMESPACE: &str = "proxy-bench";
 /// The Service every row but `services` goes through, and its ports.
 const SERVICE: &str = "bench";
@@ -172,6 +185,7 @@ struct Opts {
     http: bool,
     latency: bool,
     idle_row: bool,
+    across_row: bool,
     services_row: bool,
     keep: bool,
 }
@@ -181,7 +195,7 @@ impl Opts {
         let num = env_number_or::<u64>;
         let rows = env_list(
             "WASMKUBE_PROXY_BENCH_ROWS",
-            "tcp,udp,http,latency,idle,services",
+            "tcp,udp,http,latency,idle,services,across",
         );
         let has = |s: &str| rows.iter().any(|x| x == s);
         let opts = Opts {
@@ -198,6 +212,7 @@ impl Opts {
             http: has("http"),
             latency: has("latency"),
             idle_row: has("idle"),
+            across_row: has("across"),
             services_row: has("services"),
             keep: env_flag("WASMKUBE_BENCH_KEEP"),
         };
@@ -225,6 +240,7 @@ impl Opts {
             (self.latency, "latency"),
             (self.idle_row, "idle"),
             (self.services_row, "services"),
+            (self.across_row, "across"),
         ]
         .iter()
         .filter(|(on, _)| *on)
@@ -785,8 +801,11 @@ fn proxy_role() -> Result<()> {
         .block_on(async move {
             let config = kube_config(&kubeconfig).await?;
             let client = kube_client(&config)?;
-            let mut options =
-                wasmkube_proxy::ProxyOptions::new(node, IpAddr::V4(Ipv4Addr::LOCALHOST), tls);
+            let node_ip = match std::env::var(NODE_IP_ENV) {
+                Ok(ip) => ip.parse().context("the node address")?,
+                Err(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            };
+            let mut options = wasmkube_proxy::ProxyOptions::new(node, node_ip, tls);
             options.metrics_addr = Some(metrics);
             // `start` takes a tokio-util CancellationToken, a crate this package does not
             // name: the token's type is inferred from the call.
@@ -904,18 +923,18 @@ async fn start_cluster(dir: &Path) -> Result<(Proc, Client, PathBuf)> {
     Ok((server, client, kubeconfig))
 }
 
-/// The node's credentials from a throwaway CA (the tunnel, their only use, is idle with
-/// one node), written where the proxy child reads them.
-fn write_credentials(dir: &Path) -> Result<PathBuf> {
+/// A node's credentials from a throwaway CA (one per run, shared by both nodes; the
+/// tunnel is their only use), written where the proxy child reads them.
+fn write_credentials(dir: &Path, node: &str, ip: IpAddr) -> Result<PathBuf> {
     let pki = wasmkube_control::pki::Pki::load_or_create(&dir.join("node-ca"), &[])
         .context("create a throwaway CA")?;
     let (serving_cert, serving_key) = pki
-        .issue_node_serving_cert(NODE, &["127.0.0.1".to_string()])
+        .issue_node_serving_cert(node, &[ip.to_string()])
         .context("issue the node's serving certificate")?;
     let (client_cert, client_key) = pki
-        .issue_client_cert(&format!("system:node:{NODE}"), &["system:nodes"])
+        .issue_client_cert(&format!("system:node:{node}"), &["system:nodes"])
         .context("issue the node's client certificate")?;
-    let out = dir.join("node-credentials");
+    let out = dir.join(format!("credentials-{node}"));
     std::fs::create_dir_all(&out)?;
     for (file, text) in [
         ("ca.crt", pki.ca_cert_pem()),
@@ -1121,32 +1140,31 @@ async fn create_bench_service(client: &Client, backends: &Backends) -> Result<Ip
         .iter()
         .map(|(name, proto, _, target)| json!({"name": name, "protocol": proto, "port": target}))
         .collect();
-    create_service_with_endpoint(client, SERVICE, svc_ports, slice_ports).await
+    let svc =
+        create_service_with_endpoint(client, SERVICE, "ClusterIP", NODE, svc_ports, slice_ports)
+            .await?;
+    cluster_ip_of(&svc)
 }
 
-/// A selector-less Service and the EndpointSlice naming its one endpoint; the
-/// Service's ClusterIP.
+/// A selector-less Service of `type` and the EndpointSlice naming its one endpoint,
+/// [`BACKEND_IP`] on `node`; the Service as created.
 async fn create_service_with_endpoint(
     client: &Client,
     name: &str,
+    type_: &str,
+    node: &str,
     svc_ports: Vec<serde_json::Value>,
     slice_ports: Vec<serde_json::Value>,
-) -> Result<IpAddr> {
+) -> Result<Service> {
     let services: Api<Service> = Api::namespaced(client.clone(), NAMESPACE);
     let svc: Service = object(json!({
         "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {"ports": svc_ports},
+        "spec": {"type": type_, "ports": svc_ports},
     }))?;
     let created = services
         .create(&PostParams::default(), &svc)
         .await
         .with_context(|| format!("create Service {name}"))?;
-    let ip: IpAddr = created
-        .spec
-        .as_ref()
-        .and_then(|s| s.cluster_ip.as_deref())
-        .and_then(|ip| ip.parse().ok())
-        .with_context(|| format!("Service {name} got no ClusterIP"))?;
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NAMESPACE);
     let slice: EndpointSlice = object(json!({
         "metadata": {
@@ -1159,21 +1177,31 @@ async fn create_service_with_endpoint(
         "endpoints": [{
             "addresses": [BACKEND_IP.to_string()],
             "conditions": {"ready": true},
-            "nodeName": NODE,
+            "nodeName": node,
         }],
     }))?;
     slices
         .create(&PostParams::default(), &slice)
         .await
         .with_context(|| format!("create the EndpointSlice of {name}"))?;
-    Ok(ip)
+    Ok(created)
 }
 
-/// The proxy child, with its `/metrics` address.
+/// A Service's ClusterIP.
+fn cluster_ip_of(svc: &Service) -> Result<IpAddr> {
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.cluster_ip.as_deref())
+        .and_then(|ip| ip.parse().ok())
+        .context("the Service got no ClusterIP")
+}
+
+/// The proxy child of `node` (at `node_ip`), with its `/metrics` address, once a
+/// connection to `through` is echoed.
 async fn start_proxy(
     dir: &Path,
     kubeconfig: &Path,
-    credentials: &Path,
+    (node, node_ip, credentials): (&str, IpAddr, &Path),
     through: SocketAddr,
 ) -> Result<(Proc, SocketAddr)> {
     let this = std::env::current_exe().context("find this benchmark's binary")?;
@@ -1188,11 +1216,12 @@ async fn start_proxy(
         &[
             (ROLE_ENV, "proxy".into()),
             (KUBECONFIG_ENV, kubeconfig.display().to_string()),
-            (NODE_ENV, NODE.into()),
+            (NODE_ENV, node.into()),
+            (NODE_IP_ENV, node_ip.to_string()),
             (CREDENTIALS_ENV, credentials.display().to_string()),
             (METRICS_ENV, metrics.to_string()),
         ],
-        &dir.join("proxy.log"),
+        &dir.join(format!("proxy-{node}.log")),
     )?;
     p.wait_ready("forwarding to the echo server", async || {
         echo_connect(through).await.is_ok()
@@ -1268,13 +1297,13 @@ impl Setup {
 async fn run(opts: &Opts, tools: &Tools, dir: &Path) -> Result<(Vec<Section>, Vec<String>)> {
     println!("starting `wasmkube server`, the backends, the proxy and HAProxy…");
     let (server, client, kubeconfig) = start_cluster(dir).await?;
-    let credentials = write_credentials(dir)?;
+    let credentials = write_credentials(dir, NODE, IpAddr::V4(Ipv4Addr::LOCALHOST))?;
     let backends = Backends::start(dir, tools, opts.tcp || opts.udp, opts.http).await?;
     let cluster_ip = create_bench_service(&client, &backends).await?;
     let (proxy, metrics) = start_proxy(
         dir,
         &kubeconfig,
-        &credentials,
+        (NODE, IpAddr::V4(Ipv4Addr::LOCALHOST), &credentials),
         SocketAddr::new(cluster_ip, ECHO_PORT),
     )
     .await?;
@@ -1337,7 +1366,15 @@ async fn run(opts: &Opts, tools: &Tools, dir: &Path) -> Result<(Vec<Section>, Ve
         notes.push(format!("HAProxy frontends: {}", fronts.join(", ")));
     }
 
-    let rows = rows(opts, &setup).await;
+    let mut rows = rows(opts, &setup).await;
+    // Last, as it adds a node and a proxy the other rows must not see.
+    if opts.across_row {
+        println!(
+            "across: {} idle connections through two nodes' proxies and their tunnel…",
+            opts.idle_connections
+        );
+        rows.push(across_row(opts, &setup, dir, &kubeconfig).await);
+    }
     notes.push(log_summary("proxy", &proxy.log));
 
     if let Some((p, _)) = haproxy {
@@ -1761,22 +1798,35 @@ struct IdleFigures {
     held: usize,
     open_wall: Duration,
     first_error: Option<String>,
-    /// The middle process's RSS (MiB) and open files before and with the connections.
-    rss_before: Option<f64>,
-    rss_with: Option<f64>,
-    fds_before: Option<usize>,
-    fds_with: Option<usize>,
+    /// The middle processes' RSS (MiB) and open files before and with the connections.
+    before: Vec<Usage>,
+    with: Vec<Usage>,
+}
+
+/// A process's RSS (MiB) and open files.
+#[derive(Clone, Copy)]
+struct Usage {
+    rss: f64,
+    fds: Option<usize>,
+}
+
+impl Usage {
+    fn of(pid: u32) -> Usage {
+        Usage {
+            rss: rss_or_nan(pid),
+            fds: open_fds(pid),
+        }
+    }
 }
 
 async fn hold_idle(
     addr: SocketAddr,
     n: usize,
     idle: Duration,
-    pid: Option<u32>,
+    pids: &[u32],
     echo_pid: u32,
 ) -> IdleFigures {
-    let rss_before = pid.map(rss_or_nan);
-    let fds_before = pid.and_then(open_fds);
+    let before: Vec<Usage> = pids.iter().map(|&p| Usage::of(p)).collect();
     let echo_fds_before = open_fds(echo_pid);
     let started = Instant::now();
     let results: Vec<Result<TcpStream>> = futures::stream::iter(0..n)
@@ -1797,8 +1847,7 @@ async fn hold_idle(
     }
     let opened = conns.len();
     tokio::time::sleep(idle).await;
-    let rss_with = pid.map(rss_or_nan);
-    let fds_with = pid.and_then(open_fds);
+    let with: Vec<Usage> = pids.iter().map(|&p| Usage::of(p)).collect();
     let checks: Vec<Result<()>> = futures::stream::iter(conns.iter_mut())
         .map(echo_again)
         .buffer_unordered(IDLE_OPEN_CONCURRENCY)
@@ -1817,8 +1866,12 @@ async fn hold_idle(
     // Let the middle process and the echo server close their sides before the next
     // path is measured.
     let deadline = Instant::now() + Duration::from_secs(30);
-    for (pid, before) in [(pid, fds_before), (Some(echo_pid), echo_fds_before)] {
-        let (Some(pid), Some(before)) = (pid, before) else {
+    let waits = pids
+        .iter()
+        .zip(before.iter().map(|u| u.fds))
+        .chain([(&echo_pid, echo_fds_before)]);
+    for (&pid, before) in waits {
+        let Some(before) = before else {
             continue;
         };
         while open_fds(pid).is_some_and(|f| f > before + 16) && Instant::now() < deadline {
@@ -1830,10 +1883,8 @@ async fn hold_idle(
         held,
         open_wall,
         first_error,
-        rss_before,
-        rss_with,
-        fds_before,
-        fds_with,
+        before,
+        with,
     }
 }
 
@@ -1862,17 +1913,18 @@ async fn idle_row(opts: &Opts, setup: &Setup) -> Section {
             continue;
         };
         let pid = setup.middle(via);
-        let f = hold_idle(addr, n, opts.idle, pid, setup.echo_pid).await;
+        let f = hold_idle(addr, n, opts.idle, pid.as_slice(), setup.echo_pid).await;
         s.lines[0].set(via, Cell::Value(f.held as f64));
-        if let (Some(before), Some(with)) = (f.rss_before, f.rss_with) {
-            s.lines[1].set(via, Cell::Value(with));
+        let (before, with) = (f.before.first(), f.with.first());
+        if let (Some(before), Some(with)) = (before, with) {
+            s.lines[1].set(via, Cell::Value(with.rss));
             s.lines[2].set(
                 via,
-                Cell::Value((with - before) * 1024.0 / f.held.max(1) as f64),
+                Cell::Value((with.rss - before.rss) * 1024.0 / f.held.max(1) as f64),
             );
         }
         // Each proxied connection takes two descriptors: what fits beside those open.
-        let limit = match (pid.and_then(open_files_limit), f.fds_before) {
+        let limit = match (pid.and_then(open_files_limit), before.and_then(|u| u.fds)) {
             (Some((soft, _)), Some(before)) => format!(
                 "; open-files limit {soft}: room for {} connections",
                 soft.saturating_sub(before as u64) / 2
@@ -1885,9 +1937,9 @@ async fn idle_row(opts: &Opts, setup: &Setup) -> Section {
             f.opened,
             f.open_wall.as_secs_f64(),
             f.held,
-            match (f.rss_before, f.fds_before, f.fds_with) {
-                (Some(r), Some(a), Some(b)) =>
-                    format!("; its RSS {r:.1} MiB before, open files {a} → {b}"),
+            match (before, before.and_then(|u| u.fds), with.and_then(|u| u.fds)) {
+                (Some(u), Some(a), Some(b)) =>
+                    format!("; its RSS {:.1} MiB before, open files {a} → {b}", u.rss),
                 _ => String::new(),
             },
             limit,
@@ -1899,6 +1951,159 @@ async fn idle_row(opts: &Opts, setup: &Setup) -> Section {
         "a proxied connection takes 2 file descriptors in the proxy (client side and upstream): holding 10,000 needs an open-files limit above 20,000 (the agent raises its soft limit to the hard one, and as root to the kernel's maximum where it may)".into(),
     );
     s
+}
+
+/// Idle connections across two nodes: the client connects to the NodePort of the bench
+/// node's proxy, whose Service's only endpoint runs on a second node, so that every
+/// connection is a stream in the tunnel between the two proxies. A proxy holds a
+/// descriptor per connection on its side (client or endpoint) and one or two for the
+/// tunnel, where a same-node connection takes two in one proxy.
+async fn across_row(opts: &Opts, setup: &Setup, dir: &Path, kubeconfig: &Path) -> Section {
+    let n = opts.idle_connections;
+    let mut s = Section::new(format!(
+        "{n} concurrent idle connections across two nodes: client → NodePort of the proxy of node 1 → tunnel → proxy of node 2 ({FAR_NODE_IP}) → echo server (each: one echoed byte, {} s idle, another echoed byte)",
+        opts.idle.as_secs()
+    ));
+    s.lines.push(
+        Line::new("connections held", "", 0, Better::Higher)
+            .goal(Goal::AtLeast(GOAL_IDLE_CONNECTIONS)),
+    );
+    for name in ["node 1 proxy: open files", "node 2 proxy: open files"] {
+        s.lines
+            .push(Line::new(name, "", 0, Better::Lower).goal(Goal::Report));
+    }
+    s.lines.push(
+        Line::new("RSS per connection, both proxies", "KiB", 2, Better::Lower).goal(Goal::Report),
+    );
+    for l in &mut s.lines {
+        l.set(Via::Direct, Cell::Absent("—"));
+        l.set(Via::Haproxy, Cell::Absent("—"));
+    }
+    let (far_proxy, addr) = match across_setup(setup, dir, kubeconfig).await {
+        Ok(x) => x,
+        Err(e) => {
+            for l in &mut s.lines {
+                l.set(Via::Proxy, Cell::Failed);
+            }
+            s.notes.push(format!("setup failed: {e:#}"));
+            return s;
+        }
+    };
+    let pids = [setup.proxy_pid, far_proxy.pid];
+    let f = hold_idle(addr, n, opts.idle, &pids, setup.echo_pid).await;
+    s.lines[0].set(Via::Proxy, Cell::Value(f.held as f64));
+    for (i, with) in f.with.iter().enumerate() {
+        if let Some(fds) = with.fds {
+            s.lines[1 + i].set(Via::Proxy, Cell::Value(fds as f64));
+        }
+    }
+    let grown: f64 = f
+        .with
+        .iter()
+        .zip(&f.before)
+        .map(|(w, b)| w.rss - b.rss)
+        .sum();
+    s.lines[3].set(
+        Via::Proxy,
+        Cell::Value(grown * 1024.0 / f.held.max(1) as f64),
+    );
+    let tunnels = match http_get(setup.metrics, "/metrics", IO_TIMEOUT).await {
+        Ok(text) => format!(
+            "{}",
+            metric_sum(&text, "wasmkube_proxy_tunnels_total{direction=\"out\"}")
+        ),
+        Err(e) => format!("? ({e:#})"),
+    };
+    let usage = |i: usize| match (f.before.get(i), f.with.get(i)) {
+        (Some(b), Some(w)) => format!(
+            "RSS {:.1} → {:.1} MiB, open files {} → {}",
+            b.rss,
+            w.rss,
+            b.fds.map_or("?".into(), |x| x.to_string()),
+            w.fds.map_or("?".into(), |x| x.to_string())
+        ),
+        _ => "?".into(),
+    };
+    s.notes.push(format!(
+        "{} of {n} opened in {:.1} s, {} still open after the idle time; node 1's proxy: {}; node 2's: {}; tunnel connections node 1 opened: {tunnels}{}",
+        f.opened,
+        f.open_wall.as_secs_f64(),
+        f.held,
+        usage(0),
+        usage(1),
+        f.first_error
+            .map_or(String::new(), |e| format!("; first failure: {e}"))
+    ));
+    s.notes.push(log_summary("node 2's proxy", &far_proxy.log));
+    far_proxy.stop().await;
+    s
+}
+
+/// The second node (its Node with an InternalIP, its proxy child) and a NodePort
+/// Service whose endpoint runs there: the far proxy and the NodePort on node 1.
+async fn across_setup(setup: &Setup, dir: &Path, kubeconfig: &Path) -> Result<(Proc, SocketAddr)> {
+    let nodes: Api<Node> = Api::all(setup.client.clone());
+    let node: Node = object(json!({
+        "metadata": {"name": FAR_NODE, "labels": {"kubernetes.io/hostname": FAR_NODE}},
+    }))?;
+    nodes
+        .create(&PostParams::default(), &node)
+        .await
+        .context("create the second Node")?;
+    let address = json!({"status": {"addresses": [
+        {"type": "InternalIP", "address": FAR_NODE_IP.to_string()}
+    ]}});
+    nodes
+        .patch_status(FAR_NODE, &PatchParams::default(), &Patch::Merge(address))
+        .await
+        .context("set the second Node's address")?;
+    let credentials = write_credentials(dir, FAR_NODE, FAR_NODE_IP)?;
+    let echo_port = setup.backend_echo.port();
+    let svc = create_service_with_endpoint(
+        &setup.client,
+        FAR_SERVICE,
+        "NodePort",
+        FAR_NODE,
+        vec![
+            json!({"name": "echo", "protocol": "TCP", "port": ECHO_PORT, "targetPort": echo_port}),
+        ],
+        vec![json!({"name": "echo", "protocol": "TCP", "port": echo_port})],
+    )
+    .await?;
+    let node_port = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref()?.first()?.node_port)
+        .context("the Service got no nodePort")?;
+    let addr = SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        u16::try_from(node_port).context("nodePort")?,
+    );
+    let (mut proxy, _) =
+        start_proxy(dir, kubeconfig, (FAR_NODE, FAR_NODE_IP, &credentials), addr).await?;
+    // Until node 1's proxy has seen node 2's tunnel port it reaches the endpoint
+    // directly (the pod range is routable on one host): wait for a tunnelled one.
+    let tunnelled = async || {
+        let Ok(text) = http_get(setup.metrics, "/metrics", IO_TIMEOUT).await else {
+            return 0.0;
+        };
+        metric_sum(
+            &text,
+            "wasmkube_proxy_tunnel_streams_total{direction=\"out\"}",
+        )
+    };
+    let before = tunnelled().await;
+    proxy
+        .wait_ready("tunnelling from node 1", async || {
+            echo_connect(addr).await.is_ok() && tunnelled().await > before
+        })
+        .await?;
+    println!(
+        "  node 2's proxy pid {} (log {}); node 1's NodePort {addr}",
+        proxy.pid,
+        proxy.log.display()
+    );
+    Ok((proxy, addr))
 }
 
 async fn services_row(opts: &Opts, setup: &Setup) -> Section {
@@ -2001,13 +2206,16 @@ async fn services_measure(n: usize, setup: &Setup) -> Result<ServicesFigures> {
         .map(|i| {
             let client = setup.client.clone();
             async move {
-                create_service_with_endpoint(
+                let svc = create_service_with_endpoint(
                     &client,
                     &format!("scale-{i}"),
+                    "ClusterIP",
+                    NODE,
                     vec![json!({"name": "echo", "protocol": "TCP", "port": SCALE_PORT})],
                     vec![json!({"name": "echo", "protocol": "TCP", "port": backend_port})],
                 )
-                .await
+                .await?;
+                cluster_ip_of(&svc)
             }
         })
         .buffer_unordered(CREATE_CONCURRENCY)

@@ -1975,8 +1975,23 @@ async fn across_row(opts: &Opts, setup: &Setup, dir: &Path, kubeconfig: &Path) -
     s.lines.push(
         Line::new("RSS per connection, both proxies", "KiB", 2, Better::Lower).goal(Goal::Report),
     );
-    for l in &mut s.lines {
-        l.set(Via::Direct, Cell::Absent("—"));
+    s.lines.push(
+        Line::new(
+            format!("opened per second, {IDLE_OPEN_CONCURRENCY} at a time"),
+            "",
+            0,
+            Better::Higher,
+        )
+        .goal(Goal::Report),
+    );
+    s.lines
+        .push(Line::new("ping-pong RTT p50", "µs", 1, Better::Lower).goal(Goal::Report));
+    s.lines
+        .push(Line::new("ping-pong RTT p99", "µs", 1, Better::Lower).goal(Goal::Report));
+    for (i, l) in s.lines.iter_mut().enumerate() {
+        if i < 5 {
+            l.set(Via::Direct, Cell::Absent("—"));
+        }
         l.set(Via::Haproxy, Cell::Absent("—"));
     }
     let (far_proxy, addr) = match across_setup(setup, dir, kubeconfig).await {
@@ -1989,8 +2004,31 @@ async fn across_row(opts: &Opts, setup: &Setup, dir: &Path, kubeconfig: &Path) -
             return s;
         }
     };
+    // One pinned connection's round trips, direct and across, before the idle ones.
+    for (via, to) in [(Via::Direct, setup.backend_echo), (Via::Proxy, addr)] {
+        let trips = opts.round_trips;
+        let r = tokio::task::spawn_blocking(move || ping_pong(to, PING_WARMUP, trips))
+            .await
+            .map_err(|e| anyhow!("the ping-pong thread: {e}"))
+            .and_then(|r| r);
+        match r {
+            Ok(mut samples) => {
+                let st = Stats::of(&mut samples);
+                s.lines[5].set(via, Cell::Value(us(st.p50)));
+                s.lines[6].set(via, Cell::Value(us(st.p99)));
+            }
+            Err(e) => {
+                s.failure(5, via, &e);
+                s.lines[6].set(via, Cell::Failed);
+            }
+        }
+    }
     let pids = [setup.proxy_pid, far_proxy.pid];
     let f = hold_idle(addr, n, opts.idle, &pids, setup.echo_pid).await;
+    s.lines[4].set(
+        Via::Proxy,
+        Cell::Value(f.opened as f64 / f.open_wall.as_secs_f64().max(1e-9)),
+    );
     s.lines[0].set(Via::Proxy, Cell::Value(f.held as f64));
     for (i, with) in f.with.iter().enumerate() {
         if let Some(fds) = with.fds {

@@ -847,81 +847,48 @@ async fn a_tunnel_connection_that_ended_is_dialled_again() {
 #[tokio::test]
 async fn the_tunnel_refuses_strangers_and_addresses_that_are_not_local_endpoints() {
     let pki = Pki::new();
-    let b = instance("b", pki.node("b"), Duration::from_secs(30)).await;
+    let mut b = instance("b", pki.node("b"), Duration::from_secs(30)).await;
     let (port, ips) = tagged_backends(&["secret"]).await;
     let target = SocketAddr::new(ips[0], port);
     let metrics = crate::metrics::Metrics::default();
-    let timeout = Duration::from_secs(5);
-
-    // A node of the cluster, but the address is no endpoint of b's.
-    let node_a = crate::tunnel::Tls::new(&pki.node("a")).unwrap();
-    let err = crate::tunnel::Dialer::new(node_a.client, CancellationToken::new())
+    let via = b.core.tunnel_addr;
+    // A stream to `target` through b, opened with `creds` by a dialler of its own.
+    let open = async |creds: &TunnelCredentials| {
+        crate::tunnel::Dialer::new(
+            crate::tunnel::Tls::new(creds).unwrap().client,
+            CancellationToken::new(),
+        )
         .connect(
-            b.core.tunnel_addr,
+            via,
             Protocol::Tcp,
             target,
             None,
-            timeout,
+            Duration::from_secs(5),
             &metrics,
         )
         .await
-        .unwrap_err();
+    };
+
+    // A node of the cluster, but the address is no endpoint of b's.
+    let err = open(&pki.node("a")).await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
 
     // Make it an endpoint of b's: now a node gets through…
-    let mut b = b;
     b.core
         .proxier
         .apply_slice(eps("s", "", "TCP", port, &[(ips[0], true, "b")]));
     b.core.proxier.sync();
-    let mut ok = crate::tunnel::Dialer::new(
-        crate::tunnel::Tls::new(&pki.node("a")).unwrap().client,
-        CancellationToken::new(),
-    )
-    .connect(
-        b.core.tunnel_addr,
-        Protocol::Tcp,
-        target,
-        None,
-        timeout,
-        &metrics,
-    )
-    .await
-    .unwrap();
+    let mut ok = open(&pki.node("a")).await.unwrap();
     let mut got = String::new();
     ok.read_to_string(&mut got).await.unwrap();
     assert_eq!(got, "secret");
 
     // …but not a certificate of the same CA that is not a node's,
-    let admin = crate::tunnel::Tls::new(&pki.identity("admin", &["system:masters"])).unwrap();
-    assert!(
-        crate::tunnel::Dialer::new(admin.client, CancellationToken::new())
-            .connect(
-                b.core.tunnel_addr,
-                Protocol::Tcp,
-                target,
-                None,
-                timeout,
-                &metrics
-            )
-            .await
-            .is_err()
-    );
+    assert!(open(&pki.identity("admin", &["system:masters"]))
+        .await
+        .is_err());
     // nor a node of another cluster.
-    let stranger = crate::tunnel::Tls::new(&Pki::new().node("a")).unwrap();
-    assert!(
-        crate::tunnel::Dialer::new(stranger.client, CancellationToken::new())
-            .connect(
-                b.core.tunnel_addr,
-                Protocol::Tcp,
-                target,
-                None,
-                timeout,
-                &metrics
-            )
-            .await
-            .is_err()
-    );
+    assert!(open(&Pki::new().node("a")).await.is_err());
 }
 
 #[tokio::test]

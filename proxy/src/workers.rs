@@ -186,6 +186,9 @@ async fn accept_loop<F, Fut>(
             return;
         }
     };
+    // Out of descriptors, every accept fails until a connection closes: one warning per
+    // spell of failures, not one per retry.
+    let mut failing = false;
     loop {
         let mut guard = tokio::select! {
             _ = stop.cancelled() => return,
@@ -211,11 +214,18 @@ async fn accept_loop<F, Fut>(
             Ok((std::net::TcpStream::from(socket), peer))
         }) {
             Ok((conn, peer)) => {
+                failing = false;
                 let at = workers.pick(me);
                 workers.run(me, at, conn, peer, serve.clone());
             }
             Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
+                if failing {
+                    tracing::debug!(error = %e, "accept failed again");
+                } else {
+                    let retry_ms = ACCEPT_ERROR_PAUSE.as_millis() as u64;
+                    tracing::warn!(error = %e, retry_ms, "accept failed; retrying");
+                }
+                failing = true;
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}

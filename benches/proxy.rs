@@ -45,7 +45,9 @@
 //! - `across`: the idle row across two nodes: a second Node (InternalIP 127.0.0.2) with
 //!   its own proxy child, and a NodePort Service whose only endpoint (the echo server)
 //!   is on it; the client connects to the first proxy's NodePort, so every connection
-//!   crosses the tunnel. Held connections and both proxies' open files and RSS.
+//!   crosses the tunnel. Held connections and both proxies' open files and RSS, the open
+//!   rate, and — direct against across, in the same row — a pinned ping-pong's RTT and
+//!   one iperf3 bulk stream (with both proxies' CPU).
 //!
 //! They run in the order latency, tcp, udp, http, services, idle, across. Each row also notes
 //! the CPU the proxy (and HAProxy) used while it ran. The machine has 2 cores: the load
@@ -1298,7 +1300,8 @@ async fn run(opts: &Opts, tools: &Tools, dir: &Path) -> Result<(Vec<Section>, Ve
     println!("starting `wasmkube server`, the backends, the proxy and HAProxy…");
     let (server, client, kubeconfig) = start_cluster(dir).await?;
     let credentials = write_credentials(dir, NODE, IpAddr::V4(Ipv4Addr::LOCALHOST))?;
-    let backends = Backends::start(dir, tools, opts.tcp || opts.udp, opts.http).await?;
+    let want_iperf = opts.tcp || opts.udp || opts.across_row;
+    let backends = Backends::start(dir, tools, want_iperf, opts.http).await?;
     let cluster_ip = create_bench_service(&client, &backends).await?;
     let (proxy, metrics) = start_proxy(
         dir,
@@ -1994,7 +1997,14 @@ async fn across_row(opts: &Opts, setup: &Setup, dir: &Path, kubeconfig: &Path) -
         }
         l.set(Via::Haproxy, Cell::Absent("—"));
     }
-    let (far_proxy, addr) = match across_setup(setup, dir, kubeconfig).await {
+    s.lines
+        .push(Line::new("bulk TCP, 1 stream", "Gbit/s", 2, Better::Higher).goal(Goal::Report));
+    s.lines[7].set(Via::Haproxy, Cell::Absent("—"));
+    let Across {
+        far_proxy,
+        echo: addr,
+        iperf,
+    } = match across_setup(setup, dir, kubeconfig).await {
         Ok(x) => x,
         Err(e) => {
             for l in &mut s.lines {
@@ -2021,6 +2031,50 @@ async fn across_row(opts: &Opts, setup: &Setup, dir: &Path, kubeconfig: &Path) -
                 s.failure(5, via, &e);
                 s.lines[6].set(via, Cell::Failed);
             }
+        }
+    }
+    // One bulk stream, direct and across, with both proxies' CPU.
+    let mut cpu = Vec::new();
+    match (&setup.iperf3, setup.iperf, iperf) {
+        (Some(iperf3), Some(route), Some(across)) => {
+            for (via, to) in [(Via::Direct, route.direct), (Via::Proxy, across)] {
+                let args: Vec<String> = vec![
+                    "-c".into(),
+                    to.ip().to_string(),
+                    "-p".into(),
+                    to.port().to_string(),
+                    "-t".into(),
+                    opts.seconds.to_string(),
+                    "-J".into(),
+                    "--connect-timeout".into(),
+                    "5000".into(),
+                ];
+                let limit = Duration::from_secs(opts.seconds + 60);
+                let middle = (via == Via::Proxy).then_some(far_proxy.pid);
+                let ((r, near), far) = with_cpu(
+                    middle,
+                    with_cpu(
+                        (via == Via::Proxy).then_some(setup.proxy_pid),
+                        run_tool(iperf3, &args, limit),
+                    ),
+                )
+                .await;
+                if via == Via::Proxy {
+                    cpu.push(format!(
+                        "node 1's proxy {}, node 2's {}",
+                        near.map_or("?".into(), |c| format!("{c:.2}")),
+                        far.map_or("?".into(), |c| format!("{c:.2}"))
+                    ));
+                }
+                match r.and_then(|out| iperf3_tcp_rate(&out)) {
+                    Ok(bps) => s.lines[7].set(via, Cell::Value(bps / 1e9)),
+                    Err(e) => s.failure(7, via, &e),
+                }
+            }
+        }
+        _ => {
+            s.lines[7].set(Via::Direct, Cell::Absent("no iperf3"));
+            s.lines[7].set(Via::Proxy, Cell::Absent("no iperf3"));
         }
     }
     let pids = [setup.proxy_pid, far_proxy.pid];
@@ -2072,6 +2126,10 @@ async fn across_row(opts: &Opts, setup: &Setup, dir: &Path, kubeconfig: &Path) -
         f.first_error
             .map_or(String::new(), |e| format!("; first failure: {e}"))
     ));
+    if !cpu.is_empty() {
+        s.notes
+            .push(format!("bulk TCP across: CPU (cores) {}", cpu.join("; ")));
+    }
     s.notes.push(log_summary("node 2's proxy", &far_proxy.log));
     far_proxy.stop().await;
     s
@@ -2079,7 +2137,15 @@ async fn across_row(opts: &Opts, setup: &Setup, dir: &Path, kubeconfig: &Path) -
 
 /// The second node (its Node with an InternalIP, its proxy child) and a NodePort
 /// Service whose endpoint runs there: the far proxy and the NodePort on node 1.
-async fn across_setup(setup: &Setup, dir: &Path, kubeconfig: &Path) -> Result<(Proc, SocketAddr)> {
+/// What the `across` row reaches on node 1: the far proxy, the echo and (with iperf3)
+/// the iperf3 NodePorts.
+struct Across {
+    far_proxy: Proc,
+    echo: SocketAddr,
+    iperf: Option<SocketAddr>,
+}
+
+async fn across_setup(setup: &Setup, dir: &Path, kubeconfig: &Path) -> Result<Across> {
     let nodes: Api<Node> = Api::all(setup.client.clone());
     let node: Node = object(json!({
         "metadata": {"name": FAR_NODE, "labels": {"kubernetes.io/hostname": FAR_NODE}},
@@ -2096,27 +2162,41 @@ async fn across_setup(setup: &Setup, dir: &Path, kubeconfig: &Path) -> Result<(P
         .await
         .context("set the second Node's address")?;
     let credentials = write_credentials(dir, FAR_NODE, FAR_NODE_IP)?;
-    let echo_port = setup.backend_echo.port();
+    let mut ports = vec![("echo", ECHO_PORT, setup.backend_echo.port())];
+    if let Some(iperf) = &setup.iperf {
+        ports.push(("iperf", IPERF_PORT, iperf.direct.port()));
+    }
     let svc = create_service_with_endpoint(
         &setup.client,
         FAR_SERVICE,
         "NodePort",
         FAR_NODE,
-        vec![
-            json!({"name": "echo", "protocol": "TCP", "port": ECHO_PORT, "targetPort": echo_port}),
-        ],
-        vec![json!({"name": "echo", "protocol": "TCP", "port": echo_port})],
+        ports
+            .iter()
+            .map(|(name, port, target)| json!({"name": name, "protocol": "TCP", "port": port, "targetPort": target}))
+            .collect(),
+        ports
+            .iter()
+            .map(|(name, _, target)| json!({"name": name, "protocol": "TCP", "port": target}))
+            .collect(),
     )
     .await?;
-    let node_port = svc
-        .spec
-        .as_ref()
-        .and_then(|s| s.ports.as_ref()?.first()?.node_port)
-        .context("the Service got no nodePort")?;
-    let addr = SocketAddr::new(
-        IpAddr::V4(Ipv4Addr::LOCALHOST),
-        u16::try_from(node_port).context("nodePort")?,
-    );
+    let node_port = |name: &str| -> Result<SocketAddr> {
+        let port = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.as_ref())
+            .and_then(|ps| ps.iter().find(|p| p.name.as_deref() == Some(name)))
+            .and_then(|p| p.node_port)
+            .with_context(|| format!("port {name} got no nodePort"))?;
+        let port = u16::try_from(port).context("nodePort")?;
+        Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))
+    };
+    let addr = node_port("echo")?;
+    let iperf = match setup.iperf {
+        Some(_) => Some(node_port("iperf")?),
+        None => None,
+    };
     let (mut proxy, _) =
         start_proxy(dir, kubeconfig, (FAR_NODE, FAR_NODE_IP, &credentials), addr).await?;
     // Until node 1's proxy has seen node 2's tunnel port it reaches the endpoint
@@ -2141,7 +2221,11 @@ async fn across_setup(setup: &Setup, dir: &Path, kubeconfig: &Path) -> Result<(P
         proxy.pid,
         proxy.log.display()
     );
-    Ok((proxy, addr))
+    Ok(Across {
+        far_proxy: proxy,
+        echo: addr,
+        iperf,
+    })
 }
 
 async fn services_row(opts: &Opts, setup: &Setup) -> Section {

@@ -1492,6 +1492,24 @@ async fn latency_row(opts: &Opts, setup: &Setup) -> Section {
     s
 }
 
+/// An iperf3 client's arguments for a TCP test to `to`: JSON out, 5 s to connect.
+fn iperf3_tcp_args(to: SocketAddr, seconds: u64, streams: usize) -> Vec<String> {
+    let args = [
+        "-c".to_string(),
+        to.ip().to_string(),
+        "-p".into(),
+        to.port().to_string(),
+        "-t".into(),
+        seconds.to_string(),
+        "-P".into(),
+        streams.to_string(),
+        "-J".into(),
+        "--connect-timeout".into(),
+        "5000".into(),
+    ];
+    args.to_vec()
+}
+
 /// Parses iperf3's JSON: the received rate (bit/s) of a TCP test.
 fn iperf3_tcp_rate(json: &str) -> Result<f64> {
     let v: serde_json::Value = serde_json::from_str(json).context("iperf3's JSON")?;
@@ -1526,19 +1544,7 @@ async fn tcp_row(opts: &Opts, setup: &Setup) -> Section {
                 s.lines[i].set(via, Cell::Absent("no HAProxy"));
                 continue;
             };
-            let args: Vec<String> = vec![
-                "-c".into(),
-                addr.ip().to_string(),
-                "-p".into(),
-                addr.port().to_string(),
-                "-t".into(),
-                opts.seconds.to_string(),
-                "-P".into(),
-                streams.to_string(),
-                "-J".into(),
-                "--connect-timeout".into(),
-                "5000".into(),
-            ];
+            let args = iperf3_tcp_args(addr, opts.seconds, streams);
             let limit = Duration::from_secs(opts.seconds + 60);
             let (r, cores) = with_cpu(setup.middle(via), run_tool(iperf3, &args, limit)).await;
             cpu.push((via, cores));
@@ -2038,17 +2044,7 @@ async fn across_row(opts: &Opts, setup: &Setup, dir: &Path, kubeconfig: &Path) -
     match (&setup.iperf3, setup.iperf, iperf) {
         (Some(iperf3), Some(route), Some(across)) => {
             for (via, to) in [(Via::Direct, route.direct), (Via::Proxy, across)] {
-                let args: Vec<String> = vec![
-                    "-c".into(),
-                    to.ip().to_string(),
-                    "-p".into(),
-                    to.port().to_string(),
-                    "-t".into(),
-                    opts.seconds.to_string(),
-                    "-J".into(),
-                    "--connect-timeout".into(),
-                    "5000".into(),
-                ];
+                let args = iperf3_tcp_args(to, opts.seconds, 1);
                 let limit = Duration::from_secs(opts.seconds + 60);
                 let middle = (via == Via::Proxy).then_some(far_proxy.pid);
                 let ((r, near), far) = with_cpu(

@@ -5,8 +5,7 @@
 //! Services, on the node's address at the nodePort, and forwards each connection or UDP
 //! session to a ready endpoint. Endpoints on other nodes are reached through that node's
 //! proxy over a mutually authenticated, multiplexed tunnel (TLS, HTTP/2 streams),
-//! because pod IPs are node-local
-//! (127.0.0.0/8 in the default address plan).
+//! because pod IPs are node-local (127.0.0.0/8 in the default address plan).
 //!
 //! ## Layout
 //! - [`start`] / [`Proxy`]: wiring (this file);

@@ -187,9 +187,9 @@ async fn serve_stream(
                 }
             };
             // The dialling node counts the bytes, per Service.
-            let (sent, received) = (AtomicU64::new(0), AtomicU64::new(0));
+            let uncounted = AtomicU64::new(0);
             accept(&mut respond, body)?
-                .relay_tcp(&up, &sent, &received)
+                .relay_tcp(&up, &uncounted, &uncounted)
                 .await
         }
         Protocol::Udp => {

@@ -166,9 +166,10 @@ pub(crate) fn reset(stream: &TcpStream) {
 async fn relay(client: TcpStream, upstream: Upstream, m: &PortMetrics) -> io::Result<()> {
     match upstream {
         Upstream::Plain(up) => {
+            let ended = Ended::default();
             let r = tokio::try_join!(
-                pump(&client, &up, &m.bytes_to_endpoint),
-                pump(&up, &client, &m.bytes_to_client)
+                pump(&client, &up, &m.bytes_to_endpoint, &ended),
+                pump(&up, &client, &m.bytes_to_client, &ended)
             );
             if r.is_err() {
                 // Pass the failure on as a reset to whichever side is still there.
@@ -218,13 +219,34 @@ pub(crate) fn read_owned(from: &TcpStream) -> io::Result<Option<bytes::Bytes>> {
     })
 }
 
-/// Copies `from` → `to` until `from` ends, then shuts down `to`'s write side (the
-/// half-close is passed on, the other direction keeps flowing).
+/// Whether one direction of a relay has ended. The first to end passes its half-close
+/// on (the other keeps flowing); the second need not: both sockets are closed right
+/// after, and a close sends the FIN (nothing is left unread on either socket then, which
+/// would make it a reset). That saves a system call per connection, whose cost is the
+/// same FIN's work done twice over on loopback.
+#[derive(Default)]
+struct Ended(std::sync::atomic::AtomicBool);
+
+impl Ended {
+    fn end(&self, to: &TcpStream) -> io::Result<()> {
+        if self.0.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
+        pass_half_close(to)
+    }
+}
+
+/// Copies `from` → `to` until `from` ends, then passes the half-close on (`ended`).
 ///
 /// Small messages are read and written (cheapest for request/response traffic); once a
 /// read brings [`BULK_START`] bytes the direction is carrying bulk data and moves it
 /// with splice instead, until a step finds less than [`BULK_MIN`] bytes waiting.
-pub(crate) async fn pump(from: &TcpStream, to: &TcpStream, bytes: &AtomicU64) -> io::Result<()> {
+async fn pump(
+    from: &TcpStream,
+    to: &TcpStream,
+    bytes: &AtomicU64,
+    ended: &Ended,
+) -> io::Result<()> {
     let mut pending: Vec<u8> = Vec::new();
     let mut bulk = false;
     loop {
@@ -236,7 +258,7 @@ pub(crate) async fn pump(from: &TcpStream, to: &TcpStream, bytes: &AtomicU64) ->
                 continue;
             };
             match splice_step(from, to, pipe).await? {
-                None => return pass_half_close(to),
+                None => return ended.end(to),
                 Some(n) => {
                     add(bytes, n as u64);
                     bulk = n == 0 || n >= BULK_MIN;
@@ -266,7 +288,7 @@ pub(crate) async fn pump(from: &TcpStream, to: &TcpStream, bytes: &AtomicU64) ->
             Ok(Some(n))
         })?;
         let Some(n) = step else {
-            return pass_half_close(to);
+            return ended.end(to);
         };
         add(bytes, n as u64);
         bulk = n >= BULK_START;

@@ -76,6 +76,9 @@ pub struct ProxyOptions {
     pub connect_timeout: Duration,
     /// A UDP session without traffic in either direction for this long is closed.
     pub udp_idle_timeout: Duration,
+    /// A tunnel connection to another node that has carried no stream for this long is
+    /// closed (the next cross-node connection dials again).
+    pub tunnel_idle_timeout: Duration,
     /// Threads that forward TCP (each connection stays on the one that accepted it);
     /// 0 = one per CPU.
     pub threads: usize,
@@ -83,8 +86,8 @@ pub struct ProxyOptions {
 
 impl ProxyOptions {
     /// Defaults for everything but the node and its credentials: tunnel on a free port,
-    /// no metrics endpoint, 5 s connect timeout, 30 s UDP idle timeout, one forwarding
-    /// thread per CPU.
+    /// no metrics endpoint, 5 s connect timeout, 30 s UDP idle timeout, 90 s tunnel idle
+    /// timeout, one forwarding thread per CPU.
     pub fn new(node_name: String, node_ip: IpAddr, tls: TunnelCredentials) -> ProxyOptions {
         ProxyOptions {
             node_name,
@@ -94,6 +97,7 @@ impl ProxyOptions {
             tls,
             connect_timeout: Duration::from_secs(5),
             udp_idle_timeout: Duration::from_secs(30),
+            tunnel_idle_timeout: Duration::from_secs(90),
             threads: 0,
         }
     }
@@ -247,7 +251,11 @@ impl Core {
             workers::Workers::start(threads, &stop).map_err(ProxyError::Workers)?;
         let shared = Arc::new(proxier::Shared::new(
             options,
-            tunnel::Dialer::new(tls.client.clone(), stop.clone()),
+            tunnel::Dialer::new(
+                tls.client.clone(),
+                options.tunnel_idle_timeout,
+                stop.clone(),
+            ),
             workers,
             stop.clone(),
         ));

@@ -65,6 +65,22 @@ impl Drop for GaugeGuard {
     }
 }
 
+/// A proxy-wide gauge held up while the value lives (an open tunnel connection).
+pub(crate) struct Held(Arc<AtomicI64>);
+
+impl Held {
+    pub(crate) fn new(gauge: Arc<AtomicI64>) -> Held {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Held(gauge)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Every counter of the proxy.
 #[derive(Default)]
 pub(crate) struct Metrics {
@@ -76,6 +92,9 @@ pub(crate) struct Metrics {
     /// Tunnel connections (TLS, HTTP/2) opened to other nodes / accepted from them.
     pub tunnels_out: AtomicU64,
     pub tunnels_in: AtomicU64,
+    /// Tunnel connections open now, each way.
+    pub tunnels_open_out: Arc<AtomicI64>,
+    pub tunnels_open_in: Arc<AtomicI64>,
     /// Connections and UDP sessions carried through tunnels, as streams.
     pub tunnel_streams_out: AtomicU64,
     pub tunnel_streams_in: AtomicU64,
@@ -263,7 +282,7 @@ const PORT_SERIES: [Series<PortMetrics>; 12] = [
 const OUT: Option<(&str, &str)> = Some(("direction", "out"));
 const IN: Option<(&str, &str)> = Some(("direction", "in"));
 
-const GLOBAL_SERIES: [Series<Metrics>; 9] = [
+const GLOBAL_SERIES: [Series<Metrics>; 11] = [
     series(
         "listeners",
         "gauge",
@@ -286,6 +305,16 @@ const GLOBAL_SERIES: [Series<Metrics>; 9] = [
         |m| count(&m.tunnels_out),
     ),
     series("tunnels_total", "counter", "", IN, |m| count(&m.tunnels_in)),
+    series(
+        "tunnel_connections",
+        "gauge",
+        "Node-to-node tunnel connections open now.",
+        OUT,
+        |m| m.tunnels_open_out.load(Ordering::Relaxed),
+    ),
+    series("tunnel_connections", "gauge", "", IN, |m| {
+        m.tunnels_open_in.load(Ordering::Relaxed)
+    }),
     series(
         "tunnel_streams_total",
         "counter",

@@ -129,11 +129,19 @@ impl Drop for Instance {
 const THREADS: usize = 2;
 
 async fn instance(node: &str, creds: TunnelCredentials, udp_idle: Duration) -> Instance {
+    instance_with(node, creds, |o| o.udp_idle_timeout = udp_idle).await
+}
+
+async fn instance_with(
+    node: &str,
+    creds: TunnelCredentials,
+    configure: impl FnOnce(&mut ProxyOptions),
+) -> Instance {
     let mut options = ProxyOptions::new(node.into(), IpAddr::from([127, 0, 0, 1]), creds);
     options.threads = THREADS;
     options.connect_timeout = Duration::from_secs(2);
-    options.udp_idle_timeout = udp_idle;
     options.metrics_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    configure(&mut options);
     let stop = CancellationToken::new();
     let core = Core::start(&options, stop.clone()).await.unwrap();
     Instance { core, stop }
@@ -845,6 +853,53 @@ async fn a_tunnel_connection_that_ended_is_dialled_again() {
 }
 
 #[tokio::test]
+async fn a_tunnel_connection_closes_when_idle_and_not_while_it_carries_a_stream() {
+    let pki = Pki::new();
+    let idle = Duration::from_millis(200);
+    // One forwarding thread: every connection is meant to share one tunnel connection.
+    let mut a = instance_with("a", pki.node("a"), |o| {
+        o.tunnel_idle_timeout = idle;
+        o.threads = 1;
+    })
+    .await;
+    let mut b = instance("b", pki.node("b"), Duration::from_secs(30)).await;
+    let vip = across_nodes(&mut a, &mut b, echo_backend().await);
+    let series =
+        |p: &Instance, series: &str| metric(&p.core.proxier.shared().metrics.render(), series);
+    let open = |p: &Instance, direction: &str| {
+        series(
+            p,
+            &format!("wasmkube_proxy_tunnel_connections{{direction=\"{direction}\"}}"),
+        )
+    };
+    let dialled = |p: &Instance| series(p, "wasmkube_proxy_tunnels_total{direction=\"out\"}");
+
+    let mut c = TcpStream::connect((vip, 7)).await.unwrap();
+    echo_round(&mut c, "held").await;
+    // A quiet connection is still a stream: its tunnel connection outlives the timeout
+    // and takes the next connection too.
+    tokio::time::sleep(idle * 4).await;
+    echo_round(&mut c, "still here").await;
+    let mut d = TcpStream::connect((vip, 7)).await.unwrap();
+    echo_round(&mut d, "second").await;
+    assert_eq!(dialled(&a), 1.0);
+    assert_eq!(open(&a, "out"), 1.0);
+    assert_eq!(open(&b, "in"), 1.0);
+
+    // Without streams it closes, on both sides…
+    drop((c, d));
+    eventually("the idle tunnel connection closed", async || {
+        (open(&a, "out") == 0.0 && open(&b, "in") == 0.0).then_some(())
+    })
+    .await;
+    // …and the next connection dials a new one.
+    let mut c = TcpStream::connect((vip, 7)).await.unwrap();
+    echo_round(&mut c, "again").await;
+    assert_eq!(dialled(&a), 2.0);
+    assert_eq!(open(&a, "out"), 1.0);
+}
+
+#[tokio::test]
 async fn the_tunnel_refuses_strangers_and_addresses_that_are_not_local_endpoints() {
     let pki = Pki::new();
     let mut b = instance("b", pki.node("b"), Duration::from_secs(30)).await;
@@ -856,6 +911,7 @@ async fn the_tunnel_refuses_strangers_and_addresses_that_are_not_local_endpoints
     let open = async |creds: &TunnelCredentials| {
         crate::tunnel::Dialer::new(
             crate::tunnel::Tls::new(creds).unwrap().client,
+            Duration::from_secs(90),
             CancellationToken::new(),
         )
         .connect(

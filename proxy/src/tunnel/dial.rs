@@ -4,12 +4,14 @@
 //! One connection per peer node and per thread that asks: the proxy's worker threads
 //! are single-threaded runtimes, so a worker's streams and the connection task that
 //! carries them run on the same thread. A connection is dialled on first use and kept
-//! until it fails or the proxy stops; the next request after a failure dials anew.
+//! until it fails, it has carried no stream for the idle timeout, or the proxy stops;
+//! the next request after that dials anew. A connection that ends leaves the pool, so
+//! peers that are gone cost nothing.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 use std::time::Duration;
@@ -24,34 +26,71 @@ use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
 use super::{h2_io, keep_alive, Tunnel};
-use crate::metrics::{inc, Metrics};
+use crate::metrics::{inc, Held, Metrics};
 use crate::model::Protocol;
 
-/// A tunnel connection ready for streams; `alive` goes false when it ends.
+/// A tunnel connection ready for streams.
 #[derive(Clone)]
 struct Conn {
     requests: SendRequest<Bytes>,
-    alive: Arc<AtomicBool>,
+    use_: Arc<Use>,
+}
+
+/// What the pool knows of a connection's use.
+#[derive(Debug, Default)]
+struct Use {
+    /// Set when the connection ends or is retired: no new streams on it.
+    retired: AtomicBool,
+    /// Streams open on it now.
+    streams: AtomicUsize,
+    /// Whether it was handed out since the idle check last looked.
+    touched: AtomicBool,
+}
+
+/// Held by a [`Tunnel`] while its stream is open: the connection is in use.
+#[derive(Debug)]
+pub(super) struct StreamUse(Arc<Use>);
+
+impl StreamUse {
+    fn new(use_: &Arc<Use>) -> StreamUse {
+        use_.streams.fetch_add(1, Ordering::AcqRel);
+        StreamUse(use_.clone())
+    }
+}
+
+impl Drop for StreamUse {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// One peer and thread's connection, behind an async lock so that concurrent first
 /// requests dial once.
 type Slot = Arc<tokio::sync::Mutex<Option<Conn>>>;
+type Key = (SocketAddr, ThreadId);
+type Pool = Arc<Mutex<HashMap<Key, Slot>>>;
 
 /// Opens streams to other nodes.
 pub(crate) struct Dialer {
     connector: TlsConnector,
+    /// A connection without streams for this long is closed.
+    idle_timeout: Duration,
     /// Ends the connection tasks when the proxy stops.
     stop: CancellationToken,
-    conns: Mutex<HashMap<(SocketAddr, ThreadId), Slot>>,
+    pool: Pool,
 }
 
 impl Dialer {
-    pub(crate) fn new(config: Arc<ClientConfig>, stop: CancellationToken) -> Dialer {
+    pub(crate) fn new(
+        config: Arc<ClientConfig>,
+        idle_timeout: Duration,
+        stop: CancellationToken,
+    ) -> Dialer {
         Dialer {
             connector: TlsConnector::from(config),
+            idle_timeout,
             stop,
-            conns: Mutex::new(HashMap::new()),
+            pool: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -71,13 +110,14 @@ impl Dialer {
         inc(&metrics.tunnel_streams_out);
         let attempt = async {
             let conn = self.conn(via, metrics).await?;
+            let in_use = StreamUse::new(&conn.use_);
             let mut requests = conn.requests.ready().await.map_err(h2_io)?;
             let (response, send) = requests
                 .send_request(request(protocol, target, source)?, false)
                 .map_err(h2_io)?;
             let response = response.await.map_err(h2_io)?;
             match response.status() {
-                StatusCode::OK => Ok(Tunnel::new(send, response.into_body())),
+                StatusCode::OK => Ok(Tunnel::new(send, response.into_body()).in_use(in_use)),
                 StatusCode::NOT_FOUND => Err(io::Error::new(
                     io::ErrorKind::NotFound,
                     format!("{via} does not run endpoint {target}"),
@@ -106,24 +146,24 @@ impl Dialer {
 
     /// This thread's live connection to `via`, dialled if there is none.
     async fn conn(&self, via: SocketAddr, metrics: &Metrics) -> io::Result<Conn> {
-        let slot = {
-            let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-            conns
-                .entry((via, std::thread::current().id()))
-                .or_default()
-                .clone()
-        };
+        let key = (via, std::thread::current().id());
+        let slot = lock(&self.pool).entry(key).or_default().clone();
         let mut slot = slot.lock().await;
-        if let Some(conn) = slot.as_ref().filter(|c| c.alive.load(Ordering::Acquire)) {
+        if let Some(conn) = slot
+            .as_ref()
+            .filter(|c| !c.use_.retired.load(Ordering::Acquire))
+        {
+            conn.use_.touched.store(true, Ordering::Release);
             return Ok(conn.clone());
         }
         *slot = None;
-        let conn = self.dial(via, metrics).await?;
+        let conn = self.dial(key, metrics).await?;
         *slot = Some(conn.clone());
         Ok(conn)
     }
 
-    async fn dial(&self, via: SocketAddr, metrics: &Metrics) -> io::Result<Conn> {
+    async fn dial(&self, key: Key, metrics: &Metrics) -> io::Result<Conn> {
+        let via = key.0;
         inc(&metrics.tunnels_out);
         let tcp = TcpStream::connect(via).await?;
         tcp.set_nodelay(true)?;
@@ -140,24 +180,82 @@ impl Dialer {
             .handshake::<_, Bytes>(tls)
             .await
             .map_err(h2_io)?;
-        let alive = Arc::new(AtomicBool::new(true));
         let conn = Conn {
             requests,
-            alive: alive.clone(),
+            use_: Arc::new(Use {
+                touched: AtomicBool::new(true),
+                ..Use::default()
+            }),
         };
-        let stop = self.stop.clone();
+        let use_ = conn.use_.clone();
+        let (pool, stop, idle) = (self.pool.clone(), self.stop.clone(), self.idle_timeout);
+        let open = Held::new(metrics.tunnels_open_out.clone());
         tokio::spawn(async move {
+            let _open = open;
+            let mut connection = std::pin::pin!(connection);
+            let ended = |r: Result<(), h2::Error>| match r {
+                Ok(()) => tracing::debug!(%via, "tunnel connection closed"),
+                Err(e) => tracing::debug!(%via, error = %e, "tunnel connection failed"),
+            };
             tokio::select! {
-                _ = stop.cancelled() => {}
-                r = connection => match r {
-                    Ok(()) => tracing::debug!(%via, "tunnel connection closed"),
-                    Err(e) => tracing::debug!(%via, error = %e, "tunnel connection failed"),
-                },
+                _ = stop.cancelled() => return,
+                r = &mut connection => ended(r),
+                _ = idle_for(&use_, idle) => {
+                    tracing::debug!(%via, "closing an idle tunnel connection");
+                    retire(&pool, key, &use_);
+                    // With the pool's handle gone h2 says goodbye (GOAWAY) once no
+                    // stream is left, including one that raced the retirement.
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        r = connection => ended(r),
+                    }
+                    return;
+                }
             }
-            alive.store(false, Ordering::Release);
+            retire(&pool, key, &use_);
         });
         Ok(conn)
     }
+}
+
+/// Resolves once the connection has carried no stream for `idle`: checked every `idle`,
+/// so it closes between one and two idle timeouts after its last stream.
+async fn idle_for(use_: &Use, idle: Duration) {
+    let mut ticks = tokio::time::interval(idle);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let touched = use_.touched.swap(false, Ordering::AcqRel);
+        if !touched && use_.streams.load(Ordering::Acquire) == 0 {
+            return;
+        }
+    }
+}
+
+/// Takes a connection out of the pool: no new streams go to it, and its key leaves the
+/// pool unless someone is dialling there right now.
+fn retire(pool: &Pool, key: Key, use_: &Arc<Use>) {
+    use_.retired.store(true, Ordering::Release);
+    let mut pool = lock(pool);
+    let Some(slot) = pool.get(&key) else { return };
+    // Busy: a request holds the slot and will find the connection retired.
+    let Ok(mut conn) = slot.try_lock() else {
+        return;
+    };
+    if conn.as_ref().is_some_and(|c| Arc::ptr_eq(&c.use_, use_)) {
+        *conn = None;
+    }
+    let empty = conn.is_none();
+    drop(conn);
+    // Nobody else holds the slot (they clone it under the pool's lock): drop the key.
+    if empty && Arc::strong_count(slot) == 1 {
+        pool.remove(&key);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The request that opens a stream to `target`.

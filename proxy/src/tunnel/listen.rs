@@ -17,7 +17,7 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio_rustls::TlsAcceptor;
 
 use super::{h2_io, is_node_identity, keep_alive, read_frame, write_frame, Tunnel};
-use crate::metrics::inc;
+use crate::metrics::{inc, Held};
 use crate::model::Protocol;
 use crate::proxier::Shared;
 use crate::{tcp, udp};
@@ -41,6 +41,7 @@ pub(crate) fn serve(
         let shared = workers_shared.clone();
         async move {
             inc(&shared.metrics.tunnels_in);
+            let _open = Held::new(shared.metrics.tunnels_open_in.clone());
             let r = tokio::select! {
                 _ = shared.stop.cancelled() => Ok(()),
                 r = serve_connection(tcp, &acceptor, &shared) => r,

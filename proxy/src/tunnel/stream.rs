@@ -15,6 +15,7 @@ use h2::{Reason, RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::dial::StreamUse;
 use super::h2_io;
 use crate::metrics::add;
 use crate::tcp;
@@ -28,6 +29,8 @@ pub(crate) struct Tunnel {
     /// Received and not yet read.
     unread: Bytes,
     write_closed: bool,
+    /// Keeps the dialler's connection from idling out while the stream is open.
+    _in_use: Option<StreamUse>,
 }
 
 impl Tunnel {
@@ -37,6 +40,14 @@ impl Tunnel {
             recv,
             unread: Bytes::new(),
             write_closed: false,
+            _in_use: None,
+        }
+    }
+
+    pub(super) fn in_use(self, in_use: StreamUse) -> Tunnel {
+        Tunnel {
+            _in_use: Some(in_use),
+            ..self
         }
     }
 

@@ -202,7 +202,7 @@ impl Dialer {
                 r = &mut connection => ended(r),
                 _ = idle_for(&use_, idle) => {
                     tracing::debug!(%via, "closing an idle tunnel connection");
-                    retire(&pool, key, &use_);
+                    retire(&pool, key, &use_).await;
                     // With the pool's handle gone h2 says goodbye (GOAWAY) once no
                     // stream is left, including one that raced the retirement.
                     tokio::select! {
@@ -212,7 +212,7 @@ impl Dialer {
                     return;
                 }
             }
-            retire(&pool, key, &use_);
+            retire(&pool, key, &use_).await;
         });
         Ok(conn)
     }
@@ -233,23 +233,30 @@ async fn idle_for(use_: &Use, idle: Duration) {
     }
 }
 
-/// Takes a connection out of the pool: no new streams go to it, and its key leaves the
-/// pool unless someone is dialling there right now.
-fn retire(pool: &Pool, key: Key, use_: &Arc<Use>) {
+/// Takes a connection out of the pool: no new streams go to it, the pool lets go of it
+/// (so h2 closes it once its streams are done), and its key leaves the pool unless a
+/// newer connection or a request is there.
+async fn retire(pool: &Pool, key: Key, use_: &Arc<Use>) {
     use_.retired.store(true, Ordering::Release);
-    let mut pool = lock(pool);
-    let Some(slot) = pool.get(&key) else { return };
-    // Busy: a request holds the slot and will find the connection retired.
-    let Ok(mut conn) = slot.try_lock() else {
+    let Some(slot) = lock(pool).get(&key).cloned() else {
         return;
     };
-    if conn.as_ref().is_some_and(|c| Arc::ptr_eq(&c.use_, use_)) {
-        *conn = None;
+    {
+        // Waits for a request that is dialling here, which replaces the connection.
+        let mut conn = slot.lock().await;
+        if conn.as_ref().is_some_and(|c| Arc::ptr_eq(&c.use_, use_)) {
+            *conn = None;
+        }
     }
-    let empty = conn.is_none();
-    drop(conn);
-    // Nobody else holds the slot (they clone it under the pool's lock): drop the key.
-    if empty && Arc::strong_count(slot) == 1 {
+    let mut pool = lock(pool);
+    // Requests take the slot under the pool's lock: with only the pool and us holding it,
+    // and nothing in it, nobody can be using it.
+    let unused = pool.get(&key).is_some_and(|s| {
+        Arc::ptr_eq(s, &slot)
+            && Arc::strong_count(s) == 2
+            && s.try_lock().is_ok_and(|c| c.is_none())
+    });
+    if unused {
         pool.remove(&key);
     }
 }

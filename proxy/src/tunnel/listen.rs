@@ -1,6 +1,7 @@
 //! The listening side: tunnel connections from other nodes, and each stream on them
 //! forwarded to an endpoint of this node.
 
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicU64;
@@ -93,11 +94,15 @@ async fn serve_connection(
     while let Some(stream) = connection.accept().await {
         let (request, respond) = stream.map_err(h2_io)?;
         let shared = shared.clone();
+        // Boxed, and before the task: opening (the request, the wait for the slices, the
+        // connect) takes more room than relaying, and a task is as large as its largest
+        // state for as long as its stream lives.
+        let opening = Box::pin(open(request, respond, shared.clone()));
         tokio::spawn(async move {
             inc(&shared.metrics.tunnel_streams_in);
             let r = tokio::select! {
                 _ = shared.stop.cancelled() => Ok(()),
-                r = serve_stream(request, respond, &shared) => r,
+                r = serve_stream(opening, &shared) => r,
             };
             if let Err(e) = r {
                 inc(&shared.metrics.tunnel_errors_in);
@@ -149,11 +154,36 @@ fn accept(respond: &mut SendResponse<Bytes>, body: RecvStream) -> io::Result<Tun
     Ok(Tunnel::new(send, body))
 }
 
+/// A stream's far end, connected.
+enum Opened {
+    Tcp(Tunnel, TcpStream),
+    Udp(Tunnel, UdpSocket),
+}
+
+/// Relays a stream once `opening` has connected it.
 async fn serve_stream(
-    request: Request<RecvStream>,
-    mut respond: SendResponse<Bytes>,
+    opening: impl Future<Output = io::Result<Opened>>,
     shared: &Shared,
 ) -> io::Result<()> {
+    match opening.await? {
+        Opened::Tcp(tunnel, up) => {
+            // The dialling node counts the bytes, per Service.
+            let uncounted = AtomicU64::new(0);
+            tunnel.relay_tcp(&up, &uncounted, &uncounted).await
+        }
+        Opened::Udp(tunnel, up) => {
+            // Boxed too: larger than a TCP relay, and the rarer of the two.
+            Box::pin(relay_datagrams(tunnel, up, shared.udp_idle_timeout)).await
+        }
+    }
+}
+
+/// Answers a stream's request: connected to the endpoint it names, or refused.
+async fn open(
+    request: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    shared: Arc<Shared>,
+) -> io::Result<Opened> {
     let Some(Target {
         protocol,
         addr,
@@ -170,7 +200,7 @@ async fn serve_stream(
             ),
         ));
     };
-    if !is_local_endpoint(shared, protocol, addr).await {
+    if !is_local_endpoint(&shared, protocol, addr).await {
         refuse(&mut respond, StatusCode::NOT_FOUND)?;
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
@@ -179,31 +209,23 @@ async fn serve_stream(
     }
     let body = request.into_body();
     match protocol {
-        Protocol::Tcp => {
-            let up = match tcp::dial(addr, shared.connect_timeout).await {
-                Ok(up) => up,
-                Err(e) => {
-                    refuse(&mut respond, StatusCode::BAD_GATEWAY)?;
-                    return Err(e);
-                }
-            };
-            // The dialling node counts the bytes, per Service.
-            let uncounted = AtomicU64::new(0);
-            accept(&mut respond, body)?
-                .relay_tcp(&up, &uncounted, &uncounted)
-                .await
-        }
+        Protocol::Tcp => match tcp::dial(addr, shared.connect_timeout).await {
+            Ok(up) => Ok(Opened::Tcp(accept(&mut respond, body)?, up)),
+            Err(e) => {
+                refuse(&mut respond, StatusCode::BAD_GATEWAY)?;
+                Err(e)
+            }
+        },
         Protocol::Udp => {
             // Only a loopback source is taken from the peer: it names our ClusterIP.
             let source = source.filter(|s| s.is_loopback());
-            let up = match udp::connect(addr, source, shared.node_ip) {
-                Ok(up) => up,
+            match udp::connect(addr, source, shared.node_ip) {
+                Ok(up) => Ok(Opened::Udp(accept(&mut respond, body)?, up)),
                 Err(e) => {
                     refuse(&mut respond, StatusCode::BAD_GATEWAY)?;
-                    return Err(e);
+                    Err(e)
                 }
-            };
-            relay_datagrams(accept(&mut respond, body)?, up, shared.udp_idle_timeout).await
+            }
         }
     }
 }

@@ -28,7 +28,9 @@
 //!   208 KiB the receiver drops a few percent of the paced bursts even on the direct
 //!   path, which would hide the proxy's own loss;
 //! - `http`: wrk against nginx's 1 KiB file, with keep-alive and with a new connection
-//!   per request (`Connection: close`): req/s, p50 and p99;
+//!   per request (`Connection: close`): req/s, p50 and p99, each the median of
+//!   `_ROUNDS` runs per path taken in turns (one run's ratio to HAProxy swings by ±10%
+//!   on this machine, more than the difference between the two proxies);
 //! - `latency`: one pinned connection, 64-byte ping-pong with the echo server: RTT p50
 //!   and p99 per path and what the proxies add to the direct RTT (the client is a
 //!   blocking socket on its own thread of this process);
@@ -67,6 +69,7 @@
 //! - `WASMKUBE_PROXY_BENCH_SECONDS` (3): length of each iperf3 and wrk run;
 //! - `WASMKUBE_PROXY_BENCH_UDP_RATE` (50000): UDP datagrams per second;
 //! - `WASMKUBE_PROXY_BENCH_WRK_CONNECTIONS` (32) and `_WRK_THREADS` (1): wrk's `-c`, `-t`;
+//! - `WASMKUBE_PROXY_BENCH_ROUNDS` (3): wrk runs per path and mode in the http row;
 //! - `WASMKUBE_PROXY_BENCH_ROUND_TRIPS` (20000): timed ping-pongs per path;
 //! - `WASMKUBE_PROXY_BENCH_IDLE_CONNECTIONS` (10000) and `_IDLE_SECS` (5): how many idle
 //!   connections (idle and across rows), held for how long;
@@ -178,6 +181,7 @@ struct Opts {
     udp_rate: u64,
     wrk_connections: usize,
     wrk_threads: usize,
+    rounds: usize,
     round_trips: usize,
     idle_connections: usize,
     idle: Duration,
@@ -205,6 +209,7 @@ impl Opts {
             udp_rate: num("WASMKUBE_PROXY_BENCH_UDP_RATE", 50_000)?,
             wrk_connections: num("WASMKUBE_PROXY_BENCH_WRK_CONNECTIONS", 32)? as usize,
             wrk_threads: num("WASMKUBE_PROXY_BENCH_WRK_THREADS", 1)? as usize,
+            rounds: num("WASMKUBE_PROXY_BENCH_ROUNDS", 3)? as usize,
             round_trips: num("WASMKUBE_PROXY_BENCH_ROUND_TRIPS", 20_000)? as usize,
             idle_connections: num("WASMKUBE_PROXY_BENCH_IDLE_CONNECTIONS", 10_000)? as usize,
             idle: Duration::from_secs(num("WASMKUBE_PROXY_BENCH_IDLE_SECS", 5)?),
@@ -222,6 +227,7 @@ impl Opts {
             || opts.udp_rate == 0
             || opts.wrk_connections == 0
             || opts.wrk_threads == 0
+            || opts.rounds == 0
             || opts.round_trips == 0
             || opts.idle_connections == 0
             || opts.services == 0
@@ -501,12 +507,13 @@ fn print_report(opts: &Opts, header: &[String], sections: &[Section]) {
     }
     println!("goals met: {met}, missed: {missed} (a MISS is a figure to look at, not a failure)");
     println!(
-        "(knobs: WASMKUBE_PROXY_BENCH_ROWS={}, _SECONDS={}, _UDP_RATE={}, _WRK_CONNECTIONS={}, _WRK_THREADS={}, _ROUND_TRIPS={}, _IDLE_CONNECTIONS={}, _IDLE_SECS={}, _SERVICES={})",
+        "(knobs: WASMKUBE_PROXY_BENCH_ROWS={}, _SECONDS={}, _UDP_RATE={}, _WRK_CONNECTIONS={}, _WRK_THREADS={}, _ROUNDS={}, _ROUND_TRIPS={}, _IDLE_CONNECTIONS={}, _IDLE_SECS={}, _SERVICES={})",
         opts.rows(),
         opts.seconds,
         opts.udp_rate,
         opts.wrk_connections,
         opts.wrk_threads,
+        opts.rounds,
         opts.round_trips,
         opts.idle_connections,
         opts.idle.as_secs(),
@@ -1715,8 +1722,9 @@ fn parse_wrk(out: &str) -> Result<WrkFigures> {
 
 async fn http_row(opts: &Opts, setup: &Setup) -> Section {
     let mut s = Section::new(format!(
-        "HTTP: wrk -t{} -c{} -d{}s --latency against nginx (1 worker) serving {HTTP_BODY} B",
-        opts.wrk_threads, opts.wrk_connections, opts.seconds
+        "HTTP: wrk -t{} -c{} -d{}s --latency against nginx (1 worker) serving {HTTP_BODY} B; \
+         median of {} rounds",
+        opts.wrk_threads, opts.wrk_connections, opts.seconds, opts.rounds
     ));
     let (Some(route), Some(wrk)) = (setup.http, &setup.wrk) else {
         s.notes
@@ -1740,57 +1748,95 @@ async fn http_row(opts: &Opts, setup: &Setup) -> Section {
             .push(Line::new(format!("{mode}: p50"), "µs", 0, Better::Lower));
         s.lines
             .push(Line::new(format!("{mode}: p99"), "µs", 0, Better::Lower));
-        let mut cpu = Vec::new();
+        // The paths take turns round by round, so a drift in the machine's load
+        // (other work, thermal) reaches all of them alike.
+        let mut runs: [Vec<WrkFigures>; 3] = Default::default();
+        let mut cpu: [Vec<f64>; 3] = Default::default();
+        let mut failed: [Option<anyhow::Error>; 3] = Default::default();
         let mut problems = Vec::new();
-        for via in VIAS {
-            let Some(addr) = route.get(via) else {
-                for l in base..base + 3 {
-                    s.lines[l].set(via, Cell::Absent("no HAProxy"));
+        for _ in 0..opts.rounds {
+            for via in VIAS {
+                let Some(addr) = route.get(via) else {
+                    continue;
+                };
+                let mut args: Vec<String> = vec![
+                    format!("-t{}", opts.wrk_threads),
+                    format!("-c{}", opts.wrk_connections),
+                    format!("-d{}s", opts.seconds),
+                    "--latency".into(),
+                ];
+                if close {
+                    args.push("-H".into());
+                    args.push("Connection: close".into());
                 }
-                continue;
-            };
-            let mut args: Vec<String> = vec![
-                format!("-t{}", opts.wrk_threads),
-                format!("-c{}", opts.wrk_connections),
-                format!("-d{}s", opts.seconds),
-                "--latency".into(),
-            ];
-            if close {
-                args.push("-H".into());
-                args.push("Connection: close".into());
-            }
-            args.push(format!("http://{addr}/1k"));
-            let limit = Duration::from_secs(opts.seconds + 60);
-            let (r, cores) = with_cpu(setup.middle(via), run_tool(wrk, &args, limit)).await;
-            cpu.push((via, cores));
-            match r.and_then(|out| parse_wrk(&out)) {
-                Ok(f) => {
-                    s.lines[base].set(via, Cell::Value(f.rps));
-                    s.lines[base + 1].set(via, Cell::Value(f.p50_us));
-                    s.lines[base + 2].set(via, Cell::Value(f.p99_us));
-                    if let Some(e) = f.errors {
-                        problems.push(format!("{} {e}", via.name()));
+                args.push(format!("http://{addr}/1k"));
+                let limit = Duration::from_secs(opts.seconds + 60);
+                let (r, cores) = with_cpu(setup.middle(via), run_tool(wrk, &args, limit)).await;
+                cpu[via.index()].extend(cores);
+                match r.and_then(|out| parse_wrk(&out)) {
+                    Ok(f) => {
+                        if let Some(e) = &f.errors {
+                            problems.push(format!("{} {e}", via.name()));
+                        }
+                        if f.non_2xx > 0 {
+                            problems.push(format!(
+                                "{} {} of {} responses not 2xx",
+                                via.name(),
+                                f.non_2xx,
+                                f.requests
+                            ));
+                        }
+                        runs[via.index()].push(f);
                     }
-                    if f.non_2xx > 0 {
-                        problems.push(format!(
-                            "{} {} of {} responses not 2xx",
-                            via.name(),
-                            f.non_2xx,
-                            f.requests
-                        ));
-                    }
-                }
-                Err(e) => {
-                    s.failure(base, via, &e);
-                    for l in base + 1..base + 3 {
-                        s.lines[l].set(via, Cell::Failed);
+                    Err(e) => {
+                        failed[via.index()].get_or_insert(e);
                     }
                 }
             }
         }
+        let mut per_round = Vec::new();
+        for via in VIAS {
+            let i = via.index();
+            if route.get(via).is_none() {
+                for l in base..base + 3 {
+                    s.lines[l].set(via, Cell::Absent("no HAProxy"));
+                }
+                continue;
+            }
+            if let Some(e) = &failed[i] {
+                s.failure(base, via, e);
+                if runs[i].is_empty() {
+                    for l in base + 1..base + 3 {
+                        s.lines[l].set(via, Cell::Failed);
+                    }
+                    continue;
+                }
+            }
+            let median_of = |get: fn(&WrkFigures) -> f64| {
+                let mut v: Vec<f64> = runs[i].iter().map(get).collect();
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            s.lines[base].set(via, Cell::Value(median_of(|f| f.rps)));
+            s.lines[base + 1].set(via, Cell::Value(median_of(|f| f.p50_us)));
+            s.lines[base + 2].set(via, Cell::Value(median_of(|f| f.p99_us)));
+            let rps: Vec<String> = runs[i].iter().map(|f| format!("{:.0}", f.rps)).collect();
+            per_round.push(format!("{} {}", via.name(), rps.join("/")));
+        }
+        let cores: Vec<(Via, Option<f64>)> = VIAS
+            .iter()
+            .map(|&via| {
+                let c = &cpu[via.index()];
+                (
+                    via,
+                    (!c.is_empty()).then(|| c.iter().sum::<f64>() / c.len() as f64),
+                )
+            })
+            .collect();
         s.notes.push(format!(
-            "{mode}: CPU in the middle (cores) {}{}",
-            cores_note(&cpu),
+            "{mode}: requests/s per round: {}; CPU in the middle (cores, mean) {}{}",
+            per_round.join(", "),
+            cores_note(&cores),
             if problems.is_empty() {
                 String::new()
             } else {

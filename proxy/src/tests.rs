@@ -643,6 +643,12 @@ async fn the_tunnel_carries_tcp_and_udp_to_another_nodes_endpoints() {
     let (reply, from) = udp_ask(&client, SocketAddr::new(vip, 53), "ping").await;
     assert_eq!(reply, format!("udp-on-b:ping from {vip}"));
     assert_eq!(from, SocketAddr::new(vip, 53));
+    // A datagram near the largest there is, then a small one again, in the same session.
+    let big = "x".repeat(60_000);
+    let (reply, _) = udp_ask(&client, SocketAddr::new(vip, 53), &big).await;
+    assert_eq!(reply, format!("udp-on-b:{big} from {vip}"));
+    let (reply, _) = udp_ask(&client, SocketAddr::new(vip, 53), "pong").await;
+    assert_eq!(reply, format!("udp-on-b:pong from {vip}"));
     let text = b.core.proxier.shared().metrics.render();
     assert!(
         text.contains("wasmkube_proxy_tunnel_streams_total{direction=\"in\"} 4"),

@@ -315,6 +315,24 @@ fn open(
     })
 }
 
+/// Waits for a datagram on `sock` and puts it in `into` (cleared first). Received
+/// through the thread's buffer, so the caller keeps only what its largest datagram
+/// needs.
+pub(crate) async fn recv_owned(sock: &UdpSocket, into: &mut Vec<u8>) -> io::Result<()> {
+    loop {
+        sock.readable().await?;
+        match SCRATCH.with_borrow_mut(|buf| {
+            let n = sock.try_recv(buf)?;
+            into.clear();
+            into.extend_from_slice(&buf[..n]);
+            Ok::<(), io::Error>(())
+        }) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            r => return r,
+        }
+    }
+}
+
 /// Endpoint → client: every reply goes out of the frontend socket, so it comes from
 /// the service address.
 async fn reply(
@@ -401,7 +419,7 @@ async fn tunnel_session(
     };
     let (mut rd, mut wr) = tokio::io::split(tls);
     let to_endpoint = async {
-        let mut frame = Vec::with_capacity(2 + MAX_DATAGRAM);
+        let mut frame = Vec::new();
         while let Some(d) = rx.recv().await {
             tunnel::write_frame(&mut wr, &mut frame, &d, rx.is_empty()).await?;
         }
@@ -426,11 +444,11 @@ async fn frames_to_client(
     state: &SessionState,
     m: &PortMetrics,
 ) -> io::Result<()> {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut buf = Vec::new();
     loop {
-        let n = tunnel::read_frame(rd, &mut buf).await?;
+        tunnel::read_frame(rd, &mut buf).await?;
         state.touch();
-        frontend.send_to(&buf[..n], client).await?;
+        frontend.send_to(&buf, client).await?;
         inc(&m.datagrams_to_client);
     }
 }

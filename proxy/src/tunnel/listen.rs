@@ -25,7 +25,6 @@ use crate::{tcp, udp};
 
 /// How long a request for an unknown endpoint waits for this node's slices to catch up.
 pub(super) const LOCAL_ENDPOINT_WAIT: Duration = Duration::from_secs(2);
-const MAX_DATAGRAM: usize = 64 * 1024;
 
 /// Accepts tunnel connections from other nodes, on every worker, until the proxy stops.
 /// A connection's streams run on the worker that took the connection.
@@ -256,21 +255,22 @@ async fn relay_datagrams(tunnel: Tunnel, up: UdpSocket, idle: Duration) -> io::R
             *l = tokio::time::Instant::now();
         }
     };
+    // Buffers grow to the largest datagram seen: a session of small datagrams stays
+    // small (a 64 KiB buffer each way per session added up over many sessions).
     let to_endpoint = async {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut buf = Vec::new();
         loop {
-            let n = read_frame(&mut rd, &mut buf).await?;
+            read_frame(&mut rd, &mut buf).await?;
             touch();
-            up.send(&buf[..n]).await?;
+            up.send(&buf).await?;
         }
     };
     let to_dialler = async {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
-        let mut frame = Vec::with_capacity(2 + MAX_DATAGRAM);
+        let (mut datagram, mut frame) = (Vec::new(), Vec::new());
         loop {
-            let n = up.recv(&mut buf).await?;
+            udp::recv_owned(&up, &mut datagram).await?;
             touch();
-            write_frame(&mut wr, &mut frame, &buf[..n], true).await?;
+            write_frame(&mut wr, &mut frame, &datagram, true).await?;
         }
     };
     let idle_out = async {

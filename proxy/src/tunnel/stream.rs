@@ -228,7 +228,7 @@ impl AsyncWrite for Tunnel {
 }
 
 /// Writes one datagram as a frame (`frame` is scratch space reused between calls, so
-/// that a datagram is one write); flushes when `flush`.
+/// that a datagram is one write; it grows to the largest frame); flushes when `flush`.
 pub(crate) async fn write_frame(
     w: &mut (impl AsyncWrite + Unpin),
     frame: &mut Vec<u8>,
@@ -247,18 +247,16 @@ pub(crate) async fn write_frame(
     Ok(())
 }
 
-/// Reads one frame into `buf` (at least 64 KiB) and returns the datagram's length.
+/// Reads one frame's datagram into `buf`, which grows to the largest datagram seen (so
+/// a session of small datagrams keeps a small buffer).
 pub(crate) async fn read_frame(
     r: &mut (impl AsyncRead + Unpin),
-    buf: &mut [u8],
-) -> io::Result<usize> {
+    buf: &mut Vec<u8>,
+) -> io::Result<()> {
     use tokio::io::AsyncReadExt as _;
     let mut len = [0u8; 2];
     r.read_exact(&mut len).await?;
-    let n = usize::from(u16::from_be_bytes(len));
-    let dst = buf.get_mut(..n).ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidData, "frame larger than the buffer")
-    })?;
-    r.read_exact(dst).await?;
-    Ok(n)
+    buf.resize(usize::from(u16::from_be_bytes(len)), 0);
+    r.read_exact(buf).await?;
+    Ok(())
 }

@@ -33,7 +33,8 @@
 //!   on this machine, more than the difference between the two proxies);
 //! - `latency`: one pinned connection, 64-byte ping-pong with the echo server: RTT p50
 //!   and p99 per path and what the proxies add to the direct RTT (the client is a
-//!   blocking socket on its own thread of this process);
+//!   blocking socket on its own thread of this process). The round trips are split into
+//!   `_ROUNDS` runs per path taken in turns, a connection each;
 //! - `idle`: many concurrent idle connections through our proxy (and HAProxy): each
 //!   opened with one echoed byte, held idle, then checked with another; how many
 //!   stayed open, and the proxy's RSS and open files with them. Each proxied
@@ -69,7 +70,8 @@
 //! - `WASMKUBE_PROXY_BENCH_SECONDS` (3): length of each iperf3 and wrk run;
 //! - `WASMKUBE_PROXY_BENCH_UDP_RATE` (50000): UDP datagrams per second;
 //! - `WASMKUBE_PROXY_BENCH_WRK_CONNECTIONS` (32) and `_WRK_THREADS` (1): wrk's `-c`, `-t`;
-//! - `WASMKUBE_PROXY_BENCH_ROUNDS` (3): wrk runs per path and mode in the http row;
+//! - `WASMKUBE_PROXY_BENCH_ROUNDS` (3): wrk runs per path and mode in the http row, and
+//!   turns the latency row's round trips are split into;
 //! - `WASMKUBE_PROXY_BENCH_ROUND_TRIPS` (20000): timed ping-pongs per path;
 //! - `WASMKUBE_PROXY_BENCH_IDLE_CONNECTIONS` (10000) and `_IDLE_SECS` (5): how many idle
 //!   connections (idle and across rows), held for how long;
@@ -1435,8 +1437,8 @@ async fn rows(opts: &Opts, setup: &Setup) -> Vec<Section> {
 
 async fn latency_row(opts: &Opts, setup: &Setup) -> Section {
     let mut s = Section::new(format!(
-        "one pinned connection: {}-byte ping-pong with the echo server, {} round trips per path after {PING_WARMUP} untimed",
-        PING_SIZE, opts.round_trips
+        "one pinned connection: {}-byte ping-pong with the echo server, {} round trips per path in {} rounds taken in turns, each after {PING_WARMUP} untimed",
+        PING_SIZE, opts.round_trips, opts.rounds
     ));
     s.lines.push(Line::new("RTT p50", "µs", 1, Better::Lower));
     s.lines.push(Line::new("RTT p99", "µs", 1, Better::Lower));
@@ -1444,36 +1446,60 @@ async fn latency_row(opts: &Opts, setup: &Setup) -> Section {
         .push(Line::new("added to direct, p50", "µs", 1, Better::Lower));
     s.lines
         .push(Line::new("added to direct, p99", "µs", 1, Better::Lower));
-    let mut stats: [Option<Stats>; 3] = [None; 3];
-    let mut cpu = Vec::new();
-    for via in VIAS {
-        let Some(addr) = setup.echo.get(via) else {
-            for l in 0..4 {
-                s.lines[l].set(via, Cell::Absent("no HAProxy"));
+    // The paths take turns, a share of the round trips each round, so a drift in the
+    // machine's load reaches all of them alike; percentiles are over all of a path's.
+    let per_round = opts.round_trips.div_ceil(opts.rounds);
+    let mut samples: [Vec<Duration>; 3] = Default::default();
+    let mut cpu: [Vec<f64>; 3] = Default::default();
+    let mut failed: [Option<anyhow::Error>; 3] = Default::default();
+    for _ in 0..opts.rounds {
+        for via in VIAS {
+            let Some(addr) = setup.echo.get(via) else {
+                continue;
+            };
+            if failed[via.index()].is_some() {
+                continue;
             }
-            continue;
-        };
-        let n = opts.round_trips;
-        let (r, cores) = with_cpu(setup.middle(via), async {
-            tokio::task::spawn_blocking(move || ping_pong(addr, PING_WARMUP, n))
-                .await
-                .map_err(|e| anyhow!("the ping-pong thread: {e}"))?
-        })
-        .await;
-        cpu.push((via, cores));
-        match r {
-            Ok(mut samples) => {
-                let st = Stats::of(&mut samples);
-                s.lines[0].set(via, Cell::Value(us(st.p50)));
-                s.lines[1].set(via, Cell::Value(us(st.p99)));
-                stats[via.index()] = Some(st);
-            }
-            Err(e) => {
-                s.failure(0, via, &e);
-                s.lines[1].set(via, Cell::Failed);
+            let (r, cores) = with_cpu(setup.middle(via), async {
+                tokio::task::spawn_blocking(move || ping_pong(addr, PING_WARMUP, per_round))
+                    .await
+                    .map_err(|e| anyhow!("the ping-pong thread: {e}"))?
+            })
+            .await;
+            cpu[via.index()].extend(cores);
+            match r {
+                Ok(got) => samples[via.index()].extend(got),
+                Err(e) => failed[via.index()] = Some(e),
             }
         }
     }
+    let mut stats: [Option<Stats>; 3] = [None; 3];
+    for via in VIAS {
+        let i = via.index();
+        if setup.echo.get(via).is_none() {
+            for l in 0..4 {
+                s.lines[l].set(via, Cell::Absent("no HAProxy"));
+            }
+        } else if let Some(e) = &failed[i] {
+            s.failure(0, via, e);
+            s.lines[1].set(via, Cell::Failed);
+        } else {
+            let st = Stats::of(&mut samples[i]);
+            s.lines[0].set(via, Cell::Value(us(st.p50)));
+            s.lines[1].set(via, Cell::Value(us(st.p99)));
+            stats[i] = Some(st);
+        }
+    }
+    let cpu: Vec<(Via, Option<f64>)> = VIAS
+        .iter()
+        .map(|&via| {
+            let c = &cpu[via.index()];
+            (
+                via,
+                (!c.is_empty()).then(|| c.iter().sum::<f64>() / c.len() as f64),
+            )
+        })
+        .collect();
     for l in 2..4 {
         s.lines[l].set(Via::Direct, Cell::Absent("—"));
     }
@@ -1493,7 +1519,7 @@ async fn latency_row(opts: &Opts, setup: &Setup) -> Section {
         .collect();
     s.notes.push(format!("max RTT: {}", maxes.join(", ")));
     s.notes.push(format!(
-        "CPU of the process in the middle while the round trips ran (cores): {}; the ping-pong client runs on a thread of this benchmark, the echo server in a child process",
+        "CPU of the process in the middle while the round trips ran (cores, mean of the rounds): {}; the ping-pong client runs on a thread of this benchmark, the echo server in a child process",
         cores_note(&cpu)
     ));
     s

@@ -73,6 +73,8 @@
 //! - `WASMKUBE_PROXY_BENCH_ROUNDS` (3): wrk runs per path and mode in the http row, and
 //!   turns the latency row's round trips are split into;
 //! - `WASMKUBE_PROXY_BENCH_ROUND_TRIPS` (20000): timed ping-pongs per path;
+//! - `WASMKUBE_PROXY_BENCH_PROXY_THREADS` (unset: one per CPU): the proxy children's
+//!   forwarding threads;
 //! - `WASMKUBE_PROXY_BENCH_IDLE_CONNECTIONS` (10000) and `_IDLE_SECS` (5): how many idle
 //!   connections (idle and across rows), held for how long;
 //! - `WASMKUBE_PROXY_BENCH_SERVICES` (1000): Services for the RSS row;
@@ -818,6 +820,9 @@ fn proxy_role() -> Result<()> {
             };
             let mut options = wasmkube_proxy::ProxyOptions::new(node, node_ip, tls);
             options.metrics_addr = Some(metrics);
+            if let Ok(t) = std::env::var("WASMKUBE_PROXY_BENCH_PROXY_THREADS") {
+                options.threads = t.parse().context("WASMKUBE_PROXY_BENCH_PROXY_THREADS")?;
+            }
             // `start` takes a tokio-util CancellationToken, a crate this package does not
             // name: the token's type is inferred from the call.
             let stop = Default::default();

@@ -1441,9 +1441,12 @@ async fn rows(opts: &Opts, setup: &Setup) -> Vec<Section> {
 // Rows
 
 async fn latency_row(opts: &Opts, setup: &Setup) -> Section {
+    let per_round = opts.round_trips.div_ceil(opts.rounds);
     let mut s = Section::new(format!(
         "one pinned connection: {}-byte ping-pong with the echo server, {} round trips per path in {} rounds taken in turns, each after {PING_WARMUP} untimed",
-        PING_SIZE, opts.round_trips, opts.rounds
+        PING_SIZE,
+        per_round * opts.rounds,
+        opts.rounds
     ));
     s.lines.push(Line::new("RTT p50", "µs", 1, Better::Lower));
     s.lines.push(Line::new("RTT p99", "µs", 1, Better::Lower));
@@ -1453,7 +1456,6 @@ async fn latency_row(opts: &Opts, setup: &Setup) -> Section {
         .push(Line::new("added to direct, p99", "µs", 1, Better::Lower));
     // The paths take turns, a share of the round trips each round, so a drift in the
     // machine's load reaches all of them alike; percentiles are over all of a path's.
-    let per_round = opts.round_trips.div_ceil(opts.rounds);
     let mut samples: [Vec<Duration>; 3] = Default::default();
     let mut cpu: [Vec<f64>; 3] = Default::default();
     let mut failed: [Option<anyhow::Error>; 3] = Default::default();

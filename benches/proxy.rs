@@ -721,6 +721,17 @@ async fn with_cpu<T>(pid: Option<u32>, f: impl Future<Output = T>) -> (T, Option
     (r, cores)
 }
 
+/// Each path's mean of the cores measured over its rounds (None when none was).
+fn mean_cores(rounds: &[Vec<f64>; 3]) -> Vec<(Via, Option<f64>)> {
+    VIAS.iter()
+        .map(|&via| {
+            let c = &rounds[via.index()];
+            let mean = (!c.is_empty()).then(|| c.iter().sum::<f64>() / c.len() as f64);
+            (via, mean)
+        })
+        .collect()
+}
+
 fn cores_note(cpu: &[(Via, Option<f64>)]) -> String {
     let parts: Vec<String> = cpu
         .iter()
@@ -1497,16 +1508,7 @@ async fn latency_row(opts: &Opts, setup: &Setup) -> Section {
             stats[i] = Some(st);
         }
     }
-    let cpu: Vec<(Via, Option<f64>)> = VIAS
-        .iter()
-        .map(|&via| {
-            let c = &cpu[via.index()];
-            (
-                via,
-                (!c.is_empty()).then(|| c.iter().sum::<f64>() / c.len() as f64),
-            )
-        })
-        .collect();
+    let cpu = mean_cores(&cpu);
     for l in 2..4 {
         s.lines[l].set(Via::Direct, Cell::Absent("—"));
     }
@@ -1856,16 +1858,7 @@ async fn http_row(opts: &Opts, setup: &Setup) -> Section {
             let rps: Vec<String> = runs[i].iter().map(|f| format!("{:.0}", f.rps)).collect();
             per_round.push(format!("{} {}", via.name(), rps.join("/")));
         }
-        let cores: Vec<(Via, Option<f64>)> = VIAS
-            .iter()
-            .map(|&via| {
-                let c = &cpu[via.index()];
-                (
-                    via,
-                    (!c.is_empty()).then(|| c.iter().sum::<f64>() / c.len() as f64),
-                )
-            })
-            .collect();
+        let cores = mean_cores(&cpu);
         s.notes.push(format!(
             "{mode}: requests/s per round: {}; CPU in the middle (cores, mean) {}{}",
             per_round.join(", "),

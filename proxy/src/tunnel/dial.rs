@@ -26,7 +26,7 @@ use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
 use super::{h2_io, keep_alive, Tunnel};
-use crate::metrics::{inc, Held, Metrics};
+use crate::metrics::{inc, lock, Held, Metrics};
 use crate::model::Protocol;
 
 /// A tunnel connection ready for streams.
@@ -259,10 +259,6 @@ async fn retire(pool: &Pool, key: Key, use_: &Arc<Use>) {
     if unused {
         pool.remove(&key);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The request that opens a stream to `target`.

@@ -772,6 +772,73 @@ fn ping_pong(addr: SocketAddr, warmup: usize, n: usize) -> Result<Vec<Duration>>
     Ok(samples)
 }
 
+/// The ping-pong child: `ping_pong(ADDR, WARMUP, N)` from its arguments, each
+/// round-trip time on a line of stdout in nanoseconds.
+fn ping_role() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [addr, warmup, n] = args.as_slice() else {
+        bail!("the ping role takes ADDR WARMUP N");
+    };
+    let samples = ping_pong(
+        addr.parse().context("ADDR")?,
+        warmup.parse().context("WARMUP")?,
+        n.parse().context("N")?,
+    )?;
+    let mut out = std::io::stdout().lock();
+    for d in samples {
+        writeln!(out, "{}", d.as_nanos())?;
+    }
+    Ok(())
+}
+
+/// Where the latency row's ping-pong client runs.
+#[derive(Debug, Clone, Copy)]
+enum Pinger {
+    /// A thread of this benchmark's process (a multi-threaded tokio runtime, idle).
+    Thread,
+    /// A single-threaded process of its own, as a client in another pod would be.
+    Process,
+}
+
+impl Pinger {
+    /// `warmup + n` ping-pongs with `addr`; the last `n` round-trip times.
+    async fn ping_pong(self, addr: SocketAddr, warmup: usize, n: usize) -> Result<Vec<Duration>> {
+        match self {
+            Pinger::Thread => tokio::task::spawn_blocking(move || ping_pong(addr, warmup, n))
+                .await
+                .map_err(|e| anyhow!("the ping-pong thread: {e}"))?,
+            Pinger::Process => {
+                let this = std::env::current_exe().context("find this benchmark's binary")?;
+                let out = Command::new(this)
+                    .args([addr.to_string(), warmup.to_string(), n.to_string()])
+                    .env(ROLE_ENV, "ping")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .kill_on_drop(true)
+                    .output()
+                    .await
+                    .context("run the ping-pong child")?;
+                if !out.status.success() {
+                    bail!(
+                        "the ping-pong child failed ({}): {}",
+                        out.status,
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    );
+                }
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .map(|l| {
+                        Ok(Duration::from_nanos(
+                            l.parse().context("a round-trip time")?,
+                        ))
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
 /// Runs a program to completion within `limit`; its stdout, or an error with its
 /// stderr.
 async fn run_tool(program: &Path, args: &[String], limit: Duration) -> Result<String> {
@@ -838,6 +905,7 @@ fn main() -> Result<()> {
     match std::env::var(ROLE_ENV).as_deref() {
         Ok("proxy") => return proxy_role(),
         Ok("echo") => return echo_role(),
+        Ok("ping") => return ping_role(),
         Ok(other) => bail!("unknown {ROLE_ENV}={other:?}"),
         Err(_) => {}
     }
@@ -1506,7 +1574,8 @@ async fn rows(opts: &Opts, setup: &Setup) -> Vec<Section> {
     let mut sections = Vec::new();
     if opts.latency {
         println!("latency: one pinned connection, ping-pong…");
-        sections.push(latency_row(opts, setup).await);
+        sections.push(latency_row(opts, setup, Pinger::Thread).await);
+        sections.push(latency_row(opts, setup, Pinger::Process).await);
     }
     if opts.tcp {
         println!("tcp: iperf3 bulk TCP…");
@@ -1539,11 +1608,15 @@ async fn rows(opts: &Opts, setup: &Setup) -> Vec<Section> {
 // ---------------------------------------------------------------------------------
 // Rows
 
-async fn latency_row(opts: &Opts, setup: &Setup) -> Section {
+async fn latency_row(opts: &Opts, setup: &Setup, pinger: Pinger) -> Section {
     let turns = opts.latency_turns;
     let per_turn = opts.round_trips.div_ceil(turns);
+    let from = match pinger {
+        Pinger::Thread => "a thread of this benchmark",
+        Pinger::Process => "a process of its own",
+    };
     let mut s = Section::new(format!(
-        "one pinned connection: {}-byte ping-pong with the echo server, {} round trips per path in {} turns (a connection each, the paths in turn), each after {PING_WARMUP} untimed",
+        "one pinned connection from {from}: {}-byte ping-pong with the echo server, {} round trips per path in {} turns (a connection each, the paths in turn), each after {PING_WARMUP} untimed",
         PING_SIZE,
         per_turn * turns,
         turns
@@ -1572,11 +1645,10 @@ async fn latency_row(opts: &Opts, setup: &Setup) -> Section {
             if failed[via.index()].is_some() {
                 continue;
             }
-            let (r, cores) = with_cpu(setup.middle(via), async {
-                tokio::task::spawn_blocking(move || ping_pong(addr, PING_WARMUP, per_turn))
-                    .await
-                    .map_err(|e| anyhow!("the ping-pong thread: {e}"))?
-            })
+            let (r, cores) = with_cpu(
+                setup.middle(via),
+                pinger.ping_pong(addr, PING_WARMUP, per_turn),
+            )
             .await;
             cpu[via.index()].extend(cores);
             match r {
@@ -1662,7 +1734,7 @@ async fn latency_row(opts: &Opts, setup: &Setup) -> Section {
         .collect();
     s.notes.push(format!("max RTT: {}", maxes.join(", ")));
     s.notes.push(format!(
-        "CPU of the process in the middle while the round trips ran (cores, mean of the turns): {}; the ping-pong client runs on a thread of this benchmark, the echo server in a child process",
+        "CPU of the process in the middle while the round trips ran (cores, mean of the turns): {}; the echo server is a child process with one thread",
         cores_note(&cpu)
     ));
     s

@@ -32,8 +32,9 @@
 //!   `_ROUNDS` runs per path taken in turns (one run's ratio to HAProxy swings by ±10%
 //!   on this machine, more than the difference between the two proxies);
 //! - `latency`: one pinned connection, 64-byte ping-pong with the echo server: RTT p50
-//!   and p99 per path and what the proxies add to the direct RTT (the client is a
-//!   blocking socket on its own thread of this process). The round trips are split over
+//!   and p99 per path and what the proxies add to the direct RTT, twice: the client a
+//!   blocking socket on a thread of this process, then a process of its own (this
+//!   binary with `WASMKUBE_PROXY_BENCH_ROLE=ping`, one thread). The round trips are split over
 //!   `_LATENCY_TURNS` connections per path, the paths taking turns: the scheduler
 //!   places the client, the proxy and the echo server anew for each connection, and
 //!   that placement moves a connection's RTT by more than either proxy's work does;

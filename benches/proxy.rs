@@ -34,10 +34,11 @@
 //! - `latency`: one pinned connection, 64-byte ping-pong with the echo server: RTT p50
 //!   and p99 per path and what the proxies add to the direct RTT, twice: the client a
 //!   blocking socket on a thread of this process, then a process of its own (this
-//!   binary with `WASMKUBE_PROXY_BENCH_ROLE=ping`, one thread). The round trips are split over
-//!   `_LATENCY_TURNS` connections per path, the paths taking turns: the scheduler
-//!   places the client, the proxy and the echo server anew for each connection, and
-//!   that placement moves a connection's RTT by more than either proxy's work does;
+//!   binary with `WASMKUBE_PROXY_BENCH_ROLE=ping`, one thread). The round trips are
+//!   split over `_LATENCY_TURNS` connections per path, the paths taking turns: the
+//!   scheduler places the client, the proxy and the echo server anew for each
+//!   connection, and that placement moves a connection's RTT by more than either
+//!   proxy's work does;
 //! - `idle`: many concurrent idle connections through our proxy (and HAProxy): each
 //!   opened with one echoed byte, held idle, then checked with another; how many
 //!   stayed open, and the proxy's RSS and open files with them. Each proxied
@@ -172,7 +173,8 @@ const UDP_WINDOW: &str = "2M";
 const PING_SIZE: usize = 64;
 /// Untimed round trips before the timed ones.
 const PING_WARMUP: usize = 500;
-/// The verdict of a figure behind HAProxy's whose rounds overlap HAProxy's.
+/// The verdict of a figure behind HAProxy's where the rounds left it open which proxy
+/// is ahead (see [`Line::unsettled`]).
 const NOISE: &str = "noise";
 /// The echo server's listen backlog (as the proxy's listeners).
 const ECHO_BACKLOG: u32 = 4096;

@@ -2,6 +2,12 @@
 //! timeout and retry another endpoint when a connect fails, then copy both ways with
 //! half-close until both sides are done. With no endpoint the client is reset at once.
 //!
+//! The backend sees the client's address, as it would without a proxy in between: a
+//! client on a loopback address (a pod: pod IPs are addresses of the node's loopback,
+//! and a pod's sockets are bound to its IP) is connected onward *from* that address.
+//! Other clients (a NodePort reached from another host) arrive from the address the
+//! kernel picks, as before.
+//!
 //! The copy between two plain sockets reads into a per-thread 64 KiB buffer and writes
 //! straight on, so an idle connection holds no buffer at all (10,000 idle connections
 //! cost only their sockets); only data the receiver cannot take yet is kept, in a
@@ -120,7 +126,7 @@ async fn connect(
     for _ in 0..MAX_ATTEMPTS.min(snap.endpoints.len()) {
         let ep = target.pick(&snap, client, &failed)?;
         let attempt = match &ep.route {
-            Route::Direct => dial(ep.addr, shared.connect_timeout)
+            Route::Direct => dial(ep.addr, Some(client), shared.connect_timeout)
                 .await
                 .map(Upstream::Plain),
             Route::Tunnel { via, .. } => shared
@@ -129,7 +135,7 @@ async fn connect(
                     *via,
                     Protocol::Tcp,
                     ep.addr,
-                    None,
+                    Some(client).filter(IpAddr::is_loopback),
                     shared.connect_timeout,
                     &shared.metrics,
                 )
@@ -152,13 +158,58 @@ async fn connect(
     None
 }
 
-/// A plain TCP connection to `addr`, with Nagle off.
-pub(crate) async fn dial(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+/// A plain TCP connection to `addr`, with Nagle off, from `client` when that is a
+/// loopback address of `addr`'s family (so the backend sees the client's address);
+/// from the address the kernel picks otherwise, or when `client` cannot be bound.
+pub(crate) async fn dial(
+    addr: SocketAddr,
+    client: Option<IpAddr>,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    let from = client.filter(|c| c.is_loopback() && c.is_ipv4() == addr.is_ipv4());
+    let connecting = async {
+        match from.map(bound_to) {
+            Some(Ok(socket)) => socket.connect(addr).await,
+            Some(Err(e)) => {
+                tracing::debug!(client = ?from, error = %e, "cannot connect from the client's address");
+                TcpStream::connect(addr).await
+            }
+            None => TcpStream::connect(addr).await,
+        }
+    };
+    let stream = tokio::time::timeout(timeout, connecting)
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+/// A socket bound to `ip` whose port is left to connect(2) to choose: with the port
+/// chosen at bind, every connection from one address would take a port of its own from
+/// one range for all destinations; at connect, ports are only unique per destination,
+/// as for an unbound socket (IP_BIND_ADDRESS_NO_PORT).
+fn bound_to(ip: IpAddr) -> io::Result<tokio::net::TcpSocket> {
+    let socket = match ip {
+        IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    let on: libc::c_int = 1;
+    // SAFETY: the descriptor is the socket's own, and the option value is a c_int of
+    // the length given.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    socket.bind(SocketAddr::new(ip, 0))?;
+    Ok(socket)
 }
 
 /// Closes `stream` with a RST rather than a FIN: the client learns at once that there

@@ -720,6 +720,67 @@ async fn echo_backend() -> SocketAddr {
     addr
 }
 
+/// A TCP backend on a fresh address that answers each connection with the address it
+/// came from, and closes it.
+async fn peer_backend() -> SocketAddr {
+    let l = TcpListener::bind((cluster_ip(), 0)).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, peer)) = l.accept().await {
+            let _ = s.write_all(peer.ip().to_string().as_bytes()).await;
+        }
+    });
+    addr
+}
+
+/// What `backend` says of a connection to `to` made from `from` (a loopback address,
+/// as a pod's socket is bound to its pod IP).
+async fn seen_from(from: IpAddr, to: SocketAddr) -> String {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from, 0)).unwrap();
+    let mut s = socket.connect(to).await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(PATIENCE, s.read_to_string(&mut out))
+        .await
+        .expect("the backend's answer")
+        .unwrap();
+    out
+}
+
+#[tokio::test]
+async fn backends_see_the_clients_address_here_and_across_the_tunnel() {
+    let pki = Pki::new();
+    let mut a = instance("a", pki.node("a"), Duration::from_secs(30)).await;
+    let mut b = instance("b", pki.node("b"), Duration::from_secs(30)).await;
+    let here = peer_backend().await;
+    let vip_here = cluster_ip();
+    a.core
+        .proxier
+        .apply_service(svc("here", vip_here, json!({"ports": [{"port": 80}]})));
+    a.core.proxier.apply_slice(eps(
+        "here",
+        "",
+        "TCP",
+        here.port(),
+        &[(here.ip(), true, "a")],
+    ));
+    a.core.proxier.sync();
+    let vip_far = across_nodes(&mut a, &mut b, peer_backend().await);
+
+    // `across_nodes` serves on port 7.
+    for to in [SocketAddr::new(vip_here, 80), SocketAddr::new(vip_far, 7)] {
+        // Clients on two addresses (two pods): each is seen as itself, not as the proxy.
+        for client in [cluster_ip(), cluster_ip()] {
+            assert_eq!(seen_from(client, to).await, client.to_string(), "via {to}");
+        }
+        assert_eq!(
+            seen_from(IpAddr::from([127, 0, 0, 1]), to).await,
+            "127.0.0.1",
+            "via {to}"
+        );
+    }
+}
+
 /// A Service on node `a` whose only endpoint, `backend`, runs on node `b`: its address.
 fn across_nodes(a: &mut Instance, b: &mut Instance, backend: SocketAddr) -> IpAddr {
     across_nodes_as("far", a, (b, "b"), backend)

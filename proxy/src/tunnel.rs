@@ -13,8 +13,10 @@
 //! (checked against the CA and for the `system:nodes` group). ALPN `wasmkube-tunnel/2`.
 //!
 //! A stream is a `POST` whose `:authority` is the endpoint (`10.0.0.5:8080`,
-//! `[fd00::5]:53`) and whose `:path` is `/tcp` or `/udp`; for UDP the header
-//! `wasmkube-source` names the Service's ClusterIP, which the far side sends from (a
+//! `[fd00::5]:53`) and whose `:path` is `/tcp` or `/udp`. The header `wasmkube-source`
+//! names the address the far side connects or sends from, taken only when it is a
+//! loopback address: for TCP the client's, when the client is a pod (so the backend sees
+//! the pod that called, as on the client's own node); for UDP the Service's ClusterIP (a
 //! pod's egress policy lets it answer there, it may refuse the node's own addresses).
 //! The answer: `200` connected, `404` not an endpoint of this node, `502` the endpoint
 //! refused or timed out, `400` a malformed request. After a `200`, TCP is the byte
@@ -52,7 +54,7 @@ pub(crate) use listen::serve;
 pub(crate) use stream::{read_frame, write_frame, Tunnel};
 
 const ALPN: &[u8] = b"wasmkube-tunnel/2";
-/// The header naming the address a UDP session's datagrams should come from.
+/// The header naming the address a stream's far side connects (TCP) or sends (UDP) from.
 const SOURCE_HEADER: &str = "wasmkube-source";
 const TCP_PATH: &str = "/tcp";
 const UDP_PATH: &str = "/udp";

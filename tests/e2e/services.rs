@@ -798,7 +798,12 @@ spec:
     })
     .await;
     let log = cluster.kubectl_ok(&["logs", "caller"]).await;
-    let phase = cluster.get_json(&["pod", "caller"]).await["status"]["phase"].clone();
-    assert_eq!(phase, "Succeeded", "{log}");
+    let caller = cluster.get_json(&["pod", "caller"]).await;
+    assert_eq!(caller["status"]["phase"], "Succeeded", "{log}");
     assert!(log.contains("pod: flaky-"), "{log}");
+    // The backend saw the calling pod's address, not the proxy's.
+    let caller_ip = caller["status"]["podIP"]
+        .as_str()
+        .expect("the caller's podIP");
+    assert!(log.contains(&format!("from: {caller_ip}:")), "{log}");
 }

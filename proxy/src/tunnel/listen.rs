@@ -208,7 +208,9 @@ async fn open(
     }
     let body = request.into_body();
     match protocol {
-        Protocol::Tcp => match tcp::dial(addr, shared.connect_timeout).await {
+        // The client's address, when it is one of the peer's pods (loopback), is the one
+        // the backend sees; `dial` takes nothing else.
+        Protocol::Tcp => match tcp::dial(addr, source, shared.connect_timeout).await {
             Ok(up) => Ok(Opened::Tcp(accept(&mut respond, body)?, up)),
             Err(e) => {
                 refuse(&mut respond, StatusCode::BAD_GATEWAY)?;

@@ -733,8 +733,8 @@ async fn peer_backend() -> SocketAddr {
     addr
 }
 
-/// What `backend` says of a connection to `to` made from `from` (a loopback address,
-/// as a pod's socket is bound to its pod IP).
+/// What the backend behind `to` (a [`peer_backend`]) says of a connection made from
+/// `from` (a loopback address, as a pod's socket is bound to its pod IP).
 async fn seen_from(from: IpAddr, to: SocketAddr) -> String {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind(SocketAddr::new(from, 0)).unwrap();

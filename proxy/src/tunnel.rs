@@ -15,9 +15,10 @@
 //! A stream is a `POST` whose `:authority` is the endpoint (`10.0.0.5:8080`,
 //! `[fd00::5]:53`) and whose `:path` is `/tcp` or `/udp`. The header `wasmkube-source`
 //! names the address the far side connects or sends from, taken only when it is a
-//! loopback address: for TCP the client's, when the client is a pod (so the backend sees
-//! the pod that called, as on the client's own node); for UDP the Service's ClusterIP (a
-//! pod's egress policy lets it answer there, it may refuse the node's own addresses).
+//! loopback address: for TCP the client's, when that is loopback (a pod's IP: so the
+//! backend sees the pod that called, as on the client's own node); for UDP the Service's
+//! ClusterIP (a pod's egress policy lets it answer there, it may refuse the node's own
+//! addresses).
 //! The answer: `200` connected, `404` not an endpoint of this node, `502` the endpoint
 //! refused or timed out, `400` a malformed request. After a `200`, TCP is the byte
 //! stream both ways in DATA frames: a FIN is END_STREAM (half-close), a reset is

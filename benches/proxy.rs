@@ -812,24 +812,15 @@ impl Pinger {
                 .map_err(|e| anyhow!("the ping-pong thread: {e}"))?,
             Pinger::Process => {
                 let this = std::env::current_exe().context("find this benchmark's binary")?;
-                let out = Command::new(this)
+                let mut child = Command::new(this);
+                child
                     .args([addr.to_string(), warmup.to_string(), n.to_string()])
-                    .env(ROLE_ENV, "ping")
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .kill_on_drop(true)
-                    .output()
-                    .await
-                    .context("run the ping-pong child")?;
-                if !out.status.success() {
-                    bail!(
-                        "the ping-pong child failed ({}): {}",
-                        out.status,
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    );
-                }
-                String::from_utf8_lossy(&out.stdout)
+                    .env(ROLE_ENV, "ping");
+                // A round trip takes well under a millisecond; each read gives up after
+                // IO_TIMEOUT anyway.
+                let limit = IO_TIMEOUT + Duration::from_millis((warmup + n) as u64);
+                run_command(child, limit)
+                    .await?
                     .lines()
                     .map(|l| {
                         Ok(Duration::from_nanos(
@@ -845,17 +836,29 @@ impl Pinger {
 /// Runs a program to completion within `limit`; its stdout, or an error with its
 /// stderr.
 async fn run_tool(program: &Path, args: &[String], limit: Duration) -> Result<String> {
-    let child = Command::new(program)
-        .args(args)
+    let mut command = Command::new(program);
+    command.args(args);
+    run_command(command, limit).await
+}
+
+/// Runs `command` (stdin empty) to completion within `limit`; its stdout, or an error
+/// with its stderr.
+async fn run_command(mut command: Command, limit: Duration) -> Result<String> {
+    let program = command
+        .as_std()
+        .get_program()
+        .to_string_lossy()
+        .into_owned();
+    let child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("start {}", program.display()))?;
+        .with_context(|| format!("start {program}"))?;
     let out = tokio::time::timeout(limit, child.wait_with_output())
         .await
-        .map_err(|_| anyhow!("{} took over {limit:?}", program.display()))??;
+        .map_err(|_| anyhow!("{program} took over {limit:?}"))??;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -864,7 +867,7 @@ async fn run_tool(program: &Path, args: &[String], limit: Duration) -> Result<St
             .ok()
             .and_then(|v| v["error"].as_str().map(str::to_string))
             .unwrap_or_else(|| stderr.trim().to_string());
-        bail!("{} failed ({}): {why}", program.display(), out.status);
+        bail!("{program} failed ({}): {why}", out.status);
     }
     Ok(stdout)
 }
@@ -1715,16 +1718,12 @@ async fn latency_row(opts: &Opts, setup: &Setup, pinger: Pinger) -> Section {
     }
     let ranges: Vec<String> = VIAS
         .iter()
-        .filter(|v| stats[v.index()].is_some())
-        .map(|&v| {
+        .filter_map(|&v| {
             let mut p = each(v, p50);
             p.sort_by(f64::total_cmp);
-            let mid = p.get(p.len() / 2).copied().unwrap_or_default();
-            let (lo, hi) = (
-                p.first().copied().unwrap_or_default(),
-                p.last().copied().unwrap_or_default(),
-            );
-            format!("{} {lo:.0}–{hi:.0} (median {mid:.0})", v.name())
+            let (lo, hi) = (p.first()?, p.last()?);
+            let mid = p[p.len() / 2];
+            Some(format!("{} {lo:.0}–{hi:.0} (median {mid:.0})", v.name()))
         })
         .collect();
     s.notes

@@ -18,3 +18,5 @@ cargo fmt --manifest-path samples/Cargo.toml --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace --no-run
 cargo test --workspace -- --test-threads=4
+# The samples' own unit tests (their toolbox commands), built for the host.
+cargo test --manifest-path samples/Cargo.toml --workspace

@@ -4,14 +4,14 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The command names argv[0] can take to run a tool instead of the sample.
 pub const TOOLS: &[&str] = &[
     "cat", "connect", "echo", "env", "exit", "false", "get", "hostname", "ls", "mkdir", "printenv",
-    "rm", "sh", "sleep", "test", "[", "touch", "true", "write",
+    "rm", "sh", "sleep", "test", "[", "touch", "true", "udp", "write",
 ];
 
 /// Runs the tool `name` with `args`, writing its output to `out`; returns the exit status
@@ -35,6 +35,7 @@ pub fn run_tool(name: &str, args: &[String], out: &mut dyn Write) -> i32 {
         "test" | "[" => return test(name, args),
         "touch" => touch(args),
         "true" => return 0,
+        "udp" => udp(args, out),
         "write" => write(args),
         _ => {
             eprintln!("{name}: command not found");
@@ -335,6 +336,63 @@ fn connect(args: &[String], out: &mut dyn Write) -> io::Result<i32> {
     }
 }
 
+/// How often `udp` sends its datagram again while no answer came: a first datagram may
+/// be lost while a Service proxy sets up the session.
+const UDP_RESEND: Duration = Duration::from_millis(500);
+/// How often `udp` looks for the answer.
+const UDP_POLL: Duration = Duration::from_millis(5);
+
+/// `udp HOST:PORT MESSAGE [TIMEOUT_SECS]`: sends MESSAGE as one datagram (again every
+/// [`UDP_RESEND`]) until an answer comes, and prints the answer.
+fn udp(args: &[String], out: &mut dyn Write) -> io::Result<i32> {
+    const USAGE: &str = "udp HOST:PORT MESSAGE [TIMEOUT_SECS]";
+    let (Some(target), Some(message)) = (args.first(), args.get(1)) else {
+        return Err(usage(USAGE));
+    };
+    let timeout = match args.get(2) {
+        Some(t) => Duration::from_secs(t.parse().map_err(|_| usage(USAGE))?),
+        None => Duration::from_secs(5),
+    };
+    let addr = target
+        .to_socket_addrs()
+        .map_err(|e| at(target, e))?
+        .next()
+        .ok_or_else(|| at(target, io::Error::other("no address")))?;
+    let any: SocketAddr = if addr.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
+    let socket = UdpSocket::bind(any)?;
+    // Polled: WASI preview 2 sockets take no receive timeout (ENOPROTOOPT).
+    socket.set_nonblocking(true)?;
+    let started = Instant::now();
+    let mut buf = vec![0u8; 65_536];
+    let mut next_send = started;
+    while started.elapsed() < timeout {
+        if Instant::now() >= next_send {
+            socket.send_to(message.as_bytes(), addr)?;
+            next_send += UDP_RESEND;
+        }
+        match socket.recv_from(&mut buf) {
+            Ok((n, _)) => {
+                out.write_all(&buf[..n])?;
+                writeln!(out)?;
+                return Ok(0);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(UDP_POLL);
+            }
+            Err(e) => {
+                eprintln!("udp: {addr}: {e} ({:?})", e.kind());
+                return Ok(1);
+            }
+        }
+    }
+    eprintln!("udp: {addr}: no answer in {}s", timeout.as_secs());
+    Ok(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,6 +452,21 @@ mod tests {
         assert_eq!(run("test", &["x", "!=", "x"]).0, 1);
         assert_eq!(run("test", &["-z", ""]).0, 0);
         assert_eq!(run("test", &["-q", "a", "b", "c"]).0, 2);
+    }
+
+    #[test]
+    fn udp_prints_the_answer_or_fails_after_its_timeout() {
+        let server = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let addr = server.local_addr().expect("addr").to_string();
+        let echo = std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            let (n, from) = server.recv_from(&mut buf).expect("a datagram");
+            server.send_to(&buf[..n], from).expect("the answer");
+        });
+        assert_eq!(run("udp", &[&addr, "ping"]), (0, "ping\n".to_string()));
+        echo.join().unwrap();
+        // Nothing answers any more.
+        assert_eq!(run("udp", &[&addr, "ping", "1"]).0, 1);
     }
 
     #[test]

@@ -143,12 +143,13 @@ struct NodeProxy {
 impl ProxyArgs {
     /// Starts the Service proxy for the node `agent` runs, with the node's credentials
     /// (serving certificate for its tunnel listener, client certificate for the tunnels
-    /// it opens); `None` with --no-proxy.
+    /// it opens) and the cluster's pod range; `None` with --no-proxy.
     async fn start(
         self,
         agent: &Agent,
         node_name: &str,
         node_ip: IpAddr,
+        cluster_cidr: ipnet::IpNet,
     ) -> Result<Option<NodeProxy>> {
         if self.no_proxy {
             return Ok(None);
@@ -165,6 +166,7 @@ impl ProxyArgs {
         let mut options = wasmkube_proxy::ProxyOptions::new(node_name.to_string(), node_ip, tls);
         options.tunnel_port = self.proxy_tunnel_port;
         options.threads = self.proxy_threads;
+        options.cluster_cidr = Some(cluster_cidr);
         options.metrics_addr = self
             .proxy_metrics_port
             .map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
@@ -225,7 +227,8 @@ struct AgentArgs {
     /// A registry (host[:port]) reached over plain HTTP; loopback ones always are.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
-    /// The cluster's pod range (the server's --cluster-cidr): pods may connect there.
+    /// The cluster's pod range (the server's --cluster-cidr): pods may connect there,
+    /// and the proxy passes UDP clients there on to backends as themselves.
     #[arg(long, default_value = wasmkube_runtime::agent::DEFAULT_CLUSTER_CIDR)]
     cluster_cidr: ipnet_arg::Cidr,
     /// The Service ClusterIP range (the server's --service-cidr): pods may connect
@@ -435,7 +438,7 @@ async fn run_cluster(opts: ServerOptions, node: UpNode, proxy: ProxyArgs) -> Res
             return Err(e.context("starting the node agent"));
         }
     };
-    let proxy = match proxy.start(&agent, &node, node_ip).await {
+    let proxy = match proxy.start(&agent, &node, node_ip, cluster_cidr).await {
         Ok(p) => p,
         Err(e) => {
             agent.shutdown().await;
@@ -466,7 +469,8 @@ async fn run_agent(a: AgentArgs) -> Result<()> {
     opts.max_pods = a.max_pods;
     opts.memory_dir = a.memory_volumes;
     opts.insecure_registries = a.insecure_registries;
-    opts.cluster_cidr = a.cluster_cidr.0.into();
+    let cluster_cidr = a.cluster_cidr.0.into();
+    opts.cluster_cidr = cluster_cidr;
     opts.service_cidr = a.service_cidr.0.into();
     for l in a.node_labels.iter().filter(|l| !l.is_empty()) {
         let (k, v) = l
@@ -476,7 +480,7 @@ async fn run_agent(a: AgentArgs) -> Result<()> {
     }
     let (node, node_ip) = (opts.node_name.clone(), opts.node_ip);
     let agent = Agent::start(opts).await?;
-    let proxy = match a.proxy.start(&agent, &node, node_ip).await {
+    let proxy = match a.proxy.start(&agent, &node, node_ip, cluster_cidr).await {
         Ok(p) => p,
         Err(e) => {
             agent.shutdown().await;

@@ -52,6 +52,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -82,12 +83,17 @@ pub struct ProxyOptions {
     /// Threads that forward TCP (each connection stays on the one that accepted it);
     /// 0 = one per CPU.
     pub threads: usize,
+    /// The pods' addresses (the cluster's --cluster-cidr). A UDP client in it, when a
+    /// loopback address, is the address backends see its datagrams come from, as a
+    /// pod's egress lets it answer other pods; other clients' datagrams come from the
+    /// Service's ClusterIP. None: always the ClusterIP.
+    pub cluster_cidr: Option<IpNet>,
 }
 
 impl ProxyOptions {
     /// Defaults for everything but the node and its credentials: tunnel on a free port,
     /// no metrics endpoint, 5 s connect timeout, 30 s UDP idle timeout, 90 s tunnel idle
-    /// timeout, one forwarding thread per CPU.
+    /// timeout, one forwarding thread per CPU, UDP datagrams sent from the ClusterIP.
     pub fn new(node_name: String, node_ip: IpAddr, tls: TunnelCredentials) -> ProxyOptions {
         ProxyOptions {
             node_name,
@@ -99,6 +105,7 @@ impl ProxyOptions {
             udp_idle_timeout: Duration::from_secs(30),
             tunnel_idle_timeout: Duration::from_secs(90),
             threads: 0,
+            cluster_cidr: None,
         }
     }
 }

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tokio::sync::watch;
@@ -36,6 +37,7 @@ pub(crate) struct Shared {
     pub node_ip: IpAddr,
     pub connect_timeout: Duration,
     pub udp_idle_timeout: Duration,
+    pub cluster_cidr: Option<IpNet>,
     pub dialer: tunnel::Dialer,
     /// The data path's threads: TCP frontends and the tunnel listener accept on them.
     pub workers: Workers,
@@ -60,6 +62,7 @@ impl Shared {
             node_ip: options.node_ip,
             connect_timeout: options.connect_timeout,
             udp_idle_timeout: options.udp_idle_timeout,
+            cluster_cidr: options.cluster_cidr,
             dialer,
             workers,
             metrics: Metrics::default(),

@@ -781,6 +781,68 @@ async fn backends_see_the_clients_address_here_and_across_the_tunnel() {
     }
 }
 
+/// An address in [`PODS`], as the runtime gives a pod.
+fn pod_ip() -> IpAddr {
+    let r: u16 = rand::random();
+    IpAddr::from([
+        127,
+        128 + (r % 64) as u8,
+        (r >> 8) as u8,
+        1 + rand::random::<u8>() % 250,
+    ])
+}
+
+/// The pod range the proxies of [`udp_backends_see_a_client_pod_as_itself`] are given.
+const PODS: &str = "127.128.0.0/10";
+
+#[tokio::test]
+async fn udp_backends_see_a_client_pod_as_itself() {
+    let pki = Pki::new();
+    let pods = Some(PODS.parse().unwrap());
+    let mut a = instance_with("a", pki.node("a"), |o| o.cluster_cidr = pods).await;
+    let mut b = instance_with("b", pki.node("b"), |o| o.cluster_cidr = pods).await;
+    a.core.proxier.apply_node(&node("b", b.core.tunnel_addr));
+    let mut services = Vec::new();
+    for (name, on) in [("here", "a"), ("far", "b")] {
+        let backend = udp_backend("pod").await;
+        let vip = cluster_ip();
+        a.core.proxier.apply_service(svc(
+            name,
+            vip,
+            json!({"ports": [{"port": 53, "protocol": "UDP"}]}),
+        ));
+        let s = eps(name, "", "UDP", backend.port(), &[(backend.ip(), true, on)]);
+        a.core.proxier.apply_slice(s.clone());
+        b.core.proxier.apply_slice(s);
+        services.push(SocketAddr::new(vip, 53));
+    }
+    a.core.proxier.sync();
+    b.core.proxier.sync();
+
+    for service in services {
+        let vip = service.ip();
+        // A pod is seen as itself; a process on the node (127.0.0.1) or any loopback
+        // address outside the pod range is seen as the ClusterIP.
+        for (client, seen) in [
+            (pod_ip(), None),
+            (pod_ip(), None),
+            (IpAddr::from([127, 0, 0, 1]), Some(vip)),
+            (cluster_ip(), Some(vip)),
+        ] {
+            let socket = UdpSocket::bind((client, 0)).await.unwrap();
+            let (reply, from) = udp_ask(&socket, service, "hi").await;
+            let seen = seen.unwrap_or(client);
+            assert_eq!(
+                reply,
+                format!("pod:hi from {seen}"),
+                "{client} via {service}"
+            );
+            // Whoever the backend saw, the answer comes from the service address.
+            assert_eq!(from, service, "{client} via {service}");
+        }
+    }
+}
+
 /// A Service on node `a` whose only endpoint, `backend`, runs on node `b`: its address.
 fn across_nodes(a: &mut Instance, b: &mut Instance, backend: SocketAddr) -> IpAddr {
     across_nodes_as("far", a, (b, "b"), backend)

@@ -2,7 +2,8 @@
 //! every client's datagrams; each client address gets a session with its own upstream
 //! socket connected to the endpoint it was given (or a tunnel to the endpoint's node),
 //! so replies can be told apart and are sent back from the service address to the
-//! right client. Sessions end after the idle timeout, when their endpoint leaves the
+//! right client. The endpoint sees a client pod's datagrams come from that pod's
+//! address, and other clients' from the ClusterIP. Sessions end after the idle timeout, when their endpoint leaves the
 //! Service, or when the endpoint refuses (ICMP port unreachable); the client's next
 //! datagram then opens a new one.
 //!
@@ -19,6 +20,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use ipnet::IpNet;
 use socket2::{Domain, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -64,8 +66,9 @@ pub(crate) fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
 
 /// A socket connected to `target`, bound to a specific source address (never the
 /// wildcard, which would take the port from every pod IP on the node): `source` when
-/// given and usable (the Service's ClusterIP, which a pod's egress policy lets it
-/// answer), else loopback for a loopback target, else the node's address.
+/// given and usable (the client pod's address or the Service's ClusterIP, which a pod's
+/// egress policy lets it answer), else loopback for a loopback target, else the node's
+/// address.
 pub(crate) fn connect(
     target: SocketAddr,
     source: Option<IpAddr>,
@@ -93,6 +96,20 @@ fn connect_from(target: SocketAddr, source: IpAddr) -> io::Result<UdpSocket> {
     socket.bind(&SocketAddr::new(source, 0).into())?;
     socket.connect(&target.into())?;
     UdpSocket::from_std(socket.into())
+}
+
+/// The address a session's datagrams reach the endpoint from: the client's own when it
+/// is a pod (a loopback address in the cluster's pod range, which any node can bind and
+/// the endpoint's egress lets it answer), else the Service's ClusterIP.
+fn session_source(
+    client: IpAddr,
+    cluster_ip: Option<IpAddr>,
+    pods: Option<&IpNet>,
+) -> Option<IpAddr> {
+    match pods {
+        Some(pods) if client.is_loopback() && pods.contains(&client) => Some(client),
+        _ => cluster_ip,
+    }
 }
 
 /// What the receive loop and a session's task share.
@@ -268,9 +285,10 @@ fn open(
         last_active: AtomicU64::new(now_ms()),
         dead: AtomicBool::new(false),
     });
+    let source = session_source(client.ip(), snap.source, shared.cluster_cidr.as_ref());
     let (upstream, task) = match &ep.route {
         Route::Direct => {
-            let up = match connect(ep.addr, snap.source, shared.node_ip) {
+            let up = match connect(ep.addr, source, shared.node_ip) {
                 Ok(up) => Arc::new(up),
                 Err(e) => {
                     inc(&m.connect_errors);
@@ -293,7 +311,7 @@ fn open(
                 shared.clone(),
                 *via,
                 ep.addr,
-                snap.source,
+                source,
                 rx,
                 frontend.clone(),
                 client,

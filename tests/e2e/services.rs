@@ -293,19 +293,7 @@ spec:
     for (i, c) in clients.iter().enumerate() {
         for round in 0..3 {
             let msg = format!("client-{i}-round-{round}");
-            let (reply, from) = eventually(&format!("an echo of {msg}"), SLOW, async || {
-                c.send_to(msg.as_bytes(), service)
-                    .await
-                    .map_err(|e| format!("send: {e}"))?;
-                let mut buf = [0u8; 2048];
-                let (n, from) =
-                    tokio::time::timeout(Duration::from_millis(500), c.recv_from(&mut buf))
-                        .await
-                        .map_err(|_| "no answer yet".to_string())?
-                        .map_err(|e| format!("recv: {e}"))?;
-                Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
-            })
-            .await;
+            let (reply, from) = udp_ask(c, service, &msg).await;
             assert_eq!(
                 from, service,
                 "the answer must come from the service address"
@@ -317,6 +305,75 @@ spec:
             assert_eq!(echoed, msg);
         }
     }
+    // A process on the node is sent on from the ClusterIP, which pods may answer.
+    let answered_by = |reply: &str| reply.split_once(": ").map(|(p, _)| p.to_string());
+    let (reply, _) = udp_ask(&clients[0], service, "host-probe").await;
+    let pod = answered_by(&reply).expect("a pod prefix");
+    assert_logged(&cluster, &pod, &format!("{}:", service.ip()), 10).await;
+
+    // A pod calling the Service is seen by the backend as itself, as on Kubernetes.
+    let caller = pods.first().unwrap();
+    let caller_ip = cluster
+        .kubectl_ok(&["get", "pod", caller, "-o", "jsonpath={.status.podIP}"])
+        .await;
+    let reply = cluster
+        .kubectl_ok(&[
+            "exec",
+            caller,
+            "--",
+            "udp",
+            &service.to_string(),
+            "from-a-pod",
+        ])
+        .await;
+    let pod = answered_by(reply.trim()).unwrap_or_else(|| panic!("no pod prefix in {reply:?}"));
+    assert_eq!(reply.trim(), format!("{pod}: from-a-pod"));
+    assert_logged(&cluster, &pod, &format!("{caller_ip}:"), 10).await;
+}
+
+/// Sends `msg` from `c` to `service` until its echo comes back (a late answer to an
+/// earlier datagram is skipped); the answer and where it came from.
+async fn udp_ask(
+    c: &tokio::net::UdpSocket,
+    service: SocketAddr,
+    msg: &str,
+) -> (String, SocketAddr) {
+    eventually(&format!("an echo of {msg}"), SLOW, async || {
+        c.send_to(msg.as_bytes(), service)
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        let mut buf = [0u8; 2048];
+        loop {
+            let (n, from) = tokio::time::timeout(Duration::from_millis(500), c.recv_from(&mut buf))
+                .await
+                .map_err(|_| "no answer yet".to_string())?
+                .map_err(|e| format!("recv: {e}"))?;
+            let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if reply.ends_with(msg) {
+                return Ok((reply, from));
+            }
+        }
+    })
+    .await
+}
+
+/// Waits for udp-echo pod `pod` to log a datagram of `bytes` bytes from a sender whose
+/// address starts with `from`.
+async fn assert_logged(cluster: &Cluster, pod: &str, from: &str, bytes: usize) {
+    let line = format!(" {from}");
+    let size = format!(" {bytes} bytes echoed");
+    eventually(
+        &format!("{pod} to log a datagram from {from}"),
+        SLOW,
+        async || {
+            let logs = cluster.kubectl_ok(&["logs", pod]).await;
+            logs.lines()
+                .any(|l| l.contains(&line) && l.ends_with(&size))
+                .then_some(())
+                .ok_or(logs)
+        },
+    )
+    .await;
 }
 
 /// The proxy metrics of the `up` process (it was started with --proxy-metrics-port).

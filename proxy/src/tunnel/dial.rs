@@ -97,7 +97,8 @@ impl Dialer {
     /// A stream through the node at `via` to `target` (an endpoint on that node), ready
     /// for data; fails if the connection, the request or the far side's connect fails
     /// within `timeout` (`NotFound`: `via` does not run `target`). `source`: the address
-    /// the far side should connect (TCP: the client's) or send (UDP: the ClusterIP) from.
+    /// the far side should connect (TCP: the client's) or send (UDP: the client pod's or
+    /// the ClusterIP) from.
     pub(crate) async fn connect(
         &self,
         via: SocketAddr,

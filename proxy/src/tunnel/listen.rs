@@ -218,7 +218,8 @@ async fn open(
             }
         },
         Protocol::Udp => {
-            // Only a loopback source is taken from the peer: it names our ClusterIP.
+            // Only a loopback source is taken from the peer: it names the client pod or
+            // the ClusterIP, both of which this node can bind.
             let source = source.filter(|s| s.is_loopback());
             match udp::connect(addr, source, shared.node_ip) {
                 Ok(up) => Ok(Opened::Udp(accept(&mut respond, body)?, up)),

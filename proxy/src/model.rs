@@ -245,7 +245,13 @@ pub(crate) fn desired<'a>(
         .collect();
     cluster_ips.sort();
     cluster_ips.dedup();
+    if cluster_ips.is_empty() {
+        // Headless ("None"): clients use the endpoints themselves, as with kube-proxy,
+        // whatever else the Service names.
+        return DesiredService::default();
+    }
     let node_ports = matches!(type_, "NodePort" | "LoadBalancer");
+    let external_ips = external_addresses(svc, type_ == "LoadBalancer");
     let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
     let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
     let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
@@ -292,19 +298,21 @@ pub(crate) fn desired<'a>(
             .node_port
             .and_then(|p| u16::try_from(p).ok())
             .filter(|p| *p != 0);
-        if let (true, Some(np)) = (node_ports, node_port) {
-            let external = TargetKey {
-                port: id.clone(),
-                local_only: external_local,
-            };
-            out.frontends.push((
-                FrontendKey {
-                    addr: SocketAddr::new(node_ip, np),
-                    protocol,
-                },
-                external.clone(),
-            ));
-            target_keys.insert(external);
+        let external = TargetKey {
+            port: id.clone(),
+            local_only: external_local,
+        };
+        let node_port = node_ports
+            .then_some(node_port)
+            .flatten()
+            .map(|np| SocketAddr::new(node_ip, np));
+        let external_fronts = node_port
+            .into_iter()
+            .chain(external_ips.iter().map(|ip| SocketAddr::new(*ip, port)));
+        for addr in external_fronts {
+            out.frontends
+                .push((FrontendKey { addr, protocol }, external.clone()));
+            target_keys.insert(external.clone());
         }
     }
     for tk in target_keys {
@@ -330,6 +338,31 @@ pub(crate) fn desired<'a>(
         });
     }
     out
+}
+
+/// The addresses outside the cluster a Service is also served on at its ports, as
+/// kube-proxy does: `spec.externalIPs` and, for a LoadBalancer, the IPs in
+/// `status.loadBalancer.ingress`. Traffic to them is external (externalTrafficPolicy).
+/// Only a node that has such an address can listen on it.
+fn external_addresses(svc: &Service, load_balancer: bool) -> Vec<IpAddr> {
+    let spec = svc
+        .spec
+        .iter()
+        .flat_map(|s| s.external_ips.iter().flatten());
+    let ingress = svc
+        .status
+        .iter()
+        .filter(|_| load_balancer)
+        .filter_map(|s| s.load_balancer.as_ref())
+        .flat_map(|lb| lb.ingress.iter().flatten())
+        .filter_map(|i| i.ip.as_ref());
+    let mut ips: Vec<IpAddr> = spec
+        .chain(ingress)
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips
 }
 
 /// The endpoints of one service port: ready ones (`conditions.ready` not false); when
@@ -466,6 +499,57 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn external_ips_and_load_balancer_ingress_are_external_frontends() {
+        let mut svc = web();
+        let spec = svc.spec.as_mut().unwrap();
+        spec.external_ips = Some(vec!["192.0.2.7".into(), "not an ip".into()]);
+        spec.external_traffic_policy = Some("Local".into());
+        svc.status = Some(
+            serde_json::from_value(json!({
+                "loadBalancer": {"ingress": [{"ip": "198.51.100.9"}, {"hostname": "lb.example"}]}
+            }))
+            .unwrap(),
+        );
+        let fronts = |svc: &Service| {
+            let d = desired(
+                svc,
+                [web_slice()].iter(),
+                &HashMap::new(),
+                "a",
+                "10.0.0.1".parse().unwrap(),
+            );
+            d.frontends
+                .iter()
+                .map(|(f, t)| format!("{f} local={}", t.local_only))
+                .collect::<Vec<_>>()
+        };
+        // A NodePort Service ignores its (stale) load balancer status.
+        assert_eq!(
+            fronts(&svc),
+            [
+                "127.96.0.10:80/TCP local=false",
+                "10.0.0.1:30080/TCP local=true",
+                "192.0.2.7:80/TCP local=true",
+                "127.96.0.10:53/UDP local=false",
+                "192.0.2.7:53/UDP local=true",
+            ]
+        );
+        svc.spec.as_mut().unwrap().type_ = Some("LoadBalancer".into());
+        assert_eq!(
+            fronts(&svc),
+            [
+                "127.96.0.10:80/TCP local=false",
+                "10.0.0.1:30080/TCP local=true",
+                "192.0.2.7:80/TCP local=true",
+                "198.51.100.9:80/TCP local=true",
+                "127.96.0.10:53/UDP local=false",
+                "192.0.2.7:53/UDP local=true",
+                "198.51.100.9:53/UDP local=true",
+            ]
+        );
+    }
+
+    #[test]
     fn only_ready_endpoints_with_resolved_ports_and_routes() {
         let mut nodes = HashMap::new();
         nodes.insert(
@@ -567,7 +651,7 @@ pub(crate) mod tests {
     fn headless_and_external_name_services_get_no_frontends() {
         let headless = service(json!({
             "metadata": {"name": "h", "namespace": "ns"},
-            "spec": {"clusterIP": "None", "ports": [{"port": 80}]}
+            "spec": {"clusterIP": "None", "ports": [{"port": 80}], "externalIPs": ["192.0.2.7"]}
         }));
         let ext = service(json!({
             "metadata": {"name": "e", "namespace": "ns"},

@@ -95,6 +95,13 @@ struct Frontend {
     state: FrontendState,
 }
 
+/// Whether a bind failed because the address is not one of this node's: an external IP
+/// or load balancer address that another node has. Not an error; the bind is retried
+/// (with the usual backoff) in case the address comes.
+fn not_here(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::AddrNotAvailable
+}
+
 /// See the module docs.
 pub(crate) struct Proxier {
     shared: Arc<Shared>,
@@ -352,6 +359,13 @@ impl Proxier {
     fn open(&mut self, fk: FrontendKey, tk: TargetKey, owner: ObjectKey) {
         let state = match self.bind(&fk, &tk) {
             Ok(state) => state,
+            Err(e) if not_here(&e) => {
+                tracing::info!(frontend = %fk, service = %owner, "not an address of this node; listening once it is one");
+                FrontendState::Failed {
+                    failures: 1,
+                    retry_at: Instant::now() + FIRST_BIND_BACKOFF,
+                }
+            }
             Err(e) => {
                 inc(&self.shared.metrics.bind_errors);
                 tracing::warn!(frontend = %fk, service = %owner, error = %e, "cannot listen; will retry");
@@ -451,7 +465,9 @@ impl Proxier {
             match result {
                 Ok(state) => f.state = state,
                 Err(e) => {
-                    inc(&self.shared.metrics.bind_errors);
+                    if !not_here(&e) {
+                        inc(&self.shared.metrics.bind_errors);
+                    }
                     if let FrontendState::Failed { failures, retry_at } = &mut f.state {
                         *failures += 1;
                         let backoff = FIRST_BIND_BACKOFF

@@ -521,6 +521,48 @@ async fn a_taken_address_is_retried_not_fatal() {
     assert_eq!(fetch(SocketAddr::new(vip, 80)).await.unwrap(), "x");
 }
 
+#[tokio::test]
+async fn external_ips_are_served_where_the_node_has_them() {
+    let mut p = plain_instance("a").await;
+    let (port, ips) = tagged_backends(&["x"]).await;
+    let (vip, here) = (cluster_ip(), cluster_ip());
+    // 192.0.2.7 (TEST-NET-1) is no address of this machine: another node's, say.
+    p.core.proxier.apply_service(svc(
+        "ext",
+        vip,
+        json!({"ports": [{"port": 80}], "externalIPs": [here.to_string(), "192.0.2.7"]}),
+    ));
+    p.core
+        .proxier
+        .apply_slice(eps("ext", "", "TCP", port, &[(ips[0], true, "a")]));
+    p.core.proxier.sync();
+    assert_eq!(fetch(SocketAddr::new(here, 80)).await.unwrap(), "x");
+    assert_eq!(fetch(SocketAddr::new(vip, 80)).await.unwrap(), "x");
+    let listening: Vec<IpAddr> = p
+        .core
+        .proxier
+        .listening()
+        .iter()
+        .map(|f| f.addr.ip())
+        .collect();
+    assert_eq!(listening.len(), 2, "{listening:?}");
+    // The other address is tried again later, but is no error.
+    assert!(p.core.proxier.next_retry().is_some());
+    p.core.proxier.retry_binds();
+    let text = p.core.proxier.shared().metrics.render();
+    assert!(
+        text.contains("wasmkube_proxy_bind_errors_total 0"),
+        "{text}"
+    );
+    // Dropped from the Service: no longer served.
+    p.core
+        .proxier
+        .apply_service(svc("ext", vip, json!({"ports": [{"port": 80}]})));
+    p.core.proxier.sync();
+    assert!(fetch(SocketAddr::new(here, 80)).await.is_err());
+    assert!(p.core.proxier.next_retry().is_none());
+}
+
 /// A UDP backend that answers each datagram with `<tag>:<datagram> from <sender IP>`.
 async fn udp_backend(tag: &'static str) -> SocketAddr {
     let s = UdpSocket::bind((cluster_ip(), 0)).await.unwrap();

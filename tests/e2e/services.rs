@@ -1,8 +1,9 @@
 //! Issue 7's Service proxy, as a user sees it: requests to a ClusterIP spread over the
-//! ready replicas and follow scaling, NodePorts answer on the node address, UDP echoes
-//! through a Service, a deleted Service stops listening, and a Service whose pods run
-//! only on another node is reached through that node's proxy (and follows the pods when
-//! they move).
+//! ready replicas and follow scaling, NodePorts answer on the node address and external
+//! IPs on theirs, UDP echoes through a Service (the backend seeing a calling pod as
+//! itself), a deleted Service stops listening, and a Service whose pods run only on
+//! another node is reached through that node's proxy (and follows the pods when they
+//! move).
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -220,6 +221,28 @@ spec:
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no InternalIP: {}", n["status"]));
     answered_by_all(&cluster, "echo", SocketAddr::new(node_ip, node_port), 3).await;
+
+    // An external IP the node has (any loopback address here) serves the Service port.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let external = IpAddr::from([
+        127,
+        250,
+        (std::process::id() % 250) as u8,
+        1 + (nanos % 250) as u8,
+    ]);
+    cluster
+        .kubectl_ok(&[
+            "patch",
+            "service",
+            "echo-np",
+            "-p",
+            &format!(r#"{{"spec":{{"externalIPs":["{external}"]}}}}"#),
+        ])
+        .await;
+    answered_by_all(&cluster, "echo", SocketAddr::new(external, 8081), 3).await;
 
     // Deleting a Service closes its listener.
     cluster.kubectl_ok(&["delete", "service", "echo"]).await;

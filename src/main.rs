@@ -98,6 +98,10 @@ struct UpArgs {
     /// so Secrets never reach the disk; else the disk), `disk`, or a directory.
     #[arg(long, default_value = "auto", value_name = "auto|disk|DIR")]
     memory_volumes: MemoryDir,
+    /// The cluster's DNS domain: pods find Services as NAME.NAMESPACE.svc.DOMAIN (and by
+    /// the shorter forms their search path allows), answered in the agent.
+    #[arg(long, default_value = wasmkube_runtime::agent::dns::DEFAULT_CLUSTER_DOMAIN)]
+    cluster_domain: String,
     #[command(flatten)]
     proxy: ProxyArgs,
     #[command(flatten)]
@@ -110,6 +114,7 @@ struct UpNode {
     ip: IpAddr,
     max_pods: u32,
     memory_volumes: MemoryDir,
+    cluster_domain: String,
 }
 
 /// The node's Service proxy (for `agent` and `up`).
@@ -235,6 +240,10 @@ struct AgentArgs {
     /// there. Other destinations need the pod annotation network.wasmkube.io/egress.
     #[arg(long, default_value = wasmkube_runtime::agent::DEFAULT_SERVICE_CIDR)]
     service_cidr: ipnet_arg::Cidr,
+    /// The cluster's DNS domain: pods find Services as NAME.NAMESPACE.svc.DOMAIN (and by
+    /// the shorter forms their search path allows), answered in the agent.
+    #[arg(long, default_value = wasmkube_runtime::agent::dns::DEFAULT_CLUSTER_DOMAIN)]
+    cluster_domain: String,
     #[command(flatten)]
     proxy: ProxyArgs,
 }
@@ -421,6 +430,7 @@ async fn run_cluster(opts: ServerOptions, node: UpNode, proxy: ProxyArgs) -> Res
     agent_opts.node_ip = node.ip;
     agent_opts.max_pods = node.max_pods;
     agent_opts.memory_dir = node.memory_volumes;
+    agent_opts.cluster_domain = node.cluster_domain;
     // The agent shares the process with the API server: its requests skip the wire.
     let local = server.local.clone();
     agent_opts.connector = Some(ApiConnector(Arc::new(move |creds| {
@@ -472,6 +482,7 @@ async fn run_agent(a: AgentArgs) -> Result<()> {
     let cluster_cidr = a.cluster_cidr.0.into();
     opts.cluster_cidr = cluster_cidr;
     opts.service_cidr = a.service_cidr.0.into();
+    opts.cluster_domain = a.cluster_domain;
     for l in a.node_labels.iter().filter(|l| !l.is_empty()) {
         let (k, v) = l
             .split_once('=')
@@ -568,6 +579,7 @@ fn main() -> std::process::ExitCode {
                 ip: a.node_ip,
                 max_pods: a.max_pods,
                 memory_volumes: a.memory_volumes.clone(),
+                cluster_domain: a.cluster_domain.clone(),
             };
             options(a.data_dir, a.bind_address, a.port, a.common)
                 .and_then(|opts| runtime()?.block_on(run_cluster(opts, node, a.proxy)))

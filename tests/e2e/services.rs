@@ -1,7 +1,7 @@
 //! Issue 7's Service proxy, as a user sees it: requests to a ClusterIP spread over the
 //! ready replicas and follow scaling, NodePorts answer on the node address and external
 //! IPs on theirs, UDP echoes through a Service (the backend seeing a calling pod as
-//! itself), a deleted Service stops listening, and a Service whose pods run only on
+//! itself), pods find Services by DNS name, a deleted Service stops listening, and a Service whose pods run only on
 //! another node is reached through that node's proxy (and follows the pods when they
 //! move).
 
@@ -397,6 +397,75 @@ async fn assert_logged(cluster: &Cluster, pod: &str, from: &str, bytes: usize) {
         },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_find_services_by_name() {
+    let cluster = isolated().start().await;
+    up_node(&cluster).await;
+    cluster.apply_stdin(&echo_app("echo", 2, None)).await;
+    cluster
+        .apply_stdin(
+            r#"apiVersion: v1
+kind: Service
+metadata:
+  name: echo-pods
+spec:
+  clusterIP: None
+  selector: {app: echo}
+  ports:
+  - {name: http, port: 8080}
+"#,
+        )
+        .await;
+    let pods: BTreeSet<String> = eventually("2 echo pods to be ready", SLOW, async || {
+        let pods = running_pods(&cluster, "echo").await;
+        if pods.len() == 2 {
+            Ok(pods.into_iter().map(|(n, _)| n).collect())
+        } else {
+            Err(format!("ready: {pods:?}"))
+        }
+    })
+    .await;
+    let caller = pods.first().unwrap().clone();
+    // `get` in a pod, through the pod's own name lookup; the answering pod's name.
+    let get = async |url: &str| {
+        let out = cluster.kubectl(&["exec", &caller, "--", "get", url]).await;
+        if !out.success {
+            return Err(out.to_string());
+        }
+        out.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("pod: "))
+            .map(str::to_string)
+            .ok_or_else(|| out.to_string())
+    };
+    for url in [
+        "http://echo/",
+        "http://echo.default/",
+        "http://echo.default.svc/",
+        "http://echo.default.svc.cluster.local/",
+        // A headless Service: its name is its ready pods' addresses.
+        "http://echo-pods:8080/",
+    ] {
+        let pod = eventually(&format!("{url} to answer in a pod"), SLOW, async || {
+            get(url).await
+        })
+        .await;
+        assert!(pods.contains(&pod), "{url}: {pod} is not one of {pods:?}");
+    }
+    // A name the cluster does not have fails in the pod, as the resolver says.
+    let out = cluster
+        .kubectl(&[
+            "exec",
+            &caller,
+            "--",
+            "get",
+            "http://nope.default.svc.cluster.local/",
+        ])
+        .await;
+    assert!(!out.success, "{out}");
+    assert!(out.stderr.contains("get:"), "{out}");
 }
 
 /// The proxy metrics of the `up` process (it was started with --proxy-metrics-port).

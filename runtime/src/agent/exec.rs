@@ -721,6 +721,7 @@ mod tests {
                 cpu_limit_millis: None,
                 pod_ip: None,
                 egress: Default::default(),
+                names: None,
             }),
         );
         sandboxes

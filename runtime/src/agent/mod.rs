@@ -24,6 +24,7 @@
 //! volumes), `logs/` (container logs, as the kubelet's /var/log/pods).
 
 pub mod bootstrap;
+pub mod dns;
 pub mod events;
 pub mod exec;
 pub mod memory_dir;
@@ -86,6 +87,8 @@ pub struct AgentOptions {
     /// The Service ClusterIP range (`--service-cidr` of the server): pods may connect
     /// there.
     pub service_cidr: ipnet::IpNet,
+    /// The cluster's DNS domain: pods find Services as `<name>.<ns>.svc.<domain>`.
+    pub cluster_domain: String,
     /// Where memory-backed volumes (secret, projected, downwardAPI, emptyDir with
     /// `medium: Memory`) go.
     pub memory_dir: memory_dir::MemoryDir,
@@ -123,6 +126,7 @@ impl AgentOptions {
             insecure_registries: Vec::new(),
             cluster_cidr: DEFAULT_CLUSTER_CIDR.parse().expect("valid default CIDR"),
             service_cidr: DEFAULT_SERVICE_CIDR.parse().expect("valid default CIDR"),
+            cluster_domain: dns::DEFAULT_CLUSTER_DOMAIN.to_string(),
             memory_dir: memory_dir::MemoryDir::Auto,
             connector: None,
         }
@@ -244,6 +248,7 @@ impl Agent {
             memory_pods_dir,
             sandboxes,
             pod_egress: Arc::from(vec![opts.cluster_cidr, opts.service_cidr]),
+            names: dns::ClusterNames::new(services.clone(), &opts.cluster_domain),
             services,
         });
         tasks.push(tokio::spawn(pods::run(ctx, stop.clone())));

@@ -47,6 +47,8 @@ pub struct Context {
     pub pod_egress: Arc<[ipnet::IpNet]>,
     /// The cluster's Services, for the containers' Service variables.
     pub services: super::services::Services,
+    /// The cluster's names, which pods' lookups try first.
+    pub names: super::dns::ClusterNames,
 }
 
 struct Worker {

@@ -2190,6 +2190,7 @@ mod tests {
             cpu_limit_millis: None,
             pod_ip: None,
             egress: Default::default(),
+            names: None,
         };
         let target = Target {
             pod_ip: local(),

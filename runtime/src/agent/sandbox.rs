@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use tokio::io::AsyncRead;
 use tokio_util::sync::CancellationToken;
 
-use crate::wasm::{Egress, Exit, OutputSink, Preopen, Program, RunSpec};
+use crate::wasm::{Egress, Exit, Names, OutputSink, Preopen, Program, RunSpec};
 
 /// Why a container's sandbox could not be found.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +43,8 @@ pub struct ContainerSandbox {
     pub cpu_limit_millis: Option<u64>,
     pub pod_ip: Option<IpAddr>,
     pub egress: Egress,
+    /// The names the pod's lookups try before the host's resolver.
+    pub names: Option<Arc<dyn Names>>,
 }
 
 /// The standard streams of an instance started in a sandbox.
@@ -71,6 +73,7 @@ impl ContainerSandbox {
             egress: self.egress.clone(),
             // An exec'd command's servers are nobody's readiness.
             listens: None,
+            names: self.names.clone(),
         };
         self.program.run(spec, cancel).await
     }

@@ -37,6 +37,7 @@ use serde_json::Value;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
+use super::dns::PodNames;
 use super::events::EventType;
 use super::pods::Context;
 use super::probes;
@@ -45,7 +46,7 @@ use super::status::{ContainerState, PodState, RestartPolicy, Terminated};
 use crate::fetch::{Fetched, PullPolicy, RegistryAuth};
 use crate::volumes::usage::SizeLimit;
 use crate::volumes::{PodDirs, PodVolumes};
-use crate::wasm::{Egress, Exit, Program, RunSpec};
+use crate::wasm::{Egress, Exit, Names, Program, RunSpec};
 
 /// The first back-off after a failure, as the kubelet's.
 const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
@@ -794,6 +795,7 @@ async fn run_once(
         .and_then(|s| s.pod_ip.parse::<std::net::IpAddr>().ok())
         .filter(|ip| *ip != ctx.node_ip);
     let egress = pod_egress(pod, &ctx.pod_egress);
+    let names: Arc<dyn Names> = Arc::new(PodNames::for_pod(&ctx.names, pod, pod_ip));
     let sandbox = ContainerSandbox {
         program: program.clone(),
         argv: argv.clone(),
@@ -803,6 +805,7 @@ async fn run_once(
         cpu_limit_millis,
         pod_ip,
         egress: egress.clone(),
+        names: Some(names.clone()),
     };
     let listens = Arc::new(watch::channel(0u64).0);
     let spec = RunSpec {
@@ -818,6 +821,7 @@ async fn run_once(
         pod_ip,
         egress,
         listens: Some(listens.clone()),
+        names: Some(names),
     };
     let started_at = Utc::now();
     let container_id = format!("wasmtime://{uid}/{}/{restart}", c.name);

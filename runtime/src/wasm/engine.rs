@@ -209,6 +209,8 @@ impl WasmEngine {
             .map_err(|e| WasmError::Engine(format!("{e:#}")))?;
         super::net::shadow_socket_functions(&mut p2_linker)
             .map_err(|e| WasmError::Engine(format!("{e:#}")))?;
+        super::names::shadow_name_lookup(&mut p2_linker)
+            .map_err(|e| WasmError::Engine(format!("{e:#}")))?;
 
         let cache = ArtifactCache::open(&options.cache_dir, &engine)?;
         spawn_ticker(&engine, options.epoch_tick.max(Duration::from_millis(1)));

@@ -43,6 +43,7 @@ mod cache;
 mod cpu;
 mod engine;
 mod limits;
+mod names;
 mod net;
 mod program;
 mod stdio;
@@ -55,6 +56,7 @@ use std::path::PathBuf;
 pub use engine::{
     EngineOptions, LoadStats, WasmEngine, DEFAULT_EPOCH_TICK, DEFAULT_MAX_MEMORY_PER_INSTANCE,
 };
+pub use names::{Lookup, Names};
 pub use net::Egress;
 pub use program::{Exit, Program, ProgramKind, RunSpec};
 pub use stdio::OutputBudget;

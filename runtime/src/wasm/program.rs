@@ -23,6 +23,7 @@ use wasmtime_wasi::{
 
 use super::engine::EngineShared;
 use super::limits::{MemoryLimiter, Refusal};
+use super::names::Names;
 use super::net::Egress;
 use super::stdio::SinkStream;
 use super::{OutputSink, Preopen};
@@ -99,6 +100,9 @@ pub struct RunSpec {
     /// Counts the guest's TCP listens (with a `pod_ip`): readiness probes waiting for
     /// the guest's server to come up retry at once instead of polling.
     pub listens: Option<Arc<tokio::sync::watch::Sender<u64>>>,
+    /// The cluster names a preview 2 guest's lookups try before the host's resolver
+    /// (with `network`); `None`: the host's resolver only.
+    pub names: Option<Arc<dyn Names>>,
 }
 
 impl RunSpec {
@@ -122,6 +126,7 @@ impl RunSpec {
             pod_ip: None,
             egress: Egress::Loopback,
             listens: None,
+            names: None,
         }
     }
 }
@@ -140,6 +145,7 @@ impl fmt::Debug for RunSpec {
             .field("pod_ip", &self.pod_ip)
             .field("egress", &self.egress)
             .field("listens", &self.listens.is_some())
+            .field("names", &self.names.is_some())
             .finish()
     }
 }
@@ -201,6 +207,14 @@ pub(crate) struct P1State {
     limiter: MemoryLimiter,
 }
 
+/// A preview 2 instance's network beyond its WASI context.
+struct GuestNetwork {
+    pod_ip: Option<IpAddr>,
+    /// Whether the guest may look names up at all (it has the network).
+    name_lookups: bool,
+    names: Option<Arc<dyn Names>>,
+}
+
 /// Store state of a preview 2 instance.
 pub(crate) struct P2State {
     ctx: WasiCtx,
@@ -208,6 +222,16 @@ pub(crate) struct P2State {
     limiter: MemoryLimiter,
     /// Where this instance's binds land (see `net.rs`).
     pub(crate) pod_ip: Option<IpAddr>,
+    /// Whether the guest may look names up at all (it has the network).
+    pub(crate) name_lookups: bool,
+    /// The cluster names the guest's lookups try first (see `names.rs`).
+    pub(crate) names: Option<Arc<dyn Names>>,
+}
+
+impl P2State {
+    pub(crate) fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
 }
 
 impl WasiView for P2State {
@@ -270,7 +294,11 @@ impl Program {
         let started = Instant::now();
         let digest = self.inner.digest.as_str();
         let limit = self.memory_limit(spec.memory_limit);
-        let pod_ip = spec.pod_ip.filter(|_| spec.network);
+        let network = GuestNetwork {
+            pod_ip: spec.pod_ip.filter(|_| spec.network),
+            name_lookups: spec.network,
+            names: spec.names.clone(),
+        };
         let cpu_limit = spec.cpu_limit_millis;
         let builder = match wasi_builder(spec) {
             Ok(builder) => builder,
@@ -284,7 +312,7 @@ impl Program {
                 match &self.inner.pre {
                     Pre::Core(pre) => self.run_core(pre, builder, limit, &cancel, started).await,
                     Pre::Component(pre) => {
-                        self.run_component(pre, builder, pod_ip, limit, &cancel, started)
+                        self.run_component(pre, builder, network, limit, &cancel, started)
                             .await
                     }
                 }
@@ -339,7 +367,7 @@ impl Program {
         &self,
         pre: &CommandPre<P2State>,
         mut builder: WasiCtxBuilder,
-        pod_ip: Option<IpAddr>,
+        network: GuestNetwork,
         limit: u64,
         cancel: &CancellationToken,
         started: Instant,
@@ -348,7 +376,9 @@ impl Program {
             ctx: builder.build(),
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(Some(limit)),
-            pod_ip,
+            pod_ip: network.pod_ip,
+            name_lookups: network.name_lookups,
+            names: network.names,
         };
         let mut store = self.store(state, cancel);
         let result = async {
@@ -416,6 +446,7 @@ fn wasi_builder(spec: RunSpec) -> Result<WasiCtxBuilder, String> {
         pod_ip,
         egress,
         listens,
+        names: _,
     } = spec;
     let mut builder = WasiCtxBuilder::new();
     builder

@@ -893,6 +893,17 @@ fn main() {
             Ok(s) => println!("connected from {}", s.local_addr().expect("local_addr")),
             Err(e) => println!("connect failed: {:?}", e.kind()),
         },
+        Some("resolve") => {
+            use std::net::ToSocketAddrs;
+            match (args[2].as_str(), 80).to_socket_addrs() {
+                Ok(addrs) => {
+                    let mut ips: Vec<String> = addrs.map(|a| a.ip().to_string()).collect();
+                    ips.sort();
+                    println!("resolved {}", ips.join(","));
+                }
+                Err(_) => println!("resolve failed"),
+            }
+        }
         _ => {}
     }
 }
@@ -1314,6 +1325,58 @@ async fn binds_land_on_the_pod_ip() {
     }
     let out = connect("192.0.2.1:80".to_string()).await;
     assert!(out.contains("connect failed: PermissionDenied"), "{out}");
+}
+
+/// Names a test pod knows: `web` is a Service, `gone` a cluster name with no address,
+/// `alias` stands for the host's `localhost`; the rest is the host's.
+#[derive(Debug)]
+struct FakeNames;
+
+impl crate::wasm::Names for FakeNames {
+    fn lookup(&self, name: &str) -> crate::wasm::Lookup {
+        use crate::wasm::Lookup;
+        match name {
+            "web" => Lookup::Addresses(vec!["127.96.0.7".parse().unwrap()]),
+            "gone" => Lookup::Addresses(Vec::new()),
+            "alias" => Lookup::Host("localhost".into()),
+            other => Lookup::Host(other.into()),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn name_lookups_ask_the_pods_names_then_the_host() {
+    let guests = rust_guests();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine_in(dir.path());
+    let program = engine.load("sha256:rust-p2", &guests.p2).await.unwrap();
+    let resolve = async |name: &str, names: Option<Arc<dyn crate::wasm::Names>>, network| {
+        let mut run = run_spec(&["net", "resolve", name]);
+        run.spec.network = network;
+        run.spec.names = names;
+        let exit = program.run(run.spec, CancellationToken::new()).await;
+        assert_eq!(exit, Exit::Exited(0), "{name}: {}", run.stderr.text());
+        run.stdout
+            .text()
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let names = || Some(Arc::new(FakeNames) as Arc<dyn crate::wasm::Names>);
+    assert_eq!(resolve("web", names(), true).await, "resolved 127.96.0.7");
+    assert_eq!(resolve("gone", names(), true).await, "resolve failed");
+    assert_eq!(
+        resolve("10.1.2.3", names(), true).await,
+        "resolved 10.1.2.3"
+    );
+    // The host's resolver, through a name the pod's names hand over, or directly.
+    let localhost = resolve("alias", names(), true).await;
+    assert!(localhost.contains("127.0.0.1"), "{localhost}");
+    assert_eq!(resolve("localhost", None, true).await, localhost);
+    assert_eq!(resolve("web", None, true).await, "resolve failed");
+    // No network, no lookups.
+    assert_eq!(resolve("web", names(), false).await, "resolve failed");
 }
 
 /// `limits.cpu`: a spinner limited to 100m gets a small fraction of what an unlimited

@@ -240,6 +240,11 @@ impl Names for PodNames {
         for candidate in &candidates {
             match cluster.answer(candidate) {
                 Some(Lookup::Addresses(ips)) if ips.is_empty() => continue,
+                // An ExternalName may name another Service: the cluster answers that too.
+                Some(Lookup::Host(target)) => {
+                    let target = target.trim_end_matches('.').to_ascii_lowercase();
+                    return cluster.answer(&target).unwrap_or(Lookup::Host(target));
+                }
                 Some(found) => return found,
                 None => continue,
             }
@@ -266,6 +271,9 @@ mod tests {
                        "spec": {"clusterIP": "None"}})),
             svc(json!({"metadata": {"name": "ext", "namespace": "shop"},
                        "spec": {"type": "ExternalName", "externalName": "example.com"}})),
+            svc(json!({"metadata": {"name": "alias", "namespace": "shop"},
+                       "spec": {"type": "ExternalName",
+                                "externalName": "Web.Shop.svc.cluster.local."}})),
         ];
         let slice = serde_json::from_value(json!({
             "metadata": {"name": "db-x", "namespace": "shop",
@@ -315,6 +323,7 @@ mod tests {
             ips(&["127.128.0.2"])
         );
         assert_eq!(names.lookup("ext"), Lookup::Host("example.com".into()));
+        assert_eq!(names.lookup("alias"), web);
         assert_eq!(
             names.lookup("127-128-9-9.shop.pod.cluster.local"),
             ips(&["127.128.9.9"])

@@ -79,6 +79,15 @@ impl NameStream {
     }
 }
 
+impl Drop for NameStream {
+    fn drop(&mut self) {
+        // A guest that gave up on a name does not keep the host's lookup running.
+        if let State::Pending(task) = &self.0 {
+            task.abort();
+        }
+    }
+}
+
 impl Pollable for NameStream {
     fn ready<'a, 'b>(&'a mut self) -> Pin<Box<dyn Future<Output = ()> + Send + 'b>>
     where

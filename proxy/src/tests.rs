@@ -559,7 +559,15 @@ async fn external_ips_are_served_where_the_node_has_them() {
         .proxier
         .apply_service(svc("ext", vip, json!({"ports": [{"port": 80}]})));
     p.core.proxier.sync();
-    assert!(fetch(SocketAddr::new(here, 80)).await.is_err());
+    // The workers close the listener as they get to it.
+    eventually(
+        "the external IP's listener to close",
+        async || match TcpStream::connect((here, 80)).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Some(()),
+            _ => None,
+        },
+    )
+    .await;
     assert!(p.core.proxier.next_retry().is_none());
 }
 

@@ -119,8 +119,10 @@ impl Server {
     pub async fn start(opts: ServerOptions) -> Result<Server> {
         std::fs::create_dir_all(&opts.data_dir)
             .with_context(|| format!("creating data dir {}", opts.data_dir.display()))?;
+        let mut sans = apiserver::kubernetes_service::serving_names(opts.service_cidr);
+        sans.extend(opts.tls_sans.iter().cloned());
         let pki = Arc::new(
-            Pki::load_or_create(&opts.data_dir.join("pki"), &opts.tls_sans)
+            Pki::load_or_create(&opts.data_dir.join("pki"), &sans)
                 .context("preparing the cluster PKI")?,
         );
         let sa_key_path = opts

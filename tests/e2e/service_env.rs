@@ -1,5 +1,5 @@
 //! Issue 7's service discovery inside pods: the API server's own `default/kubernetes`
-//! Service, and the `<SVC>_SERVICE_HOST`/`_PORT` variables the agent gives every
+//! Service (its certificate good for the Service's names and address), and the `<SVC>_SERVICE_HOST`/`_PORT` variables the agent gives every
 //! container for the Services of its namespace.
 
 use crate::agents::{sample_image, up_node};
@@ -39,6 +39,32 @@ async fn pods_get_service_variables_and_the_api_server_has_a_service() {
         eps["subsets"][0]["addresses"][0]["ip"], "127.0.0.1",
         "{eps}"
     );
+
+    // In-cluster clients verify the server by the Service's names and ClusterIP, which
+    // its certificate carries; reached through the node's proxy.
+    let ca = cluster.data_dir.join("pki").join("ca.crt");
+    for (name, url) in [
+        (
+            "kubernetes.default.svc",
+            "https://kubernetes.default.svc/version".to_string(),
+        ),
+        ("kubernetes", "https://kubernetes/version".to_string()),
+        ("", format!("https://{api_ip}/version")),
+    ] {
+        let resolve = format!("{name}:443:{api_ip}");
+        let mut args = vec!["-sS", "--max-time", "20", "--cacert"];
+        let ca = ca.to_str().unwrap();
+        args.push(ca);
+        if !name.is_empty() {
+            args.extend(["--resolve", &resolve]);
+        }
+        args.push(&url);
+        let out = cluster.run("curl", &args).await;
+        assert!(
+            out.success && out.stdout.contains("gitVersion"),
+            "{url}: {out}"
+        );
+    }
 
     cluster.create_namespace("shop").await;
     cluster

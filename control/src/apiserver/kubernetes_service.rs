@@ -13,6 +13,22 @@ use super::status::ApiError;
 /// The field manager the server writes these objects as.
 const MANAGER: &str = "kube-apiserver";
 
+/// The names in-cluster clients reach the API server by, which its serving certificate
+/// must carry as kube-apiserver's does: the Service's DNS names (in the default cluster
+/// domain; another domain's name is an --tls-san) and its ClusterIP.
+pub fn serving_names(service_cidr: ipnet::Ipv4Net) -> Vec<String> {
+    let mut names: Vec<String> = [
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+    ]
+    .map(String::from)
+    .into();
+    names.extend(service_cidr.hosts().next().map(|ip| ip.to_string()));
+    names
+}
+
 /// Creates the Service (once; its address never changes) and points its Endpoints and
 /// EndpointSlice at `address:port` (each start: the port may be new).
 pub async fn ensure(

@@ -986,7 +986,9 @@ fn proxy_role() -> Result<()> {
         .context("starting the async runtime")?
         .block_on(async move {
             let config = kube_config(&kubeconfig).await?;
-            let client = kube_client(&config)?;
+            // The agent's client: one multiplexed connection, as the proxy shares it there.
+            let client = wasmkube_runtime::agent::api_client::multiplexed(&config)
+                .context("build the node's API client")?;
             let node_ip = match std::env::var(NODE_IP_ENV) {
                 Ok(ip) => ip.parse().context("the node address")?,
                 Err(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),

@@ -165,6 +165,11 @@ impl AgentProcess {
         wait_node_ready(cluster, &self.node_name.clone(), self).await;
     }
 
+    /// The agent process' id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();

@@ -557,6 +557,34 @@ spec:
         .await;
     }
 
+    // Each agent (its pods' watches, its Service proxy's, its status updates) talks to
+    // the API server over a single multiplexed connection.
+    let port = cluster
+        .server_url()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse::<u16>().ok())
+        .expect("a port in the server URL");
+    for agent in [&a, &b] {
+        let pid = agent.pid().expect("the agent runs");
+        let conns = eventually("the agent's API connections", DEADLINE, async || {
+            let out = cluster
+                .run(
+                    "ss",
+                    &["-Htnp", "state", "established", &format!("dport = :{port}")],
+                )
+                .await;
+            let mine = out
+                .stdout
+                .lines()
+                .filter(|l| l.contains(&format!("pid={pid},")))
+                .count();
+            (mine > 0).then_some(mine).ok_or(out.to_string())
+        })
+        .await;
+        assert_eq!(conns, 1, "agent pid {pid}");
+    }
+
     // Kill agent b outright and start it again: the pod runs again, exactly once.
     let uid = pod_json(&cluster, "default", "on-b").await["metadata"]["uid"]
         .as_str()

@@ -57,7 +57,8 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    /// An API client authenticated as the node.
+    /// An API client authenticated as the node, multiplexing over one HTTP/2
+    /// connection (see `api_client.rs`).
     pub async fn client(&self) -> anyhow::Result<kube::Client> {
         use anyhow::Context as _;
         let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)
@@ -65,7 +66,7 @@ impl Credentials {
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
             .await
             .context("loading the node kubeconfig")?;
-        kube::Client::try_from(config).context("building the API client")
+        super::api_client::multiplexed(&config).context("building the API client")
     }
 
     /// The node's client certificate and key (PEM), from its kubeconfig: what it

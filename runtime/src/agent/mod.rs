@@ -23,6 +23,7 @@
 //! modules by digest), `compiled/` (compiled artifacts), `pods/<uid>/` (a pod's
 //! volumes), `logs/` (container logs, as the kubelet's /var/log/pods).
 
+pub mod api_client;
 pub mod bootstrap;
 pub mod dns;
 pub mod events;

@@ -76,19 +76,21 @@ impl Services {
 
     /// The Service variables for a container of `pod`. Before the first list has
     /// arrived there are none: the kubelet waits for its Service informer to sync, so
-    /// this waits up to a few seconds for it.
+    /// this waits up to a few seconds for it (and for the headless slices', which the
+    /// container's name lookups read).
     pub async fn env_for(&self, pod: &Pod) -> Vec<(String, String)> {
-        if tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            self.store.wait_until_ready(),
-        )
-        .await
-        .is_err()
+        let synced = async {
+            let _ = self.store.wait_until_ready().await;
+            let _ = self.headless.wait_until_ready().await;
+        };
+        if tokio::time::timeout(std::time::Duration::from_secs(5), synced)
+            .await
+            .is_err()
         {
             tracing::warn!(
                 namespace = pod.metadata.namespace.as_deref().unwrap_or_default(),
                 pod = pod.metadata.name.as_deref().unwrap_or_default(),
-                "the Service list has not arrived; starting without Service variables"
+                "the Service lists have not arrived; starting without Service variables"
             );
         }
         let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");

@@ -223,6 +223,19 @@ fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {series} in\n{text}"))
 }
 
+/// Waits until connecting to `addr` is refused: a closed listener (the workers close
+/// it as each gets to the cancellation).
+async fn refused(addr: SocketAddr) {
+    eventually(
+        &format!("the listener on {addr} to close"),
+        async || match TcpStream::connect(addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Some(()),
+            _ => None,
+        },
+    )
+    .await;
+}
+
 async fn fetch(addr: SocketAddr) -> std::io::Result<String> {
     let mut s = TcpStream::connect(addr).await?;
     let mut out = String::new();
@@ -467,14 +480,7 @@ async fn a_deleted_service_closes_its_listener() {
     });
     p.core.proxier.sync();
     assert!(p.core.proxier.listening().is_empty());
-    eventually(
-        "the listener to close",
-        async || match TcpStream::connect((vip, 80)).await {
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Some(()),
-            _ => None,
-        },
-    )
-    .await;
+    refused(SocketAddr::new(vip, 80)).await;
     assert!(!p
         .core
         .proxier
@@ -559,15 +565,7 @@ async fn external_ips_are_served_where_the_node_has_them() {
         .proxier
         .apply_service(svc("ext", vip, json!({"ports": [{"port": 80}]})));
     p.core.proxier.sync();
-    // The workers close the listener as they get to it.
-    eventually(
-        "the external IP's listener to close",
-        async || match TcpStream::connect((here, 80)).await {
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Some(()),
-            _ => None,
-        },
-    )
-    .await;
+    refused(SocketAddr::new(here, 80)).await;
     assert!(p.core.proxier.next_retry().is_none());
 }
 

@@ -89,6 +89,19 @@ async fn pod_behind(addr: SocketAddr) -> Result<String, String> {
 }
 
 /// Names of the ready, not-terminating pods with label app=`app` (and their nodes).
+/// Waits until exactly `n` pods of `app` are Ready; their names.
+async fn ready_pods(cluster: &Cluster, app: &str, n: usize) -> BTreeSet<String> {
+    eventually(&format!("{n} {app} pods to be ready"), SLOW, async || {
+        let pods = running_pods(cluster, app).await;
+        if pods.len() == n {
+            Ok(pods.into_iter().map(|(name, _)| name).collect())
+        } else {
+            Err(format!("ready: {pods:?}"))
+        }
+    })
+    .await
+}
+
 async fn running_pods(cluster: &Cluster, app: &str) -> Vec<(String, String)> {
     let list = cluster
         .get_json(&["pods", "-l", &format!("app={app}")])
@@ -297,15 +310,7 @@ spec:
         ))
         .await;
     let service = SocketAddr::new(cluster_ip(&cluster, "udp-echo").await, 9090);
-    let pods: BTreeSet<String> = eventually("2 udp-echo pods to run", SLOW, async || {
-        let pods = running_pods(&cluster, "udp-echo").await;
-        if pods.len() == 2 {
-            Ok(pods.into_iter().map(|(n, _)| n).collect())
-        } else {
-            Err(format!("running: {pods:?}"))
-        }
-    })
-    .await;
+    let pods = ready_pods(&cluster, "udp-echo", 2).await;
 
     // Two clients, each with its own session: each gets its own answers, from the
     // service address, by one of the pods.
@@ -418,15 +423,7 @@ spec:
 "#,
         )
         .await;
-    let pods: BTreeSet<String> = eventually("2 echo pods to be ready", SLOW, async || {
-        let pods = running_pods(&cluster, "echo").await;
-        if pods.len() == 2 {
-            Ok(pods.into_iter().map(|(n, _)| n).collect())
-        } else {
-            Err(format!("ready: {pods:?}"))
-        }
-    })
-    .await;
+    let pods = ready_pods(&cluster, "echo", 2).await;
     let caller = pods.first().unwrap().clone();
     // `get` in a pod, through the pod's own name lookup; the answering pod's name.
     let get = async |url: &str| {

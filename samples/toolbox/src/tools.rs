@@ -305,21 +305,33 @@ fn write(args: &[String]) -> io::Result<i32> {
     Ok(0)
 }
 
+/// A timeout argument in seconds (5 when absent).
+fn seconds(arg: Option<&String>, usage_text: &str) -> io::Result<Duration> {
+    match arg {
+        Some(t) => Ok(Duration::from_secs(
+            t.parse().map_err(|_| usage(usage_text))?,
+        )),
+        None => Ok(Duration::from_secs(5)),
+    }
+}
+
+/// The first address of `target` (HOST:PORT), through the pod's name lookup.
+fn resolve(target: &str) -> io::Result<SocketAddr> {
+    target
+        .to_socket_addrs()
+        .map_err(|e| at(target, e))?
+        .next()
+        .ok_or_else(|| at(target, io::Error::other("no address")))
+}
+
 /// `connect HOST:PORT [TIMEOUT_SECS]`: opens a TCP connection, reports the outcome, and
 /// exits 0 only if it connected — how a test shows that the agent denies an address.
 fn connect(args: &[String], out: &mut dyn Write) -> io::Result<i32> {
     let target = args
         .first()
         .ok_or_else(|| usage("connect HOST:PORT [TIMEOUT_SECS]"))?;
-    let timeout = match args.get(1) {
-        Some(t) => Duration::from_secs(t.parse().map_err(|_| usage("connect HOST:PORT"))?),
-        None => Duration::from_secs(5),
-    };
-    let addr = target
-        .to_socket_addrs()
-        .map_err(|e| at(target, e))?
-        .next()
-        .ok_or_else(|| at(target, io::Error::other("no address")))?;
+    let timeout = seconds(args.get(1), "connect HOST:PORT [TIMEOUT_SECS]")?;
+    let addr = resolve(target)?;
     match TcpStream::connect_timeout(&addr, timeout) {
         Ok(stream) => {
             let local = stream
@@ -349,15 +361,8 @@ fn udp(args: &[String], out: &mut dyn Write) -> io::Result<i32> {
     let (Some(target), Some(message)) = (args.first(), args.get(1)) else {
         return Err(usage(USAGE));
     };
-    let timeout = match args.get(2) {
-        Some(t) => Duration::from_secs(t.parse().map_err(|_| usage(USAGE))?),
-        None => Duration::from_secs(5),
-    };
-    let addr = target
-        .to_socket_addrs()
-        .map_err(|e| at(target, e))?
-        .next()
-        .ok_or_else(|| at(target, io::Error::other("no address")))?;
+    let timeout = seconds(args.get(2), USAGE)?;
+    let addr = resolve(target)?;
     let any: SocketAddr = if addr.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {

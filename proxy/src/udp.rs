@@ -3,9 +3,9 @@
 //! socket connected to the endpoint it was given (or a tunnel to the endpoint's node),
 //! so replies can be told apart and are sent back from the service address to the
 //! right client. The endpoint sees a client pod's datagrams come from that pod's
-//! address, and other clients' from the ClusterIP. Sessions end after the idle timeout, when their endpoint leaves the
-//! Service, or when the endpoint refuses (ICMP port unreachable); the client's next
-//! datagram then opens a new one.
+//! address, and other clients' from the ClusterIP. Sessions end after the idle timeout,
+//! when their endpoint leaves the Service, or when the endpoint refuses (ICMP port
+//! unreachable); the client's next datagram then opens a new one.
 //!
 //! The receive loop owns one 64 KiB buffer and the session table; reply tasks read into
 //! a per-thread buffer, so forwarding allocates nothing per datagram on the direct

@@ -1,6 +1,7 @@
 //! Issue 7's service discovery inside pods: the API server's own `default/kubernetes`
-//! Service (its certificate good for the Service's names and address), and the `<SVC>_SERVICE_HOST`/`_PORT` variables the agent gives every
-//! container for the Services of its namespace.
+//! Service (its certificate good for the Service's names and address), and the
+//! `<SVC>_SERVICE_HOST`/`_PORT` variables the agent gives every container for the
+//! Services of its namespace.
 
 use crate::agents::{sample_image, up_node};
 use crate::harness::{eventually, Cluster, DEADLINE};

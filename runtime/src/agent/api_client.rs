@@ -26,7 +26,9 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A client for `config` (its server, CA, credentials and default namespace) that
-/// multiplexes everything over one HTTP/2 connection per server.
+/// multiplexes everything over one HTTP/2 connection per server. A kubeconfig's
+/// `proxy-url` and `tls-server-name` are not honoured: the node's own kubeconfig, which
+/// the agent writes at join, names neither.
 pub fn multiplexed(config: &kube::Config) -> Result<kube::Client, kube::Error> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);

@@ -125,6 +125,24 @@ impl Drop for Instance {
     }
 }
 
+impl Instance {
+    /// Service `name` at `vip` (`spec` gives its ports: one unnamed TCP port here) with
+    /// the given (address, ready, node) endpoints on `target_port`, applied and synced.
+    fn serve(
+        &mut self,
+        name: &str,
+        vip: IpAddr,
+        spec: serde_json::Value,
+        target_port: u16,
+        endpoints: &[(IpAddr, bool, &str)],
+    ) {
+        let proxier = &mut self.core.proxier;
+        proxier.apply_service(svc(name, vip, spec));
+        proxier.apply_slice(eps(name, "", "TCP", target_port, endpoints));
+        proxier.sync();
+    }
+}
+
 /// The data-path threads of each test proxy.
 const THREADS: usize = 2;
 
@@ -290,17 +308,13 @@ async fn not_ready_endpoints_get_no_traffic_and_changes_apply_at_once() {
     let (port, ips) = tagged_backends(&["one", "two"]).await;
     let vip = cluster_ip();
     let addr = SocketAddr::new(vip, 80);
-    p.core
-        .proxier
-        .apply_service(svc("web", vip, json!({"ports": [{"port": 80}]})));
-    p.core.proxier.apply_slice(eps(
+    p.serve(
         "web",
-        "",
-        "TCP",
+        vip,
+        json!({"ports": [{"port": 80}]}),
         port,
         &[(ips[0], true, "a"), (ips[1], false, "a")],
-    ));
-    p.core.proxier.sync();
+    );
     for _ in 0..4 {
         assert_eq!(fetch(addr).await.unwrap(), "one");
     }
@@ -335,13 +349,13 @@ async fn half_close_travels_both_ways() {
         }
     });
     let vip = cluster_ip();
-    p.core
-        .proxier
-        .apply_service(svc("echo", vip, json!({"ports": [{"port": 7}]})));
-    p.core
-        .proxier
-        .apply_slice(eps("echo", "", "TCP", port, &[(backend_ip, true, "a")]));
-    p.core.proxier.sync();
+    p.serve(
+        "echo",
+        vip,
+        json!({"ports": [{"port": 7}]}),
+        port,
+        &[(backend_ip, true, "a")],
+    );
 
     // Large enough that both directions switch to splicing (bulk) part way.
     let mut s = TcpStream::connect((vip, 7)).await.unwrap();
@@ -384,17 +398,13 @@ async fn a_failed_connect_is_retried_on_another_endpoint() {
     // Nothing listens at the second address.
     let dead = cluster_ip();
     let vip = cluster_ip();
-    p.core
-        .proxier
-        .apply_service(svc("web", vip, json!({"ports": [{"port": 80}]})));
-    p.core.proxier.apply_slice(eps(
+    p.serve(
         "web",
-        "",
-        "TCP",
+        vip,
+        json!({"ports": [{"port": 80}]}),
         port,
         &[(ips[0], true, "a"), (dead, true, "a")],
-    ));
-    p.core.proxier.sync();
+    );
     for _ in 0..4 {
         assert_eq!(fetch(SocketAddr::new(vip, 80)).await.unwrap(), "live");
     }
@@ -466,13 +476,13 @@ async fn a_deleted_service_closes_its_listener() {
     let mut p = plain_instance("a").await;
     let (port, ips) = tagged_backends(&["x"]).await;
     let vip = cluster_ip();
-    p.core
-        .proxier
-        .apply_service(svc("gone", vip, json!({"ports": [{"port": 80}]})));
-    p.core
-        .proxier
-        .apply_slice(eps("gone", "", "TCP", port, &[(ips[0], true, "a")]));
-    p.core.proxier.sync();
+    p.serve(
+        "gone",
+        vip,
+        json!({"ports": [{"port": 80}]}),
+        port,
+        &[(ips[0], true, "a")],
+    );
     assert_eq!(fetch(SocketAddr::new(vip, 80)).await.unwrap(), "x");
     p.core.proxier.delete_service(&ObjectKey {
         namespace: "t".into(),
@@ -497,13 +507,13 @@ async fn a_taken_address_is_retried_not_fatal() {
     let (port, ips) = tagged_backends(&["x"]).await;
     let vip = cluster_ip();
     for p in [&mut first, &mut second] {
-        p.core
-            .proxier
-            .apply_service(svc("shared", vip, json!({"ports": [{"port": 80}]})));
-        p.core
-            .proxier
-            .apply_slice(eps("shared", "", "TCP", port, &[(ips[0], true, "")]));
-        p.core.proxier.sync();
+        p.serve(
+            "shared",
+            vip,
+            json!({"ports": [{"port": 80}]}),
+            port,
+            &[(ips[0], true, "")],
+        );
     }
     assert_eq!(first.core.proxier.listening().len(), 1);
     assert!(second.core.proxier.listening().is_empty());
@@ -533,15 +543,13 @@ async fn external_ips_are_served_where_the_node_has_them() {
     let (port, ips) = tagged_backends(&["x"]).await;
     let (vip, here) = (cluster_ip(), cluster_ip());
     // 192.0.2.7 (TEST-NET-1) is no address of this machine: another node's, say.
-    p.core.proxier.apply_service(svc(
+    p.serve(
         "ext",
         vip,
         json!({"ports": [{"port": 80}], "externalIPs": [here.to_string(), "192.0.2.7"]}),
-    ));
-    p.core
-        .proxier
-        .apply_slice(eps("ext", "", "TCP", port, &[(ips[0], true, "a")]));
-    p.core.proxier.sync();
+        port,
+        &[(ips[0], true, "a")],
+    );
     assert_eq!(fetch(SocketAddr::new(here, 80)).await.unwrap(), "x");
     assert_eq!(fetch(SocketAddr::new(vip, 80)).await.unwrap(), "x");
     let listening: Vec<IpAddr> = p
@@ -724,16 +732,7 @@ async fn the_tunnel_passes_half_close_and_large_transfers() {
             s.write_all(&got).await.unwrap();
         }
     });
-    let vip = cluster_ip();
-    a.core
-        .proxier
-        .apply_service(svc("echo", vip, json!({"ports": [{"port": 7}]})));
-    let s = eps("echo", "", "TCP", port, &[(backend_ip, true, "b")]);
-    a.core.proxier.apply_slice(s.clone());
-    b.core.proxier.apply_slice(s);
-    a.core.proxier.apply_node(&node("b", b.core.tunnel_addr));
-    a.core.proxier.sync();
-    b.core.proxier.sync();
+    let vip = across_nodes(&mut a, &mut b, SocketAddr::new(backend_ip, port));
 
     let mut c = TcpStream::connect((vip, 7)).await.unwrap();
     let big: Vec<u8> = (0..(4 << 20)).map(|i| (i % 251) as u8).collect();
@@ -802,17 +801,13 @@ async fn backends_see_the_clients_address_here_and_across_the_tunnel() {
     let mut b = instance("b", pki.node("b"), Duration::from_secs(30)).await;
     let here = peer_backend().await;
     let vip_here = cluster_ip();
-    a.core
-        .proxier
-        .apply_service(svc("here", vip_here, json!({"ports": [{"port": 80}]})));
-    a.core.proxier.apply_slice(eps(
+    a.serve(
         "here",
-        "",
-        "TCP",
+        vip_here,
+        json!({"ports": [{"port": 80}]}),
         here.port(),
         &[(here.ip(), true, "a")],
-    ));
-    a.core.proxier.sync();
+    );
     let vip_far = across_nodes(&mut a, &mut b, peer_backend().await);
 
     // `across_nodes` serves on port 7.

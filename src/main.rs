@@ -98,10 +98,6 @@ struct UpArgs {
     /// so Secrets never reach the disk; else the disk), `disk`, or a directory.
     #[arg(long, default_value = "auto", value_name = "auto|disk|DIR")]
     memory_volumes: MemoryDir,
-    /// The cluster's DNS domain: pods find Services as NAME.NAMESPACE.svc.DOMAIN (and by
-    /// the shorter forms their search path allows), answered in the agent.
-    #[arg(long, default_value = wasmkube_runtime::agent::dns::DEFAULT_CLUSTER_DOMAIN)]
-    cluster_domain: String,
     #[command(flatten)]
     proxy: ProxyArgs,
     #[command(flatten)]
@@ -114,7 +110,6 @@ struct UpNode {
     ip: IpAddr,
     max_pods: u32,
     memory_volumes: MemoryDir,
-    cluster_domain: String,
 }
 
 /// The node's Service proxy (for `agent` and `up`).
@@ -273,6 +268,11 @@ struct CommonArgs {
     /// Range Service ClusterIPs are allocated from.
     #[arg(long, default_value = "127.96.0.0/16")]
     service_cidr: ipnet_arg::Cidr,
+    /// The cluster's DNS domain: the serving certificate names
+    /// kubernetes.default.svc.DOMAIN (and `up`'s pods find Services as
+    /// NAME.NAMESPACE.svc.DOMAIN).
+    #[arg(long, default_value = wasmkube_runtime::agent::dns::DEFAULT_CLUSTER_DOMAIN)]
+    cluster_domain: String,
     /// Range NodePorts are allocated from, as FIRST-LAST.
     #[arg(long, default_value = "30000-32767")]
     service_node_port_range: String,
@@ -366,6 +366,7 @@ fn options(
     opts.secure_port = port;
     opts.tls_sans = common.tls_sans;
     opts.service_cidr = common.service_cidr.0;
+    opts.cluster_domain = common.cluster_domain;
     opts.node_port_range = parse_port_range(&common.service_node_port_range)?;
     opts.token_auth_file = common.token_auth_file;
     opts.service_account_issuer = common.service_account_issuer;
@@ -423,6 +424,7 @@ async fn run_cluster(opts: ServerOptions, node: UpNode, proxy: ProxyArgs) -> Res
     let data_dir = opts.data_dir.clone();
     let cluster_cidr = opts.controllers.node_ipam.cluster_cidr;
     let service_cidr = opts.service_cidr;
+    let cluster_domain = opts.cluster_domain.clone();
     let server = Server::start(opts).await?;
     let mut agent_opts = AgentOptions::new(server.url.clone(), node.name, data_dir.join("agent"));
     agent_opts.join_token = Some(server.join_token.clone());
@@ -430,7 +432,7 @@ async fn run_cluster(opts: ServerOptions, node: UpNode, proxy: ProxyArgs) -> Res
     agent_opts.node_ip = node.ip;
     agent_opts.max_pods = node.max_pods;
     agent_opts.memory_dir = node.memory_volumes;
-    agent_opts.cluster_domain = node.cluster_domain;
+    agent_opts.cluster_domain = cluster_domain;
     // The agent shares the process with the API server: its requests skip the wire.
     let local = server.local.clone();
     agent_opts.connector = Some(ApiConnector(Arc::new(move |creds| {
@@ -579,7 +581,6 @@ fn main() -> std::process::ExitCode {
                 ip: a.node_ip,
                 max_pods: a.max_pods,
                 memory_volumes: a.memory_volumes.clone(),
-                cluster_domain: a.cluster_domain.clone(),
             };
             options(a.data_dir, a.bind_address, a.port, a.common)
                 .and_then(|opts| runtime()?.block_on(run_cluster(opts, node, a.proxy)))

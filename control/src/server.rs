@@ -52,6 +52,9 @@ pub struct ServerOptions {
     /// Extra subject alternative names for the serving certificate.
     pub tls_sans: Vec<String>,
     pub service_cidr: Ipv4Net,
+    /// The cluster's DNS domain: the serving certificate names
+    /// `kubernetes.default.svc.<domain>`.
+    pub cluster_domain: String,
     pub node_port_range: (u16, u16),
     /// A Kubernetes static token file (`token,user,uid,"groups"`).
     pub token_auth_file: Option<PathBuf>,
@@ -82,6 +85,7 @@ impl ServerOptions {
             secure_port: 6443,
             tls_sans: Vec::new(),
             service_cidr: "127.96.0.0/16".parse().expect("valid default CIDR"),
+            cluster_domain: "cluster.local".to_string(),
             node_port_range: (30000, 32767),
             token_auth_file: None,
             service_account_issuer: crate::apiserver::tokens::DEFAULT_ISSUER.to_string(),
@@ -119,7 +123,8 @@ impl Server {
     pub async fn start(opts: ServerOptions) -> Result<Server> {
         std::fs::create_dir_all(&opts.data_dir)
             .with_context(|| format!("creating data dir {}", opts.data_dir.display()))?;
-        let mut sans = apiserver::kubernetes_service::serving_names(opts.service_cidr);
+        let mut sans =
+            apiserver::kubernetes_service::serving_names(opts.service_cidr, &opts.cluster_domain);
         sans.extend(opts.tls_sans.iter().cloned());
         let pki = Arc::new(
             Pki::load_or_create(&opts.data_dir.join("pki"), &sans)

@@ -14,17 +14,16 @@ use super::status::ApiError;
 const MANAGER: &str = "kube-apiserver";
 
 /// The names in-cluster clients reach the API server by, which its serving certificate
-/// must carry as kube-apiserver's does: the Service's DNS names (in the default cluster
-/// domain; another domain's name is an --tls-san) and its ClusterIP.
-pub fn serving_names(service_cidr: ipnet::Ipv4Net) -> Vec<String> {
-    let mut names: Vec<String> = [
-        "kubernetes",
-        "kubernetes.default",
-        "kubernetes.default.svc",
-        "kubernetes.default.svc.cluster.local",
-    ]
-    .map(String::from)
-    .into();
+/// must carry as kube-apiserver's does: the Service's DNS names (in cluster domain
+/// `domain`) and its ClusterIP.
+pub fn serving_names(service_cidr: ipnet::Ipv4Net, domain: &str) -> Vec<String> {
+    let mut names: Vec<String> = ["kubernetes", "kubernetes.default", "kubernetes.default.svc"]
+        .map(String::from)
+        .into();
+    names.push(format!(
+        "kubernetes.default.svc.{}",
+        domain.trim_matches('.')
+    ));
     names.extend(service_cidr.hosts().next().map(|ip| ip.to_string()));
     names
 }
@@ -143,4 +142,24 @@ async fn apply(
         )
         .await
         .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serving_names_follow_the_cluster_domain_and_the_service_range() {
+        let names = serving_names("10.43.0.0/16".parse().unwrap(), "edge.example.");
+        assert_eq!(
+            names,
+            [
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.edge.example",
+                "10.43.0.1"
+            ]
+        );
+    }
 }

@@ -42,10 +42,15 @@ async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
 /// A loopback address of its own for a test's ClusterIPs (outside the default service
 /// and cluster ranges).
 fn cluster_ip() -> IpAddr {
+    loopback_in(60, 30)
+}
+
+/// A random address 127.B.x.y with B in `first..first + count`.
+fn loopback_in(first: u8, count: u8) -> IpAddr {
     let r: u16 = rand::random();
     IpAddr::from([
         127,
-        60 + (r % 30) as u8,
+        first + (r % u16::from(count)) as u8,
         (r >> 8) as u8,
         1 + rand::random::<u8>() % 250,
     ])
@@ -826,13 +831,7 @@ async fn backends_see_the_clients_address_here_and_across_the_tunnel() {
 
 /// An address in [`PODS`], as the runtime gives a pod.
 fn pod_ip() -> IpAddr {
-    let r: u16 = rand::random();
-    IpAddr::from([
-        127,
-        128 + (r % 64) as u8,
-        (r >> 8) as u8,
-        1 + rand::random::<u8>() % 250,
-    ])
+    loopback_in(128, 64)
 }
 
 /// The pod range the proxies of [`udp_backends_see_a_client_pod_as_itself`] are given.
